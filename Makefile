@@ -1,0 +1,44 @@
+# kubetune developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# DeepSpeed's ops are compiled on first use (or prebuilt in the trainer image), never at install.
+export DS_BUILD_OPS := 0
+
+.PHONY: help venv quickstart test lint typecheck unit crds clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,operator,train]'
+	@touch $@
+
+venv: $(INSTALLED) ## Create .venv with kubetune and every extra (idempotent)
+
+quickstart: $(INSTALLED) ## The main job: validate every example manifest offline
+	$(BIN)/kubetune validate examples/
+
+lint: $(INSTALLED) ## ruff lint and format check
+	$(BIN)/ruff check operator trainer-image tests
+	$(BIN)/ruff format --check operator trainer-image tests
+
+typecheck: $(INSTALLED) ## mypy (strict) on the package
+	$(BIN)/mypy
+
+unit: $(INSTALLED) ## The test suite alone, without lint and type checks
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit ## Everything CI runs: lint, type check, tests
+
+crds: $(INSTALLED) ## Regenerate crds/ from the API models
+	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

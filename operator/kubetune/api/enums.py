@@ -1,0 +1,139 @@
+"""The closed vocabularies of the API. Each concept is one enum, dispatched in one place."""
+
+from __future__ import annotations
+
+import enum
+
+
+class MethodType(enum.StrEnum):
+    """How the model is adapted."""
+
+    LORA = "lora"
+    QLORA = "qlora"
+    DORA = "dora"
+    FULL = "full"
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self is not MethodType.FULL
+
+
+class QuantType(enum.StrEnum):
+    NF4 = "nf4"
+    FP4 = "fp4"
+
+
+class DType(enum.StrEnum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class Precision(enum.StrEnum):
+    """Numeric precision of training. auto: bf16 where the hardware has it, else fp16 on
+    accelerators without bf16, else fp32."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class DataFormat(enum.StrEnum):
+    AUTO = "auto"
+    CHAT = "chat"
+    INSTRUCTION = "instruction"
+    PROMPT_COMPLETION = "prompt-completion"
+    TEXT = "text"
+
+
+class Truncation(enum.StrEnum):
+    """What happens to an example longer than maxSeqLength."""
+
+    TRUNCATE = "truncate"
+    DROP = "drop"
+
+
+class Scheduler(enum.StrEnum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    COSINE_WITH_MIN_LR = "cosine-with-min-lr"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant-with-warmup"
+    POLYNOMIAL = "polynomial"
+    INVERSE_SQRT = "inverse-sqrt"
+
+
+class Optimizer(enum.StrEnum):
+    ADAMW = "adamw"
+    ADAMW_FUSED = "adamw-fused"
+    ADAMW_8BIT = "adamw-8bit"
+    PAGED_ADAMW_8BIT = "paged-adamw-8bit"
+    PAGED_ADAMW_32BIT = "paged-adamw-32bit"
+    ADAFACTOR = "adafactor"
+    SGD = "sgd"
+
+    @property
+    def needs_bitsandbytes(self) -> bool:
+        return self in {Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW_32BIT}
+
+    @property
+    def paged(self) -> bool:
+        return self in {Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW_32BIT}
+
+
+class TrackingBackend(enum.StrEnum):
+    MLFLOW = "mlflow"
+    WANDB = "wandb"
+    TENSORBOARD = "tensorboard"
+
+
+class StrategyType(enum.StrEnum):
+    """How training processes share the work. auto: one process alone, else DDP."""
+
+    AUTO = "auto"
+    NONE = "none"
+    DDP = "ddp"
+    DEEPSPEED = "deepspeed"
+    FSDP = "fsdp"
+
+
+class FsdpSharding(enum.StrEnum):
+    FULL_SHARD = "full-shard"
+    SHARD_GRAD_OP = "shard-grad-op"
+    HYBRID_SHARD = "hybrid-shard"
+    NO_SHARD = "no-shard"
+
+
+class OutputFormat(enum.StrEnum):
+    ADAPTER = "adapter"
+    MERGED = "merged"
+    ONNX = "onnx"
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def finished(self) -> bool:
+        return self in {Phase.SUCCEEDED, Phase.FAILED}
+
+
+class ConditionType(enum.StrEnum):
+    VALID = "Valid"
+    ADMITTED = "Admitted"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"

@@ -1,0 +1,97 @@
+"""The FineTuneJob status: what the operator observed, written only by the operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field, WithJsonSchema
+
+from kubetune.api.base import ApiModel
+from kubetune.api.enums import ConditionStatus, ConditionType, OutputFormat, Phase
+
+Timestamp = Annotated[datetime, WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class Condition(ApiModel):
+    """One aspect of the job's state, in the Kubernetes condition convention."""
+
+    type: ConditionType
+    """Valid, Admitted, Running, Succeeded, Failed or Suspended."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: Annotated[str, Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)]
+    """Machine-readable cause in CamelCase, e.g. OutOfMemory or DatasetInvalid."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """What happened and what to do about it, for a person."""
+    last_transition_time: Timestamp
+    """When the status last changed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The spec generation the condition was computed from."""
+
+
+class Progress(ApiModel):
+    """Live training progress, mirrored from the rank-0 trainer."""
+
+    step: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps done."""
+    total_steps: Annotated[int, Field(ge=0)] | None = None
+    """Optimizer steps planned."""
+    percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    """step / totalSteps, in percent."""
+    epoch: Annotated[float, Field(ge=0)] | None = None
+    """Epochs done, fractional."""
+    loss: float | None = None
+    """Training loss, averaged since the last report."""
+    eval_loss: float | None = None
+    """Latest evaluation loss."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    tokens_per_second: Annotated[float, Field(ge=0)] | None = None
+    """Trained (non-padding) tokens per second, all ranks together."""
+    eta: Timestamp | None = None
+    """Estimated end of training."""
+    updated_at: Timestamp | None = None
+    """When the trainer reported these figures."""
+
+
+class OutputStatus(ApiModel):
+    """Where the result landed, from the trainer's final summary."""
+
+    location: Annotated[str, Field(max_length=4096)]
+    """URI of the result: pvc://claim/path, s3://bucket/prefix, oci://reference or hf://repo."""
+    formats: list[OutputFormat] = []
+    """Forms written."""
+    digest: Annotated[str, Field(max_length=256)] | None = None
+    """Digest of the pushed artifact, for OCI destinations."""
+
+
+KopfState = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob."""
+
+    phase: Phase = Phase.PENDING
+    """Pending, Queued, Running, Succeeded, Failed or Suspended."""
+    conditions: list[Condition] = []
+    """Current conditions, one per type."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The spec generation the status was computed from."""
+    model: Annotated[str, Field(max_length=512)] | None = None
+    """The base model, for display: preset name, repository id or volume path."""
+    progress: Progress | None = None
+    """Live progress of the current attempt."""
+    attempts: Annotated[int, Field(ge=0)] = 0
+    """Attempts started so far (the first included; preempted ones too)."""
+    output: OutputStatus | None = None
+    """Where the result landed."""
+    start_time: Timestamp | None = None
+    """When the first attempt was created. From then on the spec is immutable but for suspend."""
+    completion_time: Timestamp | None = None
+    """When the job succeeded or failed for good."""
+    kopf: KopfState | None = None
+    """Bookkeeping of the operator framework (Kopf); kept open so the API server does not prune it."""

@@ -1,0 +1,89 @@
+"""Data that ships with kubetune: model presets and the method x strategy x output support matrix.
+
+Both are YAML files in `kubetune/data`, read once. The API validators and the trainer's
+tests read the same files, so what is refused at submission is what is untested.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ChatTemplate(_Data):
+    style: str
+    """Family of the tokenizer's template: phi3, llama3, mistral, chatml."""
+    system_role: bool
+    """Whether the template accepts a system message (if not, it joins the first user turn)."""
+    end_of_turn: str
+    """Token that closes an assistant turn; training teaches the model to emit it."""
+
+
+class PresetResources(_Data):
+    accelerators: int
+    accelerator_memory_gi: int
+    cpu: str
+    memory: str
+
+
+class Preset(_Data):
+    repo: str
+    architecture: str
+    parameters: int
+    context_length: int
+    target_modules: tuple[str, ...]
+    chat_template: ChatTemplate
+    resources: PresetResources
+    trust_remote_code: bool = False
+    gated: bool = False
+
+
+class Strategy(enum.StrEnum):
+    """Rows of the support matrix: how the training processes share the work."""
+
+    SINGLE = "single"
+    DDP = "ddp"
+    ZERO1 = "zero1"
+    ZERO2 = "zero2"
+    ZERO3 = "zero3"
+    FSDP = "fsdp"
+
+
+class SupportRow(_Data):
+    method: str
+    strategy: Strategy
+    output: str
+    supported: bool
+    reason: str | None = None
+    asserts: str | None = None
+
+
+def _load(name: str) -> Any:
+    return yaml.safe_load(resources.files("kubetune").joinpath("data", name).read_text())
+
+
+@cache
+def presets() -> dict[str, Preset]:
+    return {name: Preset.model_validate(body) for name, body in _load("presets.yaml").items()}
+
+
+@cache
+def support_matrix() -> tuple[SupportRow, ...]:
+    return tuple(SupportRow.model_validate(row) for row in _load("support-matrix.yaml")["rows"])
+
+
+def support_row(method: str, strategy: Strategy, output: str) -> SupportRow:
+    for row in support_matrix():
+        if (row.method, row.strategy, row.output) == (method, strategy, output):
+            return row
+    raise KeyError(f"support matrix has no row for {method} x {strategy} x {output}")

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+
+from kubetune.cli import cli
+from kubetune.crd import CRD_FILE
+
+
+def _write(tmp_path: Path, body: Any, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_validate_accepts_a_valid_manifest(tmp_path: Path, job: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli, ["validate", str(_write(tmp_path, job))])
+
+    assert result.exit_code == 0, result.output
+    assert "valid   " in result.output
+    assert "1 FineTuneJob manifest(s) checked, 0 invalid" in result.output
+
+
+def test_validate_lists_problems_by_path_and_exits_1(tmp_path: Path, job: dict[str, Any]) -> None:
+    job["spec"]["method"] = {"type": "full", "lora": {"r": 4}}
+    job["spec"]["training"] = {"epochs": 1, "maxSteps": 5}
+
+    result = CliRunner().invoke(cli, ["validate", str(_write(tmp_path, job))])
+
+    assert result.exit_code == 1
+    assert "INVALID" in result.output and "2 problems" in result.output
+    assert "  - spec.method.lora: full fine-tuning trains every weight" in result.output
+    assert "  - spec.training.epochs: set epochs or maxSteps, not both" in result.output
+
+
+def test_validate_reports_unreadable_yaml_and_goes_on(tmp_path: Path, job: dict[str, Any]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed\n")
+    good = _write(tmp_path, job, "good.yaml")
+
+    result = CliRunner().invoke(cli, ["validate", str(bad), str(good)])
+
+    assert result.exit_code == 1
+    assert "bad.yaml: line 2" in result.output
+    assert "valid   " in result.output
+
+
+def test_crd_command_prints_the_committed_crd(repo: Path) -> None:
+    result = CliRunner().invoke(cli, ["crd"])
+
+    assert result.exit_code == 0
+    assert result.output == (repo / CRD_FILE).read_text()
+
+
+def test_presets_command_lists_phi3(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["presets"])
+
+    assert result.exit_code == 0
+    assert "phi-3-mini-4k-instruct" in result.output
+    assert "microsoft/Phi-3-mini-4k-instruct" in result.output
