@@ -14,10 +14,10 @@ export DS_BUILD_OPS := 0
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml constraints.txt
+$(INSTALLED): pyproject.toml trainer-image/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,operator,train]'
+	$(BIN)/python -m pip install --quiet -c trainer-image/constraints.txt -e '.[dev,operator,train]'
 	@touch $@
 
 venv: $(INSTALLED) ## Create .venv with kubetune and every extra (idempotent)

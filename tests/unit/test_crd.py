@@ -109,3 +109,16 @@ def test_crd_passes_kubernetes_schema_validation(repo: Path, version: str) -> No
 
 def test_rendered_crd_is_one_yaml_document() -> None:
     assert len(list(yaml.safe_load_all(render_crd()))) == 1
+
+
+def test_every_variable_length_spec_field_is_bounded() -> None:
+    """The API server estimates the cost of CEL rules from these bounds and refuses a CRD
+    whose rules could exceed its budget; an unbounded string, list or map in the spec
+    makes the immutability rules' estimated cost unbounded."""
+    bound_of = {"string": "maxLength", "array": "maxItems", "object": "maxProperties"}
+    for path, node in _nodes(_root()["properties"]["spec"], "spec"):
+        kind = node.get("type")
+        if kind == "object" and ("properties" in node or node.get("x-kubernetes-preserve-unknown-fields")):
+            continue
+        if kind in bound_of and "enum" not in node:
+            assert bound_of[kind] in node, f"{path} has no {bound_of[kind]}"

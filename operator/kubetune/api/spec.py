@@ -136,7 +136,7 @@ class UrlSource(ApiModel):
 
     url: Annotated[str, Field(pattern=r"^https://", max_length=2048)]
     """HTTPS URL of a jsonl, json, csv or parquet file."""
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", max_length=64)] | None = None
     """Expected SHA-256 of the file; the download is refused when it differs."""
 
 
@@ -368,7 +368,7 @@ class ResourcesSpec(ApiModel):
     """Memory request and limit per pod. Default: the preset's, else the operator's."""
     shared_memory: Quantity = "8Gi"
     """Size of the memory-backed /dev/shm (the container default of 64Mi breaks NCCL and data loaders)."""
-    node_selector: dict[str, Annotated[str, Field(max_length=253)]] = {}
+    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=253)]], Field(max_length=64)] = {}
     """Node labels the trainer pods must run on."""
     tolerations: Annotated[list[KubeObject], Field(max_length=64)] = []
     """Tolerations of the trainer pods (Kubernetes Toleration objects)."""
@@ -384,9 +384,9 @@ class ResourcesSpec(ApiModel):
     """Extra volumes of the trainer pods (Kubernetes Volume objects)."""
     volume_mounts: Annotated[list[KubeObject], Field(max_length=64)] = []
     """Extra volume mounts of the trainer container (Kubernetes VolumeMount objects)."""
-    pod_labels: dict[str, Annotated[str, Field(max_length=63)]] = {}
+    pod_labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
     """Extra labels of the trainer pods."""
-    pod_annotations: dict[str, Annotated[str, Field(max_length=65536)]] = {}
+    pod_annotations: Annotated[dict[str, Annotated[str, Field(max_length=65536)]], Field(max_length=64)] = {}
     """Extra annotations of the trainer pods."""
     image: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     """Trainer image. Default: the operator's (a GPU or a CPU build, as the job needs)."""
