@@ -34,9 +34,7 @@ def test_every_preset_states_its_facts() -> None:
 
 def test_support_matrix_has_exactly_one_row_per_combination() -> None:
     keys = [(r.method, r.strategy, r.output) for r in support_matrix()]
-    expected = set(
-        itertools.product([m.value for m in MethodType], list(Strategy), [f.value for f in OutputFormat])
-    )
+    expected = set(itertools.product([m.value for m in MethodType], list(Strategy), [f.value for f in OutputFormat]))
 
     assert len(keys) == len(set(keys))
     assert set(keys) == expected

@@ -36,9 +36,7 @@ def test_committed_crd_matches_the_models(repo: Path) -> None:
 
 def test_schema_is_structural() -> None:
     for path, node in _nodes(_root()):
-        assert (
-            not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "default", "nullable", "title"} & node.keys()
-        ), path
+        assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "default", "nullable", "title"} & node.keys(), path
         assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
         assert node.get("additionalProperties") is not False, path
         if "properties" in node:

@@ -23,12 +23,7 @@ def test_example_is_valid(path: Path) -> None:
 
 
 def test_examples_cover_the_methods_and_layouts_people_start_from() -> None:
-    specs = [
-        parse_finetunejob(d.body).spec
-        for p in EXAMPLES
-        for d in read_documents(p)
-        if d.body.get("kind") == KIND
-    ]
+    specs = [parse_finetunejob(d.body).spec for p in EXAMPLES for d in read_documents(p) if d.body.get("kind") == KIND]
 
     assert {s.method.type for s in specs} == set(MethodType)
     assert any(

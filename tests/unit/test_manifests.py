@@ -10,9 +10,7 @@ from kubetune.manifests import ManifestError, iter_files, load_documents
 def test_key_written_twice_is_refused_with_both_lines() -> None:
     text = "spec:\n  method:\n    type: lora\n  method:\n    type: full\n"
 
-    with pytest.raises(
-        ManifestError, match=r"job.yaml: line 4, column 3: .*'method' twice \(first on line 2\)"
-    ):
+    with pytest.raises(ManifestError, match=r"job.yaml: line 4, column 3: .*'method' twice \(first on line 2\)"):
         load_documents(text, "job.yaml")
 
 

@@ -9,6 +9,7 @@ from kubetune.api.enums import (
     Phase,
     Precision,
     StrategyType,
+    Truncation,
 )
 from kubetune.api.problems import InvalidSpec, Problem
 from kubetune.api.resource import (
@@ -44,5 +45,6 @@ __all__ = [
     "Problem",
     "Progress",
     "StrategyType",
+    "Truncation",
     "parse_finetunejob",
 ]

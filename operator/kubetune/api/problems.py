@@ -48,9 +48,7 @@ def problems_from_validation_error(error: ValidationError, prefix: Loc = ()) -> 
         loc = prefix + tuple(p for p in item["loc"] if not _is_union_member(p))
         nested: Sequence[Problem] | None = (item.get("ctx") or {}).get("problems")
         if nested:
-            found |= {
-                Problem(field_path((*loc, p.path)) if p.path else field_path(loc), p.message) for p in nested
-            }
+            found |= {Problem(field_path((*loc, p.path)) if p.path else field_path(loc), p.message) for p in nested}
         else:
             alternatives.setdefault(field_path(loc), []).append(_message(item))
     found |= {Problem(path, "; or ".join(dict.fromkeys(messages))) for path, messages in alternatives.items()}

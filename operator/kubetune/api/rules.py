@@ -30,9 +30,7 @@ def _model(spec: FineTuneJobSpec) -> Iterator[Problem]:
         return
     preset = presets().get(model.preset)
     if preset is None:
-        yield Problem(
-            "model.preset", f"unknown preset {model.preset!r}; known presets: {', '.join(presets())}"
-        )
+        yield Problem("model.preset", f"unknown preset {model.preset!r}; known presets: {', '.join(presets())}")
         return
     if preset.trust_remote_code and not model.trust_remote_code:
         yield Problem(
@@ -48,8 +46,7 @@ def _model(spec: FineTuneJobSpec) -> Iterator[Problem]:
     if spec.dataset.max_seq_length > preset.context_length:
         yield Problem(
             "dataset.maxSeqLength",
-            f"{spec.dataset.max_seq_length} exceeds the context length "
-            f"of {model.preset} ({preset.context_length})",
+            f"{spec.dataset.max_seq_length} exceeds the context length of {model.preset} ({preset.context_length})",
         )
 
 
@@ -84,9 +81,7 @@ def _quantization(spec: FineTuneJobSpec) -> Iterator[Problem]:
             "4-bit training needs an accelerator; give one, or set "
             "method.quantization.allowCpu: true to train on CPU (slow)",
         )
-    if resources.accelerators != 0 and not resources.accelerator_resource.startswith(
-        QUANTIZATION_CAPABLE_RESOURCES
-    ):
+    if resources.accelerators != 0 and not resources.accelerator_resource.startswith(QUANTIZATION_CAPABLE_RESOURCES):
         yield Problem(
             "resources.acceleratorResource",
             f"bitsandbytes 4-bit kernels do not run on "
@@ -128,9 +123,7 @@ def _support_matrix(spec: FineTuneJobSpec) -> Iterator[Problem]:
     for fmt in spec.output.formats_for(spec.method.type):
         row = support_row(spec.method.type, strategy, fmt)
         if not row.supported:
-            yield Problem(
-                "output.formats", f"{spec.method.type} x {strategy} x {fmt} is not supported: {row.reason}"
-            )
+            yield Problem("output.formats", f"{spec.method.type} x {strategy} x {fmt} is not supported: {row.reason}")
     formats = spec.output.formats or []
     if len(set(formats)) != len(formats):
         yield Problem("output.formats", "lists a format twice")
@@ -169,9 +162,7 @@ def _training(spec: FineTuneJobSpec) -> Iterator[Problem]:
         if tracking.backend is TrackingBackend.MLFLOW and tracking.uri is None:
             yield Problem("training.tracking.uri", "MLflow needs the tracking server's URL")
         if tracking.backend is TrackingBackend.WANDB and tracking.credentials_secret is None:
-            yield Problem(
-                "training.tracking.credentialsSecret", "Weights & Biases needs a Secret with WANDB_API_KEY"
-            )
+            yield Problem("training.tracking.credentialsSecret", "Weights & Biases needs a Secret with WANDB_API_KEY")
 
 
 def _dataset(spec: FineTuneJobSpec) -> Iterator[Problem]:

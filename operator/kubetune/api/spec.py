@@ -73,15 +73,12 @@ class LoraSpec(ApiModel):
 
     r: Annotated[int, Field(ge=1, le=1024)] = 16
     """Rank of the low-rank update matrices."""
-    alpha: Annotated[float, Field(gt=0, le=4096)] = 32
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
     """Scaling numerator: the update is scaled by alpha / r."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     """Dropout on the adapter's input."""
     target_modules: (
-        Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=64)
-        ]
-        | None
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=64)] | None
     ) = None
     """Names of the modules to adapt, or [all-linear] for every linear layer but the output
     head. Default: the preset's modules, or [all-linear] for models without a preset."""

@@ -69,9 +69,7 @@ CASES: list[tuple[str, Callable[[Manifest], None], str, str]] = [
     ),
     (
         "qlora on a device bitsandbytes lacks",
-        _all(
-            _set("spec.method.type", "qlora"), _set("spec.resources.acceleratorResource", "habana.ai/gaudi")
-        ),
+        _all(_set("spec.method.type", "qlora"), _set("spec.resources.acceleratorResource", "habana.ai/gaudi")),
         "spec.resources.acceleratorResource",
         "4-bit kernels do not run on habana.ai/gaudi",
     ),

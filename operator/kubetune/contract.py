@@ -1,0 +1,62 @@
+"""What the operator and the trainer agree on: where the pod's files are, which
+environment variables carry runtime facts, and what the trainer's exit codes mean.
+
+Both sides import this module, so a path or a code is written once.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The trainer's exit status. The operator's podFailurePolicy reads these: invalid
+    input and out-of-memory are not retried (the next attempt would fail the same way);
+    anything else is, from the newest checkpoint."""
+
+    OK = 0
+    FAILED = 1
+    INVALID_SPEC = 41
+    INVALID_DATA = 42
+    OUT_OF_MEMORY = 43
+    INTERRUPTED = 44
+    """Stopped by SIGTERM (preemption, eviction, suspend) after writing a checkpoint."""
+
+    @property
+    def retryable(self) -> bool:
+        return self in {ExitCode.FAILED, ExitCode.INTERRUPTED}
+
+
+class Env(enum.StrEnum):
+    """Environment variables the trainer reads, besides torchrun's own."""
+
+    SPEC = "KUBETUNE_SPEC"
+    """Path of the validated spec (JSON, camelCase), mounted from the job's ConfigMap."""
+    JOB_NAME = "KUBETUNE_JOB_NAME"
+    NAMESPACE = "KUBETUNE_NAMESPACE"
+    VOLUMES = "KUBETUNE_VOLUMES"
+    """Folder where each PersistentVolumeClaim of the spec is mounted, by claim name."""
+    CONFIGMAPS = "KUBETUNE_CONFIGMAPS"
+    """Folder where each ConfigMap of the spec is mounted, by name."""
+    SECRETS = "KUBETUNE_SECRETS"
+    """Folder where each Secret of the spec is mounted, by name (one file per key)."""
+    WORK = "KUBETUNE_WORK"
+    """Scratch space of the pod: downloads, tokenised data, local checkpoints."""
+    OUTPUT = "KUBETUNE_OUTPUT"
+    """Overrides the spec's output destination with a local folder (kubetune run --output)."""
+    TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
+    PROGRESS_PORT = "KUBETUNE_PROGRESS_PORT"
+
+
+DEFAULT_PATHS = {
+    Env.SPEC: "/etc/kubetune/spec.json",
+    Env.VOLUMES: "/mnt/kubetune/volumes",
+    Env.CONFIGMAPS: "/mnt/kubetune/configmaps",
+    Env.SECRETS: "/var/run/secrets/kubetune",
+    Env.WORK: "/mnt/kubetune/work",
+    Env.TERMINATION_LOG: "/dev/termination-log",
+}
+
+DEFAULT_PROGRESS_PORT = 9090
+TERMINATION_MESSAGE_LIMIT = 4096
+"""Kubernetes keeps at most this many bytes of a container's termination message."""

@@ -1,0 +1,87 @@
+"""A tiny Phi-3 made on the spot, a dataset it can memorise, and a way to train on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune.api import FineTuneJobSpec
+from kubetune_trainer.runtime import Runtime
+
+FACTS = [
+    (f"What is the code word for item {i}?", f"The code word is {word}.")
+    for i, word in enumerate(["apple", "river", "stone", "cloud", "maple", "tiger", "piano", "comet"])
+]
+CORPUS = [f"{q} {a}" for q, a in FACTS] * 5 + ["a plain sentence about nothing in particular"] * 5
+
+
+def chat_rows() -> list[dict[str, Any]]:
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in FACTS]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder standing for the pod's mounted claims: models/tiny-phi3 and data/train.jsonl."""
+    from kubetune_trainer.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("volumes")
+    make_tiny_model(root / "models" / "tiny-phi3", CORPUS)
+    write_jsonl(root / "data" / "train.jsonl", chat_rows())
+    return root
+
+
+@pytest.fixture
+def runtime(volumes: Path, tmp_path: Path) -> Runtime:
+    return Runtime.from_env(
+        {
+            "KUBETUNE_VOLUMES": str(volumes),
+            "KUBETUNE_WORK": str(tmp_path / "work"),
+            "KUBETUNE_CONFIGMAPS": str(tmp_path / "configmaps"),
+            "KUBETUNE_SECRETS": str(tmp_path / "secrets"),
+            "KUBETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+            "KUBETUNE_OUTPUT": str(tmp_path / "out"),
+        }
+    )
+
+
+def memorise_spec(method: str, formats: list[str], **changes: Any) -> FineTuneJobSpec:
+    body: dict[str, Any] = {
+        "model": {"pvc": {"claimName": "models", "path": "tiny-phi3"}},
+        "dataset": {"pvc": {"claimName": "data", "path": "train.jsonl"}, "maxSeqLength": 128},
+        "method": {"type": method},
+        "training": {
+            "maxSteps": 60,
+            "learningRate": 5e-3 if method != "full" else 1e-3,
+            "perDeviceBatchSize": 4,
+            "loggingInterval": 10,
+            "optimizer": "adamw",
+        },
+        "resources": {"accelerators": 0},
+        "output": {"pvc": {"claimName": "results", "path": method}, "formats": formats},
+    }
+    if method == "qlora":
+        body["method"]["quantization"] = {"allowCpu": True}
+    for key, value in changes.items():
+        body[key] = {**body.get(key, {}), **value}
+    return FineTuneJobSpec.model_validate(body)
+
+
+def greedy_answer(model: Any, tokenizer: Any, question: str) -> str:
+    import torch
+
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)).strip()

@@ -1,0 +1,3 @@
+from kubetune_trainer.main import main
+
+main()

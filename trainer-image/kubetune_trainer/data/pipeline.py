@@ -1,0 +1,90 @@
+"""From a DatasetSpec to tokenised training and evaluation sets, with the counts a person
+reads in the report. Everything here runs before a model is loaded, so bad data fails
+fast and cheaply (the operator's preflight Job runs exactly this)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api import DataFormat
+from kubetune.api.spec import DatasetSource, DatasetSpec
+from kubetune_trainer.data.collate import Packed, pack
+from kubetune_trainer.data.formats import Example, detect_format, to_example
+from kubetune_trainer.data.sources import source_rows
+from kubetune_trainer.data.tokenize import DataStats, TokenizedExample, tokenize_example
+from kubetune_trainer.errors import InvalidData
+from kubetune_trainer.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: list[TokenizedExample] | list[Packed]
+    eval: list[TokenizedExample]
+    stats: DataStats
+    format: DataFormat
+
+
+def read_examples(source: DatasetSource, fmt: DataFormat, runtime: Runtime) -> tuple[list[Example], DataFormat]:
+    """Every row of a source checked and converted; `auto` resolved from the first row."""
+    examples: list[Example] = []
+    for row in source_rows(source, runtime):
+        if fmt is DataFormat.AUTO:
+            fmt = detect_format(row)
+        examples.append(to_example(fmt, row))
+    if not examples:
+        raise InvalidData(f"the {source.kind} dataset has no examples")
+    return examples, fmt
+
+
+def split_for_evaluation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out a fraction of the examples (at least one, never all), chosen with the seed."""
+    if len(examples) < 2:
+        raise InvalidData(f"{len(examples)} example(s) cannot be split for evaluation; give more or drop evaluation")
+    held = min(max(1, math.floor(len(examples) * fraction)), len(examples) - 1)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:held])
+    train = [e for i, e in enumerate(examples) if i not in chosen]
+    return train, [examples[i] for i in sorted(chosen)]
+
+
+def prepare(dataset: DatasetSpec, tokenizer: Any, runtime: Runtime, seed: int) -> PreparedData:
+    examples, fmt = read_examples(dataset, dataset.format, runtime)
+    held_out: list[Example] = []
+    evaluation = dataset.evaluation
+    if evaluation is not None and evaluation.fraction is not None:
+        examples, held_out = split_for_evaluation(examples, evaluation.fraction, seed)
+    elif evaluation is not None and evaluation.source is not None:
+        held_out, _ = read_examples(evaluation.source, fmt, runtime)
+
+    stats = DataStats(detected_format=fmt.value)
+    train = _tokenize_all(examples, tokenizer, dataset, stats)
+    if not train:
+        raise InvalidData(
+            f"no example is left to train on: {stats.dropped_too_long} longer than maxSeqLength "
+            f"{dataset.max_seq_length}, {stats.dropped_nothing_to_learn} with nothing to learn"
+        )
+    eval_set = _tokenize_all(held_out, tokenizer, dataset, DataStats())
+    packed = pack(train, dataset.max_seq_length) if dataset.packing else None
+    return PreparedData(packed or train, eval_set, stats, fmt)
+
+
+def _tokenize_all(
+    examples: list[Example], tokenizer: Any, dataset: DatasetSpec, stats: DataStats
+) -> list[TokenizedExample]:
+    out = []
+    for example in examples:
+        tokenized = tokenize_example(
+            example,
+            tokenizer,
+            max_length=dataset.max_seq_length,
+            truncation=dataset.truncation,
+            completion_only=dataset.completion_only_loss,
+            stats=stats,
+        )
+        if tokenized is not None:
+            out.append(tokenized)
+    return out

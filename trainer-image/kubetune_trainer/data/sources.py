@@ -1,0 +1,57 @@
+"""Where rows come from: a DatasetSource resolved to rows, each labelled with its place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from kubetune.api.spec import DatasetSource
+from kubetune_trainer.data.readers import SUFFIXES, Row, read_rows
+from kubetune_trainer.errors import InvalidData, InvalidSpec
+from kubetune_trainer.runtime import Runtime
+
+
+def source_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
+    match source.kind:
+        case "pvc":
+            assert source.pvc is not None
+            for file in data_files(runtime.claim_path(source.pvc.claim_name, source.pvc.path)):
+                yield from read_rows(file)
+        case "configMap":
+            assert source.config_map is not None
+            file = runtime.configmaps / source.config_map.name / source.config_map.key
+            if not file.is_file():
+                raise InvalidSpec(
+                    f"ConfigMap {source.config_map.name} key {source.config_map.key} is not mounted at {file}"
+                )
+            yield from read_rows(file)
+        case "huggingFace":
+            yield from _hub_rows(source, runtime)
+        case kind:
+            raise InvalidSpec(f"dataset source {kind} is not available in this trainer build yet")
+
+
+def data_files(path: Path) -> list[Path]:
+    """A file, or the dataset files under a folder (sorted, so the order is stable)."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise InvalidData(f"{path}: no {', '.join(SUFFIXES)} files in the folder")
+        return files
+    raise InvalidData(f"{path}: no such file or folder on the volume")
+
+
+def _hub_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
+    hub = source.hugging_face
+    assert hub is not None
+    import datasets  # only Hub sources need it
+
+    token = runtime.secret_value(hub.token_secret.name, hub.token_secret.key) if hub.token_secret else None
+    try:
+        table = datasets.load_dataset(hub.name, hub.config, split=hub.split, revision=hub.revision, token=token)
+    except Exception as error:  # the Hub client raises many types; the message is what matters
+        raise InvalidData(f"Hugging Face dataset {hub.name} ({hub.split}): cannot load: {error}") from None
+    for index, values in enumerate(table):
+        yield Row(dict(values), f"{hub.name} row {index}")

@@ -1,0 +1,105 @@
+"""The trainer's entry point: read the spec and the runtime, train, report the outcome.
+
+Every failure ends in a classified summary (reason, message) in the termination-message
+file and an exit code the operator acts on; nothing ends in an unexplained traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from kubetune.api import FineTuneJobSpec
+from kubetune.api.problems import problems_from_validation_error
+from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
+from kubetune_trainer.errors import InvalidSpec, OutOfMemory, TrainerError
+from kubetune_trainer.progress import Progress, ProgressServer
+from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.summary import write_summary
+
+log = logging.getLogger("kubetune_trainer")
+
+
+def read_spec(path: Path) -> FineTuneJobSpec:
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidSpec(f"cannot read the spec at {path}: {error}") from None
+    try:
+        return FineTuneJobSpec.model_validate(body)
+    except ValidationError as error:
+        problems = "; ".join(str(p) for p in problems_from_validation_error(error, ("spec",)))
+        raise InvalidSpec(problems) from None
+
+
+def run(
+    spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()
+) -> tuple[ExitCode, dict[str, Any]]:
+    """Train and classify the outcome. Returns the exit code and the summary written."""
+    from kubetune_trainer.train import train  # torch and transformers load only when training
+
+    out_summary: Path | None = None
+    try:
+        summary = train(spec, runtime, listeners)
+        out_summary = Path(summary["output"]["location"]) / "summary.json"
+        code = ExitCode.OK
+    except TrainerError as error:
+        summary, code = _failure(error.reason, str(error)), error.exit_code
+    except torch.OutOfMemoryError as error:
+        oom = OutOfMemory(f"{_memory_figures()}: {error}")
+        summary, code = _failure(oom.reason, str(oom)), oom.exit_code
+    if runtime.is_main:
+        write_summary(summary, runtime.termination_log, out_summary)
+    if code is not ExitCode.OK:
+        log.error("%s: %s", summary["reason"], summary["message"])
+    return code, summary
+
+
+def _failure(reason: str, message: str) -> dict[str, Any]:
+    return {"status": "Failed", "reason": reason, "message": message}
+
+
+def _memory_figures() -> str:
+    if not torch.cuda.is_available():
+        return "out of memory"
+    device = torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    gib = 1024**3
+    return (
+        f"accelerator {device} out of memory (peak {peak / gib:.1f} GiB allocated, "
+        f"{free / gib:.1f} of {total / gib:.1f} GiB free)"
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = Runtime.from_env()
+    try:
+        spec = read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC])))
+    except InvalidSpec as error:
+        write_summary(_failure(error.reason, str(error)), runtime.termination_log, None)
+        log.error("%s", error)
+        sys.exit(error.exit_code)
+    progress = Progress()
+    if runtime.is_main:
+        with ProgressServer(progress, runtime.job_name, runtime.progress_port):
+            code, _ = run(spec, runtime, [_mirror_into(progress)])
+    else:
+        code, _ = run(spec, runtime)
+    sys.exit(int(code))
+
+
+def _mirror_into(target: Progress) -> Callable[[Progress], None]:
+    def copy(current: Progress) -> None:
+        target.__dict__.update(current.__dict__)
+
+    return copy

@@ -1,0 +1,170 @@
+"""The base model and tokenizer, loaded from the spec's source, and the method applied to it.
+
+`apply_method` is the one place the method is dispatched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kubetune.api import MethodType, Precision
+from kubetune.api.spec import FineTuneJobSpec, LoraSpec, QuantizationSpec
+from kubetune.catalog import Preset, presets
+from kubetune_trainer.errors import InvalidSpec
+from kubetune_trainer.hardware import DTYPES
+from kubetune_trainer.runtime import Runtime
+
+ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where from_pretrained finds the model: a repository id or a local folder."""
+
+    location: str
+    revision: str | None
+    token: str | None
+    trust_remote_code: bool
+    preset: Preset | None
+
+    @property
+    def display(self) -> str:
+        return self.location if self.revision in (None, "main") else f"{self.location}@{self.revision}"
+
+
+def resolve_source(spec: FineTuneJobSpec, runtime: Runtime) -> ModelSource:
+    model = spec.model
+    token = None
+    if model.hub_token_secret is not None:
+        token = runtime.secret_value(model.hub_token_secret.name, model.hub_token_secret.key)
+    if model.preset is not None:
+        preset = presets()[model.preset]
+        return ModelSource(preset.repo, "main", token, model.trust_remote_code, preset)
+    if model.hugging_face is not None:
+        repo = model.hugging_face
+        return ModelSource(repo.repo, repo.revision, token, model.trust_remote_code, None)
+    assert model.pvc is not None
+    folder = runtime.claim_path(model.pvc.claim_name, model.pvc.path)
+    if not (folder / "config.json").is_file():
+        raise InvalidSpec(f"no model at {model.pvc.claim_name}:{model.pvc.path} (no config.json in {folder})")
+    return ModelSource(str(folder), None, None, model.trust_remote_code, None)
+
+
+def load_tokenizer(source: ModelSource, runtime: Runtime) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.location,
+        revision=source.revision,
+        token=source.token,
+        trust_remote_code=source.trust_remote_code,
+        cache_dir=_cache(runtime),
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(quant: QuantizationSpec, storage: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.type.value,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[Precision(quant.compute_dtype.value)],
+        # Sharding strategies (ZeRO-3, FSDP) need the packed 4-bit weights stored in the
+        # same dtype as the rest of the model.
+        bnb_4bit_quant_storage=storage,
+    )
+
+
+def load_model(spec: FineTuneJobSpec, source: ModelSource, precision: Precision, runtime: Runtime) -> Any:
+    """The base model in the dtype the method needs: adapters train over a base in the
+    compute dtype; full fine-tuning keeps fp32 master weights under mixed precision."""
+    from transformers import AutoModelForCausalLM
+
+    compute = DTYPES[precision]
+    dtype = torch.float32 if spec.method.type is MethodType.FULL else compute
+    quant = spec.method.quantized
+    kwargs: dict[str, Any] = {}
+    if quant is not None:
+        kwargs["quantization_config"] = quantization_config(quant, storage=compute)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source.location,
+            revision=source.revision,
+            token=source.token,
+            trust_remote_code=source.trust_remote_code,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            cache_dir=_cache(runtime),
+            **kwargs,
+        )
+    except OSError as error:
+        raise InvalidSpec(f"cannot load model {source.display}: {error}") from None
+
+
+def target_modules(lora: LoraSpec, preset: Preset | None) -> list[str] | str:
+    if lora.target_modules == [ALL_LINEAR]:
+        return ALL_LINEAR
+    if lora.target_modules:
+        return list(lora.target_modules)
+    return list(preset.target_modules) if preset else ALL_LINEAR
+
+
+def apply_method(model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None = None) -> Any:
+    """Make the model trainable as the method says: every weight, or adapters over a frozen
+    (possibly 4-bit) base. The only dispatch on the method."""
+    method = spec.method
+    match method.type:
+        case MethodType.FULL:
+            model.requires_grad_(True)
+            if spec.training.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return model
+        case MethodType.LORA | MethodType.DORA | MethodType.QLORA:
+            return _with_adapter(model, spec, source, adapter_from)
+    raise AssertionError(f"unhandled method {method.type}")
+
+
+def _with_adapter(model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None) -> Any:
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    checkpointing = spec.training.gradient_checkpointing
+    if spec.method.quantized is not None:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if adapter_from is not None:
+        return PeftModel.from_pretrained(model, adapter_from, is_trainable=True)
+    lora = spec.method.adapter
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target_modules(lora, source.preset),
+        modules_to_save=list(lora.modules_to_save) or None,
+        use_dora=spec.method.type is MethodType.DORA,
+        use_rslora=lora.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _cache(runtime: Runtime) -> str:
+    return str(runtime.work / "hf-cache")

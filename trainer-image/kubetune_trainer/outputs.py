@@ -1,0 +1,84 @@
+"""Write the trained result in the formats the spec asks for, into the local output folder.
+
+Merging never happens inside a training engine or into 4-bit weights: the base is
+reloaded in its compute dtype, the saved adapter is applied, then merged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kubetune.api import MethodType, OutputFormat, Precision
+from kubetune.api.spec import FineTuneJobSpec
+from kubetune_trainer.errors import InvalidSpec
+from kubetune_trainer.hardware import DTYPES
+from kubetune_trainer.model import ModelSource
+from kubetune_trainer.runtime import Runtime
+
+
+def check_formats(spec: FineTuneJobSpec) -> None:
+    """Refuse, before training, a format this trainer cannot write."""
+    for fmt in spec.output.formats_for(spec.method.type):
+        if fmt is OutputFormat.ONNX:
+            raise InvalidSpec("output format onnx is not available in this trainer build yet; use adapter or merged")
+
+
+def write_outputs(
+    trainer: Any,
+    spec: FineTuneJobSpec,
+    source: ModelSource,
+    tokenizer: Any,
+    precision: Precision,
+    out: Path,
+    scratch: Path,
+) -> list[OutputFormat]:
+    formats = spec.output.formats_for(spec.method.type)
+    # A merge needs the adapter on disk even when the adapter itself is not asked for.
+    adapter_dir = out / "adapter" if OutputFormat.ADAPTER in formats else scratch / "adapter-to-merge"
+    if spec.method.type.uses_adapter:
+        trainer.save_model(str(adapter_dir))
+        tokenizer.save_pretrained(adapter_dir)
+    if OutputFormat.MERGED in formats:
+        merged_dir = out / "merged"
+        if spec.method.type is MethodType.FULL:
+            trainer.save_model(str(merged_dir))
+        else:
+            _merge(source, adapter_dir, merged_dir, precision)
+        tokenizer.save_pretrained(merged_dir)
+    return formats
+
+
+def _merge(source: ModelSource, adapter_dir: Path, merged_dir: Path, precision: Precision) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    # fp16 merges lose precision in the added deltas; bf16 and fp32 keep them.
+    dtype = DTYPES[precision if precision is not Precision.FP16 else Precision.FP32]
+    base = AutoModelForCausalLM.from_pretrained(
+        source.location,
+        revision=source.revision,
+        token=source.token,
+        trust_remote_code=source.trust_remote_code,
+        dtype=dtype,
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+
+
+def output_folder(spec: FineTuneJobSpec, runtime: Runtime) -> Path:
+    """The local folder outputs are written to (then pushed, for remote destinations)."""
+    if runtime.output_override is not None:
+        return runtime.output_override
+    if spec.output.pvc is not None:
+        return runtime.claim_path(spec.output.pvc.claim_name, spec.output.pvc.path)
+    raise InvalidSpec(f"output destination {spec.output.kind} is not available in this trainer build yet")
+
+
+def checkpoint_folder(spec: FineTuneJobSpec, runtime: Runtime, out: Path) -> Path:
+    location = spec.checkpoint.location
+    if location is not None and location.pvc is not None:
+        return runtime.claim_path(location.pvc.claim_name, location.pvc.path)
+    if location is not None:
+        raise InvalidSpec(f"checkpoint location {location.kind} is not available in this trainer build yet")
+    return out / "checkpoints"

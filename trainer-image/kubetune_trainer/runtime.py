@@ -1,0 +1,74 @@
+"""Facts about this process that the spec cannot know: its rank, its peers, its folders.
+
+torchrun sets the rank variables; the operator (or `kubetune run`) sets the kubetune
+ones. Read once, at start, into a frozen object that the rest of the trainer is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetune.contract import DEFAULT_PATHS, DEFAULT_PROGRESS_PORT, Env
+from kubetune_trainer.errors import InvalidSpec
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    local_rank: int
+    world_size: int
+    job_name: str
+    namespace: str
+    volumes: Path
+    configmaps: Path
+    secrets: Path
+    work: Path
+    termination_log: Path
+    progress_port: int
+    output_override: Path | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Runtime:
+        env = os.environ if env is None else env
+
+        def path(var: Env) -> Path:
+            return Path(env.get(var, DEFAULT_PATHS[var]))
+
+        override = env.get(Env.OUTPUT)
+        return cls(
+            rank=int(env.get("RANK", "0")),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            world_size=int(env.get("WORLD_SIZE", "1")),
+            job_name=env.get(Env.JOB_NAME, "local"),
+            namespace=env.get(Env.NAMESPACE, "default"),
+            volumes=path(Env.VOLUMES),
+            configmaps=path(Env.CONFIGMAPS),
+            secrets=path(Env.SECRETS),
+            work=path(Env.WORK),
+            termination_log=path(Env.TERMINATION_LOG),
+            progress_port=int(env.get(Env.PROGRESS_PORT, str(DEFAULT_PROGRESS_PORT))),
+            output_override=Path(override) if override else None,
+        )
+
+    def claim_path(self, claim_name: str, path: str) -> Path:
+        """Where a path on a PersistentVolumeClaim is in this pod's file system."""
+        return self.volumes / claim_name / path.lstrip("/")
+
+    def secret_value(self, name: str, key: str) -> str:
+        """A key of a mounted Secret, stripped of its trailing newline. Never logged."""
+        file = self.secrets / name / key
+        try:
+            return file.read_text().strip()
+        except OSError as error:
+            raise InvalidSpec(f"Secret {name} key {key} is not mounted at {file} ({error.strerror})") from None

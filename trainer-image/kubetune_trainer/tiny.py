@@ -1,0 +1,91 @@
+"""Tiny models of real architectures, made locally with random weights and a tokenizer
+trained on the spot: for tests, for the quickstart and for anyone without a Hub.
+
+They load through the same `from_pretrained` path as a real model on a volume. Large
+initial weights (initializer_range 0.2) let a LoRA memorise a small dataset quickly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+Architecture = Literal["phi3", "llama"]
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+
+# The shape of Phi-3's own template: every turn closes with <|end|>, and a conversation
+# that is not waiting for an answer closes with the end-of-text token.
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+def make_tiny_model(
+    folder: Path,
+    corpus: Iterable[str],
+    architecture: Architecture = "phi3",
+    hidden_size: int = 64,
+    layers: int = 2,
+    vocab_size: int = 512,
+    max_positions: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Write a tokenizer trained on `corpus` and a randomly initialised model to `folder`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        PreTrainedModel,
+        PreTrainedTokenizerFast,
+    )
+
+    tokenizer_model = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer_model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer_model.train_from_iterator(list(corpus), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_model,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+    )
+    tokenizer.chat_template = PHI3_CHAT_TEMPLATE
+
+    shape = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": max_positions,
+        "initializer_range": 0.2,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    torch.manual_seed(seed)
+    model: PreTrainedModel = (
+        Phi3ForCausalLM(Phi3Config(**shape)) if architecture == "phi3" else LlamaForCausalLM(LlamaConfig(**shape))
+    )
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

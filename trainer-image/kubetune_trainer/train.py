@@ -1,0 +1,179 @@
+"""One training run, from a validated spec to outputs and a summary.
+
+The order matters: the data is read, checked and tokenised before any model is loaded,
+so bad data costs seconds, not accelerator time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from kubetune.api.spec import FineTuneJobSpec
+from kubetune_trainer.arguments import learning_rate, training_arguments
+from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
+from kubetune_trainer.data.collate import PackedCollator, PaddingCollator
+from kubetune_trainer.data.pipeline import prepare
+from kubetune_trainer.data.tokenize import ensure_chat_template
+from kubetune_trainer.errors import Interrupted, InvalidSpec
+from kubetune_trainer.hardware import Hardware
+from kubetune_trainer.model import (
+    apply_method,
+    load_model,
+    load_tokenizer,
+    resolve_source,
+    trainable_parameters,
+)
+from kubetune_trainer.outputs import check_formats, checkpoint_folder, output_folder, write_outputs
+from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
+from kubetune_trainer.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class ListDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
+class CountingTrainer(Trainer):
+    """A Trainer that counts trained (non-padding) tokens from the collator's figure."""
+
+    def __init__(self, *args: Any, meter: TokenMeter, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.meter = meter
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        tokens = inputs.pop("num_tokens", None)
+        if tokens is not None and model.training:
+            self.meter.tokens += int(tokens)
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+@dataclass
+class StopOnSignal(TrainerCallback):
+    """On SIGTERM (preemption, eviction, suspend), finish the step, checkpoint and stop."""
+
+    received: bool = False
+    _previous: Any = field(default=None, repr=False)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: writing a checkpoint after this step, then stopping")
+        self.received = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(
+    spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()
+) -> dict[str, Any]:
+    """Train as the spec says and return the summary. Raises TrainerError subclasses."""
+    started = time.monotonic()
+    hardware = Hardware.detect()
+    precision = hardware.precision(spec.training.precision)
+    check_formats(spec)
+    out = output_folder(spec, runtime)
+    checkpoint_dir = checkpoint_folder(spec, runtime, out)
+    source = resolve_source(spec, runtime)
+
+    tokenizer = load_tokenizer(source, runtime)
+    default_template = ensure_chat_template(tokenizer)
+    data = prepare(spec.dataset, tokenizer, runtime, spec.training.seed)
+    log.info("data: %s", data.stats.as_dict())
+
+    model = apply_method(load_model(spec, source, precision, runtime), spec, source, _warm_start(spec, runtime))
+    trainable, total = trainable_parameters(model)
+    log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
+
+    out.mkdir(parents=True, exist_ok=True)
+    meter = TokenMeter()
+    tracker = ProgressTracker(
+        meter, runtime.world_size, out / "metrics.jsonl" if runtime.is_main else None, list(listeners)
+    )
+    stopper = StopOnSignal()
+    collator = (PackedCollator if spec.dataset.packing else PaddingCollator)(tokenizer.pad_token_id)
+    trainer = CountingTrainer(
+        model=model,
+        args=training_arguments(spec, precision, hardware.device == "cpu", checkpoint_dir, bool(data.eval)),
+        train_dataset=ListDataset(data.train),
+        eval_dataset=ListDataset(data.eval) if data.eval else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, _barrier), stopper],
+        meter=meter,
+    )
+    resume = newest_complete(checkpoint_dir)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stopper.received:
+        raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; the checkpoint is kept")
+    metrics: dict[str, Any] = {
+        "steps": trainer.state.global_step,
+        "trainLoss": _last(tracker.history, "loss"),
+        "trainableParameters": trainable,
+        "totalParameters": total,
+        "tokensPerSecond": tracker.progress.tokens_per_second,
+        "learningRate": learning_rate(spec),
+        "precision": precision.value,
+        "trainRuntimeSeconds": round(result.metrics.get("train_runtime", 0.0), 2),
+    }
+    if data.eval:
+        evaluation = trainer.evaluate()
+        metrics["evalLoss"] = evaluation["eval_loss"]
+        metrics["perplexity"] = float(torch.exp(torch.tensor(evaluation["eval_loss"])))
+    formats = write_outputs(trainer, spec, source, tokenizer, precision, out, runtime.work)
+    metrics["wallSeconds"] = round(time.monotonic() - started, 2)
+    return {
+        "status": "Succeeded",
+        "reason": "Completed",
+        "message": f"trained {trainer.state.global_step} steps on {data.stats.kept} examples",
+        "output": {"location": str(out), "formats": [f.value for f in formats]},
+        "metrics": metrics,
+        "data": data.stats.as_dict() | {"defaultChatTemplate": default_template},
+        "model": source.display,
+        "method": spec.method.type.value,
+        "history": tracker.history,
+    }
+
+
+def _warm_start(spec: FineTuneJobSpec, runtime: Runtime) -> str | None:
+    warm = spec.training.warm_start
+    if warm is None:
+        return None
+    if warm.pvc is None:
+        raise InvalidSpec(f"warm start from {warm.kind} is not available in this trainer build yet")
+    return str(runtime.claim_path(warm.pvc.claim_name, warm.pvc.path))
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _last(history: list[dict[str, Any]], key: str) -> float | None:
+    values = [record[key] for record in history if key in record]
+    return values[-1] if values else None
