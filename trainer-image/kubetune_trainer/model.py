@@ -94,7 +94,7 @@ def load_model(spec: FineTuneJobSpec, source: ModelSource, precision: Precision,
     if quant is not None:
         kwargs["quantization_config"] = quantization_config(quant, storage=compute)
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             source.location,
             revision=source.revision,
             token=source.token,
@@ -106,6 +106,10 @@ def load_model(spec: FineTuneJobSpec, source: ModelSource, precision: Precision,
         )
     except OSError as error:
         raise InvalidSpec(f"cannot load model {source.display}: {error}") from None
+    # No key/value cache in training: it costs memory, and its presence stops transformers
+    # from isolating the examples of a packed sequence from each other.
+    model.config.use_cache = False
+    return model
 
 
 def target_modules(lora: LoraSpec, preset: Preset | None) -> list[str] | str:

@@ -42,6 +42,7 @@ def write_outputs(
     if OutputFormat.MERGED in formats:
         merged_dir = out / "merged"
         if spec.method.type is MethodType.FULL:
+            trainer.model.config.use_cache = True  # turned off for training; serving wants it
             trainer.save_model(str(merged_dir))
         else:
             _merge(source, adapter_dir, merged_dir, precision)

@@ -1,7 +1,7 @@
 """One training run, from a validated spec to outputs and a summary.
 
-The order matters: the data is read, checked and tokenised before any model is loaded,
-so bad data costs seconds, not accelerator time.
+The order matters: every row is read and checked before the tokenizer or the model is
+loaded, so bad data costs seconds, not accelerator time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
 from kubetune_trainer.data.collate import PackedCollator, PaddingCollator
-from kubetune_trainer.data.pipeline import prepare
+from kubetune_trainer.data.pipeline import read_dataset, tokenize_dataset
 from kubetune_trainer.data.tokenize import ensure_chat_template
 from kubetune_trainer.errors import Interrupted, InvalidSpec
 from kubetune_trainer.hardware import Hardware
@@ -97,11 +97,12 @@ def train(
     check_formats(spec)
     out = output_folder(spec, runtime)
     checkpoint_dir = checkpoint_folder(spec, runtime, out)
-    source = resolve_source(spec, runtime)
+    examples = read_dataset(spec.dataset, runtime, spec.training.seed)
 
+    source = resolve_source(spec, runtime)
     tokenizer = load_tokenizer(source, runtime)
     default_template = ensure_chat_template(tokenizer)
-    data = prepare(spec.dataset, tokenizer, runtime, spec.training.seed)
+    data = tokenize_dataset(examples, spec.dataset, tokenizer)
     log.info("data: %s", data.stats.as_dict())
 
     model = apply_method(load_model(spec, source, precision, runtime), spec, source, _warm_start(spec, runtime))

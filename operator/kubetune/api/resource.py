@@ -55,3 +55,9 @@ def parse_finetunejob(body: Any, source: str = "") -> FineTuneJob:
         return FineTuneJob.model_validate(body)
     except ValidationError as error:
         raise InvalidSpec(problems_from_validation_error(error), source) from None
+
+
+def dump_spec(spec: FineTuneJobSpec) -> str:
+    """The spec as the trainer reads it: JSON with the wire (camelCase) names, holding the
+    fields the author set (the same models fill in the same defaults on the other side)."""
+    return spec.model_dump_json(by_alias=True, exclude_unset=True, indent=2)

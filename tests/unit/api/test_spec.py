@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.api import FineTuneJob, MethodType, OutputFormat, parse_finetunejob
+from kubetune.api import FineTuneJob, FineTuneJobSpec, MethodType, OutputFormat, parse_finetunejob
 from kubetune.api.enums import QuantType, StrategyType
+from kubetune.api.resource import dump_spec
 from kubetune.catalog import Strategy
 
 
@@ -95,3 +96,13 @@ def test_unknown_metadata_is_kept(job: dict[str, Any]) -> None:
     parsed = parse_finetunejob(job)
 
     assert parsed.model_dump(by_alias=True)["metadata"]["uid"] == "1234"
+
+
+def test_dumped_spec_reads_back_equal_with_its_defaults(job: dict[str, Any]) -> None:
+    job["spec"]["training"] = {"maxSteps": 10}
+    spec = parse_finetunejob(job).spec
+
+    again = FineTuneJobSpec.model_validate_json(dump_spec(spec))
+
+    assert again == spec
+    assert '"epochs"' not in dump_spec(spec)

@@ -51,7 +51,17 @@ def split_for_evaluation(examples: list[Example], fraction: float, seed: int) ->
     return train, [examples[i] for i in sorted(chosen)]
 
 
-def prepare(dataset: DatasetSpec, tokenizer: Any, runtime: Runtime, seed: int) -> PreparedData:
+@dataclass(frozen=True)
+class ExampleSets:
+    """Checked examples, before any tokenizer: what a preflight validates."""
+
+    train: list[Example]
+    eval: list[Example]
+    format: DataFormat
+
+
+def read_dataset(dataset: DatasetSpec, runtime: Runtime, seed: int) -> ExampleSets:
+    """Read and check every row, and split off the evaluation examples. Needs no model."""
     examples, fmt = read_examples(dataset, dataset.format, runtime)
     held_out: list[Example] = []
     evaluation = dataset.evaluation
@@ -59,17 +69,24 @@ def prepare(dataset: DatasetSpec, tokenizer: Any, runtime: Runtime, seed: int) -
         examples, held_out = split_for_evaluation(examples, evaluation.fraction, seed)
     elif evaluation is not None and evaluation.source is not None:
         held_out, _ = read_examples(evaluation.source, fmt, runtime)
+    return ExampleSets(examples, held_out, fmt)
 
-    stats = DataStats(detected_format=fmt.value)
-    train = _tokenize_all(examples, tokenizer, dataset, stats)
+
+def tokenize_dataset(sets: ExampleSets, dataset: DatasetSpec, tokenizer: Any) -> PreparedData:
+    stats = DataStats(detected_format=sets.format.value)
+    train = _tokenize_all(sets.train, tokenizer, dataset, stats)
     if not train:
         raise InvalidData(
             f"no example is left to train on: {stats.dropped_too_long} longer than maxSeqLength "
             f"{dataset.max_seq_length}, {stats.dropped_nothing_to_learn} with nothing to learn"
         )
-    eval_set = _tokenize_all(held_out, tokenizer, dataset, DataStats())
-    packed = pack(train, dataset.max_seq_length) if dataset.packing else None
-    return PreparedData(packed or train, eval_set, stats, fmt)
+    eval_set = _tokenize_all(sets.eval, tokenizer, dataset, DataStats())
+    train_set: list[TokenizedExample] | list[Packed] = pack(train, dataset.max_seq_length) if dataset.packing else train
+    return PreparedData(train_set, eval_set, stats, sets.format)
+
+
+def prepare(dataset: DatasetSpec, tokenizer: Any, runtime: Runtime, seed: int) -> PreparedData:
+    return tokenize_dataset(read_dataset(dataset, runtime, seed), dataset, tokenizer)
 
 
 def _tokenize_all(

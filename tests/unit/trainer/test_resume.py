@@ -1,0 +1,94 @@
+"""A run killed mid-way resumes from its newest complete checkpoint and ends at the same
+step count; SIGTERM (what Kubernetes sends on preemption) checkpoints before exiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.resource import dump_spec
+from kubetune.contract import ExitCode
+from kubetune_trainer.checkpoints import MARKER, checkpoints
+
+from .conftest import memorise_spec
+
+pytestmark = pytest.mark.slow
+
+STEPS = 300
+
+
+def _launch(volumes: Path, folder: Path) -> subprocess.Popen[bytes]:
+    spec = memorise_spec(
+        "lora",
+        ["adapter"],
+        training={"maxSteps": STEPS, "loggingInterval": 20},
+        checkpoint={"intervalSteps": 20, "keep": 2},
+    )
+    (folder / "spec.json").write_text(dump_spec(spec))
+    env = os.environ | {
+        "KUBETUNE_SPEC": str(folder / "spec.json"),
+        "KUBETUNE_VOLUMES": str(volumes),
+        "KUBETUNE_WORK": str(folder / "work"),
+        "KUBETUNE_OUTPUT": str(folder / "out"),
+        "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
+        "KUBETUNE_PROGRESS_PORT": "0",
+    }
+    log = (folder / "log.txt").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "kubetune_trainer"], env=env, stdout=log, stderr=log)
+
+
+def _wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes], at_least: int) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = [step for step, path in checkpoints(folder / "out" / "checkpoints") if (path / MARKER).exists()]
+        if done and max(done) >= at_least:
+            return max(done)
+        assert process.poll() is None, (folder / "log.txt").read_text()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _finish(volumes: Path, folder: Path) -> tuple[int, str]:
+    process = _launch(volumes, folder)
+    assert process.wait(timeout=300) == ExitCode.OK, (folder / "log.txt").read_text()[-3000:]
+    return json.loads((folder / "out" / "summary.json").read_text())["metrics"]["steps"], (
+        folder / "log.txt"
+    ).read_text()
+
+
+def test_killed_run_resumes_from_the_newest_complete_checkpoint(volumes: Path, tmp_path: Path) -> None:
+    process = _launch(volumes, tmp_path)
+    reached = _wait_for_checkpoint(tmp_path, process, at_least=40)
+    process.kill()
+    process.wait()
+
+    steps, log = _finish(volumes, tmp_path)
+
+    assert steps == STEPS
+    resumed = int(log.split("resuming from ")[1].split("checkpoint-")[1].split()[0])
+    assert resumed >= reached
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_as_interrupted(volumes: Path, tmp_path: Path) -> None:
+    process = _launch(volumes, tmp_path)
+    _wait_for_checkpoint(tmp_path, process, at_least=20)
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=120)
+
+    assert code == ExitCode.INTERRUPTED
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["reason"] == "Interrupted"
+    stopped_at = int(summary["message"].split("at step ")[1].split(";")[0])
+    newest = checkpoints(tmp_path / "out" / "checkpoints")[0]
+    assert newest[0] == stopped_at and (newest[1] / MARKER).exists()
+
+    steps, log = _finish(volumes, tmp_path)
+    assert steps == STEPS
+    assert f"resuming from {newest[1]}" in log
