@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 # DeepSpeed's ops are compiled on first use (or prebuilt in the trainer image), never at install.
 export DS_BUILD_OPS := 0
 
-.PHONY: help venv quickstart test lint typecheck unit crds clean
+.PHONY: help venv quickstart test lint typecheck unit gpu-check crds clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ unit: $(INSTALLED) ## The test suite alone, without lint and type checks
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit ## Everything CI runs: lint, type check, tests
+
+gpu-check: $(INSTALLED) ## On a CUDA machine: QLoRA kernels, ZeRO-3 over NCCL, FSDP rows (prints a table)
+	$(BIN)/python -m pytest tests/gpu -m gpu -s -q -p no:cacheprovider
 
 crds: $(INSTALLED) ## Regenerate crds/ from the API models
 	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml

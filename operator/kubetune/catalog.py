@@ -66,6 +66,12 @@ class SupportRow(_Data):
     supported: bool
     reason: str | None = None
     asserts: str | None = None
+    needs: str | None = None
+    """"accelerator" when the row runs only with GPUs."""
+
+    @property
+    def needs_accelerator(self) -> bool:
+        return self.needs == "accelerator"
 
 
 def _load(name: str) -> Any:

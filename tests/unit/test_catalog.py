@@ -52,3 +52,9 @@ def test_full_fine_tuning_has_no_adapter_output() -> None:
     refused = {(r.method, r.output) for r in support_matrix() if not r.supported}
 
     assert refused == {("full", "adapter")}
+
+
+def test_only_fsdp_rows_need_an_accelerator() -> None:
+    needing = {r.strategy for r in support_matrix() if r.needs_accelerator}
+
+    assert needing == {Strategy.FSDP}

@@ -8,6 +8,7 @@ from typing import Any
 from kubetune.api import Precision
 from kubetune.api.enums import Optimizer, Scheduler
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune_trainer.strategy import strategy_arguments
 
 OPTIMIZERS = {
     Optimizer.ADAMW: "adamw_torch",
@@ -38,7 +39,7 @@ def learning_rate(spec: FineTuneJobSpec) -> float:
 
 
 def training_arguments(
-    spec: FineTuneJobSpec, precision: Precision, on_cpu: bool, checkpoint_dir: Path, has_eval: bool
+    spec: FineTuneJobSpec, precision: Precision, on_cpu: bool, world_size: int, checkpoint_dir: Path, has_eval: bool
 ) -> Any:
     from transformers import TrainingArguments
 
@@ -79,4 +80,7 @@ def training_arguments(
         disable_tqdm=True,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        # NCCL needs GPUs; gloo carries collectives between CPU processes.
+        ddp_backend="gloo" if on_cpu and world_size > 1 else None,
+        **strategy_arguments(spec, on_cpu),
     )

@@ -13,6 +13,7 @@ import torch
 from kubetune.api import MethodType, Precision
 from kubetune.api.spec import FineTuneJobSpec, LoraSpec, QuantizationSpec
 from kubetune.catalog import Preset, presets
+from kubetune_trainer.engine import full_elements
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
 from kubetune_trainer.runtime import Runtime
@@ -165,8 +166,8 @@ def _with_adapter(model: Any, spec: FineTuneJobSpec, source: ModelSource, adapte
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(full_elements(p) for p in model.parameters() if p.requires_grad)
+    total = sum(full_elements(p) for p in model.parameters())
     return trainable, total
 
 

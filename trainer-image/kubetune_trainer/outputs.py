@@ -6,10 +6,11 @@ reloaded in its compute dtype, the saved adapter is applied, then merged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import MethodType, OutputFormat, Precision
+from kubetune.api import OutputFormat, Precision
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
@@ -32,28 +33,38 @@ def write_outputs(
     precision: Precision,
     out: Path,
     scratch: Path,
+    runtime: Runtime,
+    barrier: Callable[[], None],
 ) -> list[OutputFormat]:
+    """Every rank takes part in saving (ZeRO-3 and FSDP gather the shards); rank 0 alone
+    writes the tokenizer and does the merge, outside the training engine."""
     formats = spec.output.formats_for(spec.method.type)
     # A merge needs the adapter on disk even when the adapter itself is not asked for.
     adapter_dir = out / "adapter" if OutputFormat.ADAPTER in formats else scratch / "adapter-to-merge"
+    merged_dir = out / "merged"
     if spec.method.type.uses_adapter:
         trainer.save_model(str(adapter_dir))
-        tokenizer.save_pretrained(adapter_dir)
-    if OutputFormat.MERGED in formats:
-        merged_dir = out / "merged"
-        if spec.method.type is MethodType.FULL:
-            trainer.model.config.use_cache = True  # turned off for training; serving wants it
-            trainer.save_model(str(merged_dir))
-        else:
-            _merge(source, adapter_dir, merged_dir, precision)
-        tokenizer.save_pretrained(merged_dir)
+    elif OutputFormat.MERGED in formats:
+        trainer.model.config.use_cache = True  # turned off for training; serving wants it
+        trainer.save_model(str(merged_dir))
+    if runtime.is_main:
+        if spec.method.type.uses_adapter:
+            tokenizer.save_pretrained(adapter_dir)
+        if OutputFormat.MERGED in formats:
+            if spec.method.type.uses_adapter:
+                _merge(source, adapter_dir, merged_dir, precision)
+            tokenizer.save_pretrained(merged_dir)
+    barrier()
     return formats
 
 
 def _merge(source: ModelSource, adapter_dir: Path, merged_dir: Path, precision: Precision) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    # While a ZeRO-3 config is registered, from_pretrained builds empty sharded weights.
+    unset_hf_deepspeed_config()
     # fp16 merges lose precision in the added deltas; bf16 and fp32 keep them.
     dtype = DTYPES[precision if precision is not Precision.FP16 else Precision.FP32]
     base = AutoModelForCausalLM.from_pretrained(

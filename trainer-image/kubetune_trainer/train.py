@@ -6,11 +6,13 @@ loaded, so bad data costs seconds, not accelerator time.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,10 +20,12 @@ from transformers import Trainer, TrainerCallback
 
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.arguments import learning_rate, training_arguments
+from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
 from kubetune_trainer.data.collate import PackedCollator, PaddingCollator
 from kubetune_trainer.data.pipeline import read_dataset, tokenize_dataset
 from kubetune_trainer.data.tokenize import ensure_chat_template
+from kubetune_trainer.engine import EngineCheck, engine_facts, record
 from kubetune_trainer.errors import Interrupted, InvalidSpec
 from kubetune_trainer.hardware import Hardware
 from kubetune_trainer.model import (
@@ -105,6 +109,13 @@ def train(
     data = tokenize_dataset(examples, spec.dataset, tokenizer)
     log.info("data: %s", data.stats.as_dict())
 
+    # The arguments come before the model: under ZeRO-3 they set up the process group and
+    # make from_pretrained place each rank's shard straight away.
+    args = training_arguments(
+        spec, precision, hardware.device == "cpu", runtime.world_size, checkpoint_dir, bool(data.eval)
+    )
+    if args.deepspeed:
+        _start_deepspeed(args, checkpoint_dir, runtime)
     model = apply_method(load_model(spec, source, precision, runtime), spec, source, _warm_start(spec, runtime))
     trainable, total = trainable_parameters(model)
     log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
@@ -118,7 +129,7 @@ def train(
     collator = (PackedCollator if spec.dataset.packing else PaddingCollator)(tokenizer.pad_token_id)
     trainer = CountingTrainer(
         model=model,
-        args=training_arguments(spec, precision, hardware.device == "cpu", checkpoint_dir, bool(data.eval)),
+        args=args,
         train_dataset=ListDataset(data.train),
         eval_dataset=ListDataset(data.eval) if data.eval else None,
         data_collator=collator,
@@ -126,10 +137,13 @@ def train(
         callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, _barrier), stopper],
         meter=meter,
     )
+    trainer.add_callback(EngineCheck(trainer, spec.distributed.strategy))
     resume = newest_complete(checkpoint_dir)
     if resume is not None:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    facts = engine_facts(trainer, total)
+    record(facts, runtime.work / "ranks", runtime.rank)
     if stopper.received:
         raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; the checkpoint is kept")
     metrics: dict[str, Any] = {
@@ -146,19 +160,23 @@ def train(
         evaluation = trainer.evaluate()
         metrics["evalLoss"] = evaluation["eval_loss"]
         metrics["perplexity"] = float(torch.exp(torch.tensor(evaluation["eval_loss"])))
-    formats = write_outputs(trainer, spec, source, tokenizer, precision, out, runtime.work)
+    formats = write_outputs(trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, _barrier)
     metrics["wallSeconds"] = round(time.monotonic() - started, 2)
-    return {
+    summary = {
         "status": "Succeeded",
         "reason": "Completed",
         "message": f"trained {trainer.state.global_step} steps on {data.stats.kept} examples",
         "output": {"location": str(out), "formats": [f.value for f in formats]},
         "metrics": metrics,
+        "engine": facts,
         "data": data.stats.as_dict() | {"defaultChatTemplate": default_template},
         "model": source.display,
         "method": spec.method.type.value,
         "history": tracker.history,
     }
+    if runtime.is_main:
+        (out / "README.md").write_text(model_card(spec, summary))
+    return summary
 
 
 def _warm_start(spec: FineTuneJobSpec, runtime: Runtime) -> str | None:
@@ -168,6 +186,18 @@ def _warm_start(spec: FineTuneJobSpec, runtime: Runtime) -> str | None:
     if warm.pvc is None:
         raise InvalidSpec(f"warm start from {warm.kind} is not available in this trainer build yet")
     return str(runtime.claim_path(warm.pvc.claim_name, warm.pvc.path))
+
+
+def _start_deepspeed(args: Any, checkpoint_dir: Path, runtime: Runtime) -> None:
+    """Join DeepSpeed's own process group before any model is built: ZeRO-3 shards weights
+    as they load, and DeepSpeed reads the world size from its group, not torch's (without
+    this, CPU ranks each believe they are alone and the batch-size check fails)."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=args.ddp_backend or "nccl")
+    if runtime.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (checkpoint_dir / "deepspeed.json").write_text(json.dumps(args.deepspeed, indent=2) + "\n")
 
 
 def _barrier() -> None:

@@ -124,6 +124,12 @@ def _support_matrix(spec: FineTuneJobSpec) -> Iterator[Problem]:
         row = support_row(spec.method.type, strategy, fmt)
         if not row.supported:
             yield Problem("output.formats", f"{spec.method.type} x {strategy} x {fmt} is not supported: {row.reason}")
+        elif row.needs_accelerator and spec.resources.accelerators == 0:
+            yield Problem(
+                "distributed.strategy",
+                f"{strategy} runs only on accelerators (accelerate has no CPU FSDP); on CPU-only jobs use "
+                "deepspeed, whose ZeRO-3 shards the same way, or ddp",
+            )
     formats = spec.output.formats or []
     if len(set(formats)) != len(formats):
         yield Problem("output.formats", "lists a format twice")
@@ -203,4 +209,4 @@ RULES: tuple[Rule, ...] = (
 
 def spec_problems(spec: FineTuneJobSpec) -> list[Problem]:
     """Every cross-field problem of a spec whose fields are each valid on their own."""
-    return sorted(problem for rule in RULES for problem in rule(spec))
+    return sorted({problem for rule in RULES for problem in rule(spec)})

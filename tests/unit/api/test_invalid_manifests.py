@@ -197,6 +197,12 @@ CASES: list[tuple[str, Callable[[Manifest], None], str, str]] = [
         "runs modelling code",
     ),
     (
+        "FSDP without accelerators",
+        _all(_set("spec.distributed.strategy", "fsdp"), _set("spec.resources.accelerators", 0)),
+        "spec.distributed.strategy",
+        "runs only on accelerators",
+    ),
+    (
         "wandb without credentials",
         _set("spec.training.tracking", {"backend": "wandb"}),
         "spec.training.tracking.credentialsSecret",

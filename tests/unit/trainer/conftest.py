@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +78,58 @@ def memorise_spec(method: str, formats: list[str], **changes: Any) -> FineTuneJo
     for key, value in changes.items():
         body[key] = {**body.get(key, {}), **value}
     return FineTuneJobSpec.model_validate(body)
+
+
+def launch(spec: FineTuneJobSpec, volumes: Path, folder: Path, processes: int = 1) -> subprocess.Popen[bytes]:
+    """Start the trainer as its image does (torchrun for several processes); output goes to log.txt."""
+    from kubetune.api.resource import dump_spec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(dump_spec(spec))
+    env = os.environ | {
+        "KUBETUNE_SPEC": str(folder / "spec.json"),
+        "KUBETUNE_VOLUMES": str(volumes),
+        "KUBETUNE_WORK": str(folder / "work"),
+        "KUBETUNE_OUTPUT": str(folder / "out"),
+        "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
+        "KUBETUNE_PROGRESS_PORT": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "kubetune_trainer"]
+    if processes > 1:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(processes),
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "kubetune_trainer",
+        ]
+    log = (folder / "log.txt").open("ab")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+
+def kill_everything(folder: Path) -> None:
+    """SIGKILL torchrun and every rank of a run started by `launch`, as when a pod dies.
+    The ranks run in sessions of their own, so they are found by the spec they read."""
+    marker = f"KUBETUNE_SPEC={folder / 'spec.json'}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def greedy_answer(model: Any, tokenizer: Any, question: str) -> str:

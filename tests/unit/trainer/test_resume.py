@@ -4,20 +4,17 @@ step count; SIGTERM (what Kubernetes sends on preemption) checkpoints before exi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from kubetune.api.resource import dump_spec
 from kubetune.contract import ExitCode
 from kubetune_trainer.checkpoints import MARKER, checkpoints
 
-from .conftest import memorise_spec
+from .conftest import launch, memorise_spec
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +28,7 @@ def _launch(volumes: Path, folder: Path) -> subprocess.Popen[bytes]:
         training={"maxSteps": STEPS, "loggingInterval": 20},
         checkpoint={"intervalSteps": 20, "keep": 2},
     )
-    (folder / "spec.json").write_text(dump_spec(spec))
-    env = os.environ | {
-        "KUBETUNE_SPEC": str(folder / "spec.json"),
-        "KUBETUNE_VOLUMES": str(volumes),
-        "KUBETUNE_WORK": str(folder / "work"),
-        "KUBETUNE_OUTPUT": str(folder / "out"),
-        "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
-        "KUBETUNE_PROGRESS_PORT": "0",
-    }
-    log = (folder / "log.txt").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "kubetune_trainer"], env=env, stdout=log, stderr=log)
+    return launch(spec, volumes, folder)
 
 
 def _wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes], at_least: int) -> int:

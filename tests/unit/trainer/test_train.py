@@ -90,6 +90,10 @@ def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, dict[st
     assert summary["metrics"]["tokensPerSecond"] > 0
     assert json.loads((out / "summary.json").read_text())["status"] == "Succeeded"
     assert (out / "metrics.jsonl").read_text().count("\n") >= 6
+    card = (out / "README.md").read_text()
+    assert "Trained by kubetune with **lora** (r 16, alpha 32" in card
+    assert "examples: 8 read, 8 trained on" in card
+    assert "PeftModel.from_pretrained" in card
 
 
 def _reload(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from kubetune.api.spec import DatasetSource
+from kubetune_trainer.data.fetch import fetch
 from kubetune_trainer.data.readers import SUFFIXES, Row, read_rows
 from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.runtime import Runtime
@@ -27,6 +29,11 @@ def source_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
             yield from read_rows(file)
         case "huggingFace":
             yield from _hub_rows(source, runtime)
+        case "urls":
+            assert source.urls is not None
+            for index, item in enumerate(source.urls):
+                name = PurePosixPath(urlsplit(item.url).path).name or "data.jsonl"
+                yield from read_rows(fetch(item.url, runtime.work / "downloads" / f"{index:03d}-{name}", item.sha256))
         case kind:
             raise InvalidSpec(f"dataset source {kind} is not available in this trainer build yet")
 

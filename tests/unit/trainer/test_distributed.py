@@ -1,0 +1,144 @@
+"""The multi-process rows of the support matrix, run as the trainer image runs them:
+torchrun with two CPU processes over gloo. Each asserts that the loss falls, that the
+engine asked for is the engine that ran (ZeRO-3: each rank holds half the weights), and
+that every output reloads and answers from memory. FSDP rows need accelerators and run
+in the GPU check script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune.catalog import Strategy, SupportRow, support_matrix
+from kubetune.contract import ExitCode
+from kubetune_trainer.checkpoints import MARKER, checkpoints
+
+from .conftest import FACTS, greedy_answer, kill_everything, launch, memorise_spec
+
+pytestmark = pytest.mark.slow
+
+BUILT_OUTPUTS = {"adapter", "merged"}
+STRATEGIES = {
+    Strategy.DDP: {"strategy": "ddp"},
+    Strategy.ZERO1: {"strategy": "deepspeed", "deepspeed": {"stage": 1}},
+    Strategy.ZERO2: {"strategy": "deepspeed", "deepspeed": {"stage": 2}},
+    Strategy.ZERO3: {"strategy": "deepspeed", "deepspeed": {"stage": 3}},
+}
+ROWS = [r for r in support_matrix() if r.supported and r.strategy in STRATEGIES and r.output in BUILT_OUTPUTS]
+ENGINES = {
+    Strategy.DDP: "DistributedDataParallel",
+    Strategy.ZERO1: "DeepSpeedEngine",
+    Strategy.ZERO2: "DeepSpeedEngine",
+    Strategy.ZERO3: "DeepSpeedEngine",
+}
+
+
+def _spec(method: str, distributed: dict[str, Any], **changes: Any) -> Any:
+    formats = sorted({r.output for r in ROWS if r.method == method})
+    return memorise_spec(
+        method,
+        formats,
+        distributed=distributed,
+        training={"perDeviceBatchSize": 2, **changes.pop("training", {})},
+        **changes,
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, Strategy], Path]:
+    return {}
+
+
+def _run(
+    key: tuple[str, Strategy],
+    runs: dict[tuple[str, Strategy], Path],
+    volumes: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    if key not in runs:
+        method, strategy = key
+        folder = tmp_path_factory.mktemp(f"{method}-{strategy.value}")
+        process = launch(_spec(method, STRATEGIES[strategy]), volumes, folder, processes=2)
+        assert process.wait(timeout=600) == ExitCode.OK, (folder / "log.txt").read_text()[-4000:]
+        runs[key] = folder
+    return runs[key]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r.method}-{r.strategy.value}-{r.output}" for r in ROWS])
+def test_row_trains_on_two_processes_with_the_engine_asked_for(
+    row: SupportRow,
+    runs: dict[tuple[str, Strategy], Path],
+    volumes: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    folder = _run((row.method, row.strategy), runs, volumes, tmp_path_factory)
+    summary = json.loads((folder / "out" / "summary.json").read_text())
+    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    ranks = [json.loads(p.read_text()) for p in sorted((folder / "work" / "ranks").glob("rank-*.json"))]
+
+    assert losses[-1] < losses[0] / 10, losses
+    assert [r["engine"] for r in ranks] == [ENGINES[row.strategy]] * 2
+    assert all(r["worldSize"] == 2 for r in ranks)
+    if row.strategy is Strategy.ZERO3:
+        assert all(r["zeroStage"] == 3 for r in ranks)
+        assert all(r["localParameterElements"] <= r["parameterElements"] * 0.55 for r in ranks), ranks
+    model, tokenizer = _reload(row.output, folder / "out", volumes)
+    question, answer = FACTS[5]
+    assert greedy_answer(model, tokenizer, question) == answer
+
+
+def test_zero3_with_optimizer_and_parameter_offload_trains(volumes: Path, tmp_path: Path) -> None:
+    distributed = {
+        "strategy": "deepspeed",
+        "deepspeed": {"stage": 3, "offloadOptimizer": True, "offloadParameters": True},
+    }
+    process = launch(_spec("full", distributed), volumes, tmp_path, processes=2)
+
+    assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
+    config = json.loads((tmp_path / "out" / "checkpoints" / "deepspeed.json").read_text())
+    assert config["zero_optimization"]["offload_param"]["device"] == "cpu"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["engine"]["zeroStage"] == 3
+
+
+def test_killed_zero3_run_resumes_from_its_checkpoint(volumes: Path, tmp_path: Path) -> None:
+    import time
+
+    spec = _spec(
+        "lora",
+        STRATEGIES[Strategy.ZERO3],
+        training={"maxSteps": 200, "loggingInterval": 20},
+        checkpoint={"intervalSteps": 20, "keep": 2},
+    )
+    process = launch(spec, volumes, tmp_path, processes=2)
+    deadline = time.monotonic() + 300
+    while not any((p / MARKER).exists() and step >= 40 for step, p in checkpoints(tmp_path / "out" / "checkpoints")):
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[-4000:]
+        time.sleep(0.1)
+    kill_everything(tmp_path)
+    process.wait()
+    reached = max(step for step, p in checkpoints(tmp_path / "out" / "checkpoints") if (p / MARKER).exists())
+
+    again = launch(spec, volumes, tmp_path, processes=2)
+
+    assert again.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["metrics"]["steps"] == 200
+    assert (
+        f"resuming from {tmp_path / 'out' / 'checkpoints' / f'checkpoint-{reached}'}"
+        in (tmp_path / "log.txt").read_text()
+    )
+
+
+def _reload(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if output == "adapter":
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
+        return PeftModel.from_pretrained(base, out / "adapter"), AutoTokenizer.from_pretrained(out / "adapter")
+    return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")

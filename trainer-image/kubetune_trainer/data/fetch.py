@@ -1,0 +1,133 @@
+"""Download a dataset file over HTTPS, guarded.
+
+A FineTuneJob names URLs that the trainer fetches from inside the cluster, so a URL must
+not reach what a pod can but a person should not: loopback, link-local addresses (where
+cloud metadata services answer) and other special ranges are refused, every redirect is
+checked again, the connection goes to the address that was checked (no second DNS
+answer), the size is capped and a given SHA-256 is verified before the file is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from kubetune_trainer.errors import InvalidData
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+METADATA_ADDRESSES = {
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+}
+MAX_REDIRECTS = 5
+CHUNK = 1 << 20
+
+
+def refusal(address: Address) -> str | None:
+    """Why a pod must not fetch from this address, or None when it may."""
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        return "a special-purpose address"
+    return None
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    max_bytes: int = 64 * 1024**3
+    timeout_seconds: float = 60.0
+    refuse: Callable[[Address], str | None] = refusal
+    tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)
+
+
+def fetch(url: str, destination: Path, sha256: str | None = None, policy: FetchPolicy | None = None) -> Path:
+    """Download `url` to `destination` (atomically). Raises InvalidData saying what went wrong."""
+    policy = policy or FetchPolicy()
+    digest = hashlib.sha256()
+    partial = destination.with_name(destination.name + ".part")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    response, connection = _open(url, policy)
+    try:
+        size = 0
+        with partial.open("wb") as handle:
+            while chunk := response.read(CHUNK):
+                size += len(chunk)
+                if size > policy.max_bytes:
+                    raise InvalidData(f"{url}: larger than the limit of {policy.max_bytes} bytes")
+                digest.update(chunk)
+                handle.write(chunk)
+    except OSError as error:
+        raise InvalidData(f"{url}: download failed: {error}") from None
+    finally:
+        connection.close()
+    if sha256 is not None and digest.hexdigest() != sha256:
+        partial.unlink()
+        raise InvalidData(f"{url}: SHA-256 is {digest.hexdigest()}, the spec expects {sha256}")
+    partial.replace(destination)
+    return destination
+
+
+def _open(url: str, policy: FetchPolicy) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InvalidData(f"{url}: only https URLs are fetched")
+        address = _vetted_address(parts.hostname, parts.port or 443, policy, url)
+        connection = _PinnedConnection(parts.hostname, address, parts.port or 443, policy)
+        path = parts.path or "/"
+        try:
+            connection.request(
+                "GET", f"{path}?{parts.query}" if parts.query else path, headers={"User-Agent": "kubetune-trainer"}
+            )
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            raise InvalidData(f"{url}: cannot fetch: {error}") from None
+        if response.status in {301, 302, 303, 307, 308} and response.getheader("Location"):
+            connection.close()
+            url = urljoin(url, response.getheader("Location", ""))
+            continue
+        if response.status != 200:
+            connection.close()
+            raise InvalidData(f"{url}: the server answered {response.status} {response.reason}")
+        return response, connection
+    raise InvalidData(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _vetted_address(host: str, port: int, policy: FetchPolicy, url: str) -> str:
+    try:
+        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise InvalidData(f"{url}: cannot resolve {host}: {error.strerror}") from None
+    addresses = [ipaddress.ip_address(answer[4][0]) for answer in answers]
+    for address in addresses:
+        reason = policy.refuse(address)
+        if reason is not None:
+            raise InvalidData(f"{url}: refused, {host} resolves to {address}, {reason}")
+    return str(addresses[0])
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """HTTPS to the address that was checked, with the host name kept for TLS."""
+
+    def __init__(self, host: str, address: str, port: int, policy: FetchPolicy) -> None:
+        super().__init__(host, port, timeout=policy.timeout_seconds, context=policy.tls)
+        self._address = address
+        self._tls = policy.tls
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)

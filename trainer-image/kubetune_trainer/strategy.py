@@ -1,0 +1,86 @@
+"""How processes share the work, as TrainingArguments settings: a DeepSpeed config
+generated from the spec, or FSDP settings, or nothing for DDP and one process.
+
+Pure functions of the spec and the hardware; the DeepSpeed config is also written beside
+the checkpoints, so a person can see exactly what ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api import StrategyType
+from kubetune.api.enums import FsdpSharding
+from kubetune.api.spec import DeepSpeedSpec, FineTuneJobSpec, FsdpSpec
+
+FSDP_SHARDING = {
+    FsdpSharding.FULL_SHARD: "full_shard",
+    FsdpSharding.SHARD_GRAD_OP: "shard_grad_op",
+    FsdpSharding.HYBRID_SHARD: "hybrid_shard",
+    FsdpSharding.NO_SHARD: "no_shard",
+}
+
+
+def deepspeed_config(settings: DeepSpeedSpec, on_cpu: bool) -> dict[str, Any]:
+    """A ZeRO config; "auto" values are filled by transformers from the training arguments."""
+    zero: dict[str, Any] = {
+        "stage": settings.stage,
+        "overlap_comm": not on_cpu,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if settings.stage == 3:
+        zero |= {
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            # Saving gathers the shards into whole 16-bit weights, so outputs load anywhere.
+            "stage3_gather_16bit_weights_on_model_save": True,
+        }
+    if settings.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": not on_cpu}
+    if settings.offload_parameters:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": not on_cpu}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+    if on_cpu:
+        # DeepSpeed's CPU Adam is a compiled op; without accelerators the optimizer already
+        # lives in CPU memory, so torch's own AdamW serves and nothing is compiled.
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+def fsdp_settings(settings: FsdpSpec) -> dict[str, Any]:
+    """FSDP over each decoder layer (accelerate wraps the model's own no-split modules)."""
+    options = [FSDP_SHARDING[settings.sharding], "auto_wrap"]
+    if settings.cpu_offload:
+        options.append("offload")
+    return {
+        "fsdp": " ".join(options),
+        "fsdp_config": {
+            "use_orig_params": True,
+            "sync_module_states": True,
+            "cpu_ram_efficient_loading": False,
+        },
+    }
+
+
+def strategy_arguments(spec: FineTuneJobSpec, on_cpu: bool) -> dict[str, Any]:
+    """TrainingArguments keywords for the strategy in force (none for DDP or one process)."""
+    distributed = spec.distributed
+    match distributed.strategy:
+        case StrategyType.DEEPSPEED:
+            return {"deepspeed": deepspeed_config(distributed.deepspeed or DeepSpeedSpec(), on_cpu)}
+        case StrategyType.FSDP:
+            return fsdp_settings(distributed.fsdp or FsdpSpec())
+        case StrategyType.AUTO | StrategyType.NONE | StrategyType.DDP:
+            return {}
+    raise AssertionError(f"unhandled strategy {distributed.strategy}")
