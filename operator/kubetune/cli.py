@@ -6,9 +6,13 @@ import sys
 from pathlib import Path
 
 import click
+import yaml
 
 from kubetune import __version__
+from kubetune.api import InvalidSpec, parse_finetunejob
 from kubetune.catalog import presets
+from kubetune.controller.builders import Context, NotBuildable, build_children
+from kubetune.controller.settings import Settings
 from kubetune.crd import render_crd
 from kubetune.manifests import ManifestError, iter_files, read_documents
 from kubetune.validate import validate_document
@@ -50,6 +54,33 @@ def validate(paths: tuple[Path, ...]) -> None:
     click.echo(f"{checked} FineTuneJob manifest(s) checked, {failed} invalid")
     if failed:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--attempt", default=1, show_default=True, help="Attempt number of the training Job.")
+def render(path: Path, attempt: int) -> None:
+    """Print the children the operator would create for each FineTuneJob in PATH: the spec
+    ConfigMap, the headless Service, the preflight Job and the training Job."""
+    try:
+        documents = read_documents(path)
+    except ManifestError as error:
+        raise click.ClickException(str(error)) from None
+    rendered = []
+    for document in documents:
+        verdict = validate_document(document)
+        if verdict.skipped:
+            continue
+        if not verdict.ok:
+            raise click.ClickException(InvalidSpec(verdict.problems, document.label).render())
+        job = parse_finetunejob(document.body)
+        if not job.metadata.name:
+            raise click.ClickException(f"{document.label}: metadata.name is required to name the children")
+        try:
+            rendered += build_children(Context(job, Settings.from_env()), attempt)
+        except NotBuildable as error:
+            raise click.ClickException(f"{document.label}: {error}") from None
+    click.echo(yaml.safe_dump_all(rendered, sort_keys=False, width=120), nl=False)
 
 
 @cli.command()

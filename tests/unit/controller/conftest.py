@@ -1,0 +1,3 @@
+from ..trainer.conftest import volumes
+
+__all__ = ["volumes"]

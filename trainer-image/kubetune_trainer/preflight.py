@@ -1,0 +1,54 @@
+"""The preflight Job's program: read, check and tokenise the dataset on a CPU, before any
+accelerator is requested. A bad dataset fails here, with the trainer's own message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kubetune.api.spec import FineTuneJobSpec
+from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
+from kubetune_trainer.data.pipeline import read_dataset, tokenize_dataset
+from kubetune_trainer.data.tokenize import ensure_chat_template
+from kubetune_trainer.errors import TrainerError
+from kubetune_trainer.model import load_tokenizer, resolve_source
+from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.summary import write_summary
+
+log = logging.getLogger("kubetune_trainer.preflight")
+
+
+def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
+    """The data summary of a dataset that passed, or a TrainerError saying why it did not."""
+    examples = read_dataset(spec.dataset, runtime, spec.training.seed)
+    tokenizer = load_tokenizer(resolve_source(spec, runtime), runtime)
+    ensure_chat_template(tokenizer)
+    data = tokenize_dataset(examples, spec.dataset, tokenizer)
+    stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
+    return {
+        "status": "Succeeded",
+        "reason": "DataValid",
+        "message": f"{stats['kept']} of {stats['examples']} examples ready to train",
+        "data": stats,
+    }
+
+
+def main() -> None:
+    from kubetune_trainer.main import read_spec
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = Runtime.from_env()
+    try:
+        summary = check(read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC]))), runtime)
+        code = ExitCode.OK
+    except TrainerError as error:
+        summary, code = {"status": "Failed", "reason": error.reason, "message": str(error)}, error.exit_code
+        log.error("%s: %s", error.reason, error)
+    write_summary(summary, runtime.termination_log, None)
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()
