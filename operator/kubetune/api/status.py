@@ -86,7 +86,9 @@ class FineTuneJobStatus(ApiModel):
     progress: Progress | None = None
     """Live progress of the current attempt."""
     attempts: Annotated[int, Field(ge=0)] = 0
-    """Attempts started so far (the first included; preempted ones too)."""
+    """Attempts that count against maxRetries: the first, and each retry after a failure."""
+    preemptions: Annotated[int, Field(ge=0)] = 0
+    """Attempts ended by preemption, eviction or a node drain; they do not count against maxRetries."""
     output: OutputStatus | None = None
     """Where the result landed."""
     start_time: Timestamp | None = None

@@ -1,0 +1,110 @@
+"""What the operator reads back from the cluster, reduced to the facts status needs.
+
+Kubernetes objects arrive as dicts; these functions pick out the few fields that matter
+(a Job's conditions, a pod's container states, the trainer's termination message) into
+small frozen records, so the status logic works on facts, not on nested dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.controller.builders import ATTEMPT_LABEL, TRAINER
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    attempt: int
+    suspended: bool
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None
+    """Reason of the Job's Failed condition: BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy, ..."""
+    failed_message: str = ""
+    start_time: str | None = None
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    index: int
+    phase: str
+    waiting_reason: str | None = None
+    waiting_message: str = ""
+    exit_code: int | None = None
+    terminated_reason: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    """The trainer's termination message, parsed (empty when absent or not JSON)."""
+    raw_message: str = ""
+    unschedulable: str | None = None
+    """The scheduler's message while the pod cannot be placed."""
+    disruption: str | None = None
+    """Reason of a DisruptionTarget condition (preemption, eviction, node drain)."""
+    memory_limit: str | None = None
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def job_state(job: dict[str, Any]) -> JobState:
+    status = job.get("status") or {}
+    conditions = _conditions(job)
+    failed = conditions.get("Failed", {})
+    complete = conditions.get("Complete", {})
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    return JobState(
+        name=job["metadata"]["name"],
+        attempt=int(labels.get(ATTEMPT_LABEL, "0")),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        active=int(status.get("active") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        complete=complete.get("status") == "True",
+        failed_reason=failed.get("reason") if failed.get("status") == "True" else None,
+        failed_message=failed.get("message", "") if failed.get("status") == "True" else "",
+        start_time=status.get("startTime"),
+    )
+
+
+def pod_state(pod: dict[str, Any]) -> PodState:
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    index = int(annotations.get("batch.kubernetes.io/job-completion-index", "0"))
+    container: dict[str, Any] = next((c for c in status.get("containerStatuses") or [] if c.get("name") == TRAINER), {})
+    state = container.get("state") or {}
+    waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+    conditions = _conditions(pod)
+    scheduled = conditions.get("PodScheduled", {})
+    disruption = conditions.get("DisruptionTarget", {})
+    message = terminated.get("message", "")
+    limits: dict[str, Any] = next(
+        (c.get("resources", {}).get("limits", {}) for c in spec.get("containers") or [] if c.get("name") == TRAINER), {}
+    )
+    return PodState(
+        name=meta.get("name", ""),
+        index=index,
+        phase=status.get("phase", "Pending"),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message", ""),
+        exit_code=terminated.get("exitCode"),
+        terminated_reason=terminated.get("reason"),
+        summary=_parse_summary(message),
+        raw_message=message,
+        unschedulable=scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None,
+        disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
+        memory_limit=limits.get("memory"),
+    )
+
+
+def _parse_summary(message: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}

@@ -1,0 +1,273 @@
+"""Status from a snapshot: what an attempt's Job and pods say, classified, and the
+FineTuneJob status that follows. Pure functions, tested table by table.
+
+The operator reads the snapshot (Jobs, pods, the trainer's progress), calls `assess_*`,
+lets `next_step` decide whether another attempt starts, and writes `next_status`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kubetune.api import Condition, ConditionStatus, ConditionType, FineTuneJobSpec, FineTuneJobStatus, Phase
+from kubetune.api.problems import Problem
+from kubetune.api.status import OutputStatus, Progress
+from kubetune.contract import ExitCode
+from kubetune.controller.observe import JobState, PodState
+
+IMAGE_PULL_FAILED = {"ImagePullBackOff", "InvalidImageName"}
+IMAGE_PULLING = {"ErrImagePull"}
+NOT_RETRYABLE = {int(code) for code in ExitCode if not code.retryable and code is not ExitCode.OK}
+
+
+class Outcome(enum.StrEnum):
+    PREFLIGHT = "Preflight"
+    QUEUED = "Queued"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    RETRY = "Retry"
+    PREEMPTED = "Preempted"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class Assessment:
+    outcome: Outcome
+    reason: str
+    message: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineTuneJobSpec) -> Assessment | None:
+    """None once the data passed (or when there is no preflight); otherwise where it stands."""
+    if job is None or job.complete:
+        return None
+    if job.failed_reason is not None:
+        failed = _failure(job, pods)
+        # A preflight that fails cannot be fixed by trying again with the same data.
+        return Assessment(Outcome.FAILED, failed.reason, failed.message, failed.summary)
+    waiting = _waiting(job, pods, spec)
+    if waiting is not None:
+        return waiting
+    return Assessment(Outcome.PREFLIGHT, "Preflight", "checking and tokenising the dataset on a CPU")
+
+
+def assess_attempt(job: JobState | None, pods: Sequence[PodState], spec: FineTuneJobSpec) -> Assessment:
+    if job is None:
+        return Assessment(Outcome.PENDING, "Creating", "creating the training Job")
+    if job.complete:
+        rank0 = _rank0(pods)
+        return Assessment(
+            Outcome.SUCCEEDED,
+            "Completed",
+            (rank0.summary.get("message") if rank0 else "") or "training finished",
+            rank0.summary if rank0 else {},
+        )
+    if job.failed_reason is not None:
+        return _failure(job, pods)
+    waiting = _waiting(job, pods, spec)
+    if waiting is not None:
+        return waiting
+    running = [p for p in pods if p.phase == "Running"]
+    if len(running) >= spec.resources.nodes:
+        return Assessment(Outcome.RUNNING, "Training", f"{len(running)} pod(s) training")
+    return Assessment(Outcome.PENDING, "Starting", f"{len(running)} of {spec.resources.nodes} pod(s) running")
+
+
+def _waiting(job: JobState, pods: Sequence[PodState], spec: FineTuneJobSpec) -> Assessment | None:
+    if job.suspended:
+        if spec.queue_name is not None and not spec.suspend:
+            return Assessment(Outcome.QUEUED, "WaitingForAdmission", f"waiting for Kueue queue {spec.queue_name}")
+        return Assessment(Outcome.SUSPENDED, "Suspended", "suspended; the newest checkpoint is kept")
+    for pod in pods:
+        if pod.waiting_reason in IMAGE_PULL_FAILED:
+            return Assessment(Outcome.FAILED, "ImagePullError", f"pod {pod.name}: {pod.waiting_message}".strip())
+    for pod in pods:
+        if pod.waiting_reason in IMAGE_PULLING:
+            return Assessment(Outcome.PENDING, "PullingImage", f"pod {pod.name}: {pod.waiting_message}".strip())
+        if pod.waiting_reason == "CreateContainerConfigError":
+            return Assessment(Outcome.PENDING, "MissingReference", f"pod {pod.name}: {pod.waiting_message}")
+        if pod.unschedulable is not None:
+            return Assessment(Outcome.PENDING, "Unschedulable", f"pod {pod.name}: {pod.unschedulable}")
+    return None
+
+
+def _failure(job: JobState, pods: Sequence[PodState]) -> Assessment:
+    """Why an attempt failed, most specific cause first."""
+    disrupted = next((p for p in pods if p.disruption), None)
+    if disrupted is not None:
+        return Assessment(Outcome.PREEMPTED, "Preempted", f"pod {disrupted.name}: {disrupted.disruption}")
+    if job.failed_reason == "DeadlineExceeded":
+        return Assessment(Outcome.FAILED, "DeadlineExceeded", job.failed_message or "activeDeadlineSeconds passed")
+    reported = sorted((p for p in pods if p.summary.get("reason")), key=lambda p: (p.exit_code in (0, None), p.index))
+    killed = next((p for p in pods if p.terminated_reason == "OOMKilled"), None)
+    if killed is not None and not reported:
+        return Assessment(
+            Outcome.FAILED,
+            "OOMKilled",
+            f"pod {killed.name} exceeded its memory limit of "
+            f"{killed.memory_limit or 'its node'}; raise spec.resources.memory",
+        )
+    if reported:
+        pod = reported[0]
+        reason, message = str(pod.summary["reason"]), str(pod.summary.get("message", ""))
+        if pod.exit_code in NOT_RETRYABLE:
+            return Assessment(Outcome.FAILED, reason, message, pod.summary)
+        return Assessment(Outcome.RETRY, reason, message, pod.summary)
+    failed = next((p for p in pods if p.exit_code not in (None, 0)), None)
+    if failed is not None:
+        tail = failed.raw_message.strip().splitlines()[-1:] if failed.raw_message else []
+        return Assessment(
+            Outcome.RETRY,
+            "TrainingFailed",
+            f"pod {failed.name} exited with code {failed.exit_code}" + (f": {tail[0]}" if tail else ""),
+        )
+    return Assessment(Outcome.RETRY, job.failed_reason or "TrainingFailed", job.failed_message)
+
+
+def _rank0(pods: Sequence[PodState]) -> PodState | None:
+    return next((p for p in pods if p.index == 0), None)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the operator does next, besides writing status."""
+
+    start_attempt: bool = False
+    counts: bool = True
+    assessment: Assessment | None = None
+
+
+def next_step(assessment: Assessment, spec: FineTuneJobSpec, status: FineTuneJobStatus) -> Step:
+    """A retryable failure starts the next attempt while the budget lasts; a preemption
+    always does and costs nothing; anything else waits."""
+    if assessment.outcome is Outcome.PREEMPTED:
+        return Step(start_attempt=True, counts=False, assessment=assessment)
+    if assessment.outcome is Outcome.RETRY:
+        if status.attempts < spec.max_retries + 1:
+            return Step(start_attempt=True, counts=True, assessment=assessment)
+        exhausted = Assessment(
+            Outcome.FAILED,
+            "RetriesExhausted",
+            f"{status.attempts} attempt(s) failed; the last: {assessment.reason}: {assessment.message}",
+            assessment.summary,
+        )
+        return Step(assessment=exhausted)
+    return Step(assessment=assessment)
+
+
+PHASES = {
+    Outcome.PREFLIGHT: Phase.PENDING,
+    Outcome.PENDING: Phase.PENDING,
+    Outcome.QUEUED: Phase.QUEUED,
+    Outcome.RUNNING: Phase.RUNNING,
+    Outcome.SUSPENDED: Phase.SUSPENDED,
+    Outcome.SUCCEEDED: Phase.SUCCEEDED,
+    Outcome.RETRY: Phase.PENDING,
+    Outcome.PREEMPTED: Phase.QUEUED,
+    Outcome.FAILED: Phase.FAILED,
+}
+
+
+def next_status(
+    previous: FineTuneJobStatus | None,
+    generation: int,
+    assessment: Assessment,
+    now: datetime,
+    progress: Progress | None = None,
+    model: str | None = None,
+) -> FineTuneJobStatus:
+    previous = previous or FineTuneJobStatus()
+    phase = PHASES[assessment.outcome]
+    conditions = [
+        Condition(
+            type=kind,
+            status=ConditionStatus.TRUE if true else ConditionStatus.FALSE,
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=generation,
+        )
+        for kind, true, reason, message in _condition_table(assessment)
+    ]
+    finished = phase.finished
+    output = _output(assessment.summary) if assessment.outcome is Outcome.SUCCEEDED else previous.output
+    return previous.model_copy(
+        update={
+            "phase": phase,
+            "conditions": merge_conditions(previous.conditions, conditions),
+            "observed_generation": generation,
+            "model": model or previous.model,
+            "progress": progress or previous.progress,
+            "output": output,
+            "completion_time": previous.completion_time or (now if finished else None),
+        }
+    )
+
+
+def _condition_table(assessment: Assessment) -> list[tuple[ConditionType, bool, str, str]]:
+    """Each condition type: whether it holds, and its reason and message."""
+    outcome, reason, message = assessment.outcome, assessment.reason, assessment.message
+    queued = outcome is Outcome.QUEUED
+    suspended, succeeded, failed = (outcome is o for o in (Outcome.SUSPENDED, Outcome.SUCCEEDED, Outcome.FAILED))
+    return [
+        (ConditionType.VALID, True, "Valid", ""),
+        (ConditionType.ADMITTED, not queued, reason if queued else "Admitted", message if queued else ""),
+        (ConditionType.RUNNING, outcome is Outcome.RUNNING, reason, message),
+        (ConditionType.SUSPENDED, suspended, "Suspended" if suspended else "NotSuspended", ""),
+        (ConditionType.SUCCEEDED, succeeded, reason if succeeded else "NotFinished", ""),
+        (ConditionType.FAILED, failed, reason if failed else "NoFailure", message if failed else ""),
+    ]
+
+
+def merge_conditions(old: Sequence[Condition], new: Sequence[Condition]) -> list[Condition]:
+    """New conditions, keeping the old transition time where the status did not change."""
+    before = {c.type: c for c in old}
+    merged = []
+    for condition in new:
+        kept = before.get(condition.type)
+        if kept is not None and kept.status == condition.status:
+            condition = condition.model_copy(update={"last_transition_time": kept.last_transition_time})
+        merged.append(condition)
+    return merged
+
+
+def invalid_status(problems: Sequence[Problem], generation: int, now: datetime) -> FineTuneJobStatus:
+    """A manifest that passed the schema but not the rules: it never reaches a pod."""
+    message = "; ".join(str(p) for p in problems)
+    return FineTuneJobStatus(
+        phase=Phase.FAILED,
+        observed_generation=generation,
+        completion_time=now,
+        conditions=[
+            Condition(
+                type=ConditionType.VALID,
+                status=ConditionStatus.FALSE,
+                reason="InvalidSpec",
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            ),
+            Condition(
+                type=ConditionType.FAILED,
+                status=ConditionStatus.TRUE,
+                reason="InvalidSpec",
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            ),
+        ],
+    )
+
+
+def _output(summary: dict[str, Any]) -> OutputStatus | None:
+    output = summary.get("output")
+    if not isinstance(output, dict) or "location" not in output:
+        return None
+    return OutputStatus.model_validate(output)
