@@ -22,8 +22,13 @@ $(INSTALLED): pyproject.toml trainer-image/constraints.txt
 
 venv: $(INSTALLED) ## Create .venv with kubetune and every extra (idempotent)
 
-quickstart: $(INSTALLED) ## The main job: validate every example manifest offline
+QUICKSTART := runs/quickstart
+
+quickstart: $(INSTALLED) ## The main job: validate the examples, then fine-tune the quickstart on this machine
 	$(BIN)/kubetune validate examples/
+	@test -f $(QUICKSTART)/volumes/models/tiny-phi3/config.json || \
+		$(BIN)/kubetune make-tiny-model $(QUICKSTART)/volumes/models/tiny-phi3 --corpus examples/quickstart.yaml
+	$(BIN)/kubetune run examples/quickstart.yaml --volumes $(QUICKSTART)/volumes
 
 lint: $(INSTALLED) ## ruff lint and format check
 	$(BIN)/ruff check operator trainer-image tests
@@ -43,5 +48,5 @@ gpu-check: $(INSTALLED) ## On a CUDA machine: QLoRA kernels, ZeRO-3 over NCCL, F
 crds: $(INSTALLED) ## Regenerate crds/ from the API models
 	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
 
-clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtual environment, caches and local runs
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
 
 from kubetune import __version__
-from kubetune.api import InvalidSpec, parse_finetunejob
+from kubetune.api import FineTuneJob, InvalidSpec, parse_finetunejob
 from kubetune.catalog import presets
 from kubetune.controller.builders import Context, NotBuildable, build_children
 from kubetune.controller.settings import Settings
@@ -81,6 +82,126 @@ def render(path: Path, attempt: int) -> None:
         except NotBuildable as error:
             raise click.ClickException(f"{document.label}: {error}") from None
     click.echo(yaml.safe_dump_all(rendered, sort_keys=False, width=120), nl=False)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--volumes",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("volumes"),
+    show_default=True,
+    help="Folder holding one folder per PersistentVolumeClaim the manifest names.",
+)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Write the result here instead.")
+@click.option(
+    "--secrets",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("secrets"),
+    show_default=True,
+    help="Folder holding one folder per Secret, one file per key.",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Scratch folder (downloads, caches). Default: <volumes>/.work/<name>.",
+)
+@click.option("--nproc", default=1, show_default=True, help="Training processes (through torchrun when above 1).")
+def run(path: Path, volumes: Path, output: Path | None, secrets: Path, work: Path | None, nproc: int) -> None:
+    """Train the FineTuneJob in PATH on this machine. Ctrl-C stops after a checkpoint; the
+    same command again resumes from it."""
+    from kubetune_trainer.local import LocalPlan, ProgressLine, run_local
+
+    job, config_maps = _one_job(path)
+    name = job.metadata.name or "local"
+    plan = LocalPlan(
+        job,
+        volumes.resolve(),
+        (work or volumes / ".work" / name).resolve(),
+        secrets.resolve(),
+        output.resolve() if output else None,
+        nproc,
+        config_maps,
+    )
+    click.echo(f"training {name}: {job.spec.method.type} on {_model_words(job)}, {nproc} process(es)", err=True)
+    code, summary = run_local(plan, ProgressLine())
+    click.echo("", err=True)
+    _report(summary)
+    if code:
+        sys.exit(int(code))
+
+
+def _one_job(path: Path) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
+    try:
+        documents = read_documents(path)
+    except ManifestError as error:
+        raise click.ClickException(str(error)) from None
+    jobs, config_maps = [], {}
+    for document in documents:
+        body = document.body
+        if isinstance(body, dict) and body.get("kind") == "ConfigMap":
+            config_maps[body["metadata"]["name"]] = dict(body.get("data") or {})
+            continue
+        verdict = validate_document(document)
+        if verdict.skipped:
+            continue
+        if not verdict.ok:
+            raise click.ClickException(InvalidSpec(verdict.problems, document.label).render())
+        jobs.append(parse_finetunejob(body))
+    if len(jobs) != 1:
+        raise click.ClickException(f"{path}: expected one FineTuneJob, found {len(jobs)}")
+    return jobs[0], config_maps
+
+
+def _model_words(job: FineTuneJob) -> str:
+    model = job.spec.model
+    if model.preset:
+        return model.preset
+    if model.hugging_face:
+        return model.hugging_face.repo
+    assert model.pvc is not None
+    return f"{model.pvc.claim_name}:{model.pvc.path}"
+
+
+def _report(summary: dict[str, Any]) -> None:
+    if summary.get("status") != "Succeeded":
+        reason = summary.get("reason")
+        hint = "; run the same command again to resume" if reason == "Interrupted" else ""
+        click.echo(f"{reason}: {summary.get('message')}{hint}", err=True)
+        return
+    metrics = summary["metrics"]
+    click.echo(
+        f"done: {metrics['steps']} steps, final loss {metrics.get('trainLoss') or 0:.4f}, "
+        f"{metrics.get('tokensPerSecond') or 0:,.0f} tokens/s, {metrics.get('wallSeconds')} s"
+    )
+    for sample in summary.get("samples", []):
+        click.echo(
+            f"\n  Q: {sample['prompt']}\n  expected: {sample['expected']}\n"
+            f"  before:   {sample['before'] or '(nothing)'}\n  after:    {sample['after'] or '(nothing)'}"
+        )
+    output = summary["output"]
+    click.echo(f"\noutput: {output['location']} ({', '.join(output['formats'])}); report: summary.json, README.md")
+
+
+@cli.command(name="make-tiny-model")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--corpus",
+    "corpus_files",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Text files whose lines train the tokenizer (a dataset or a manifest will do).",
+)
+@click.option("--architecture", type=click.Choice(["phi3", "llama"]), default="phi3", show_default=True)
+def make_tiny_model(folder: Path, corpus_files: tuple[Path, ...], architecture: str) -> None:
+    """Make a tiny model of a real architecture with random weights, for offline demos and
+    tests: a tokenizer trained on the corpus and a model saved with save_pretrained."""
+    from kubetune_trainer.tiny import make_tiny_model as make
+
+    lines = [line for file in corpus_files for line in file.read_text().splitlines() if line.strip()]
+    make(folder, lines, architecture="phi3" if architecture == "phi3" else "llama")
+    click.echo(f"made a tiny {architecture} model in {folder}")
 
 
 @cli.command()

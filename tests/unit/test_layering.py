@@ -29,5 +29,7 @@ def test_api_imports_only_itself_and_the_catalog() -> None:
 
 def test_api_and_builders_never_import_a_kubernetes_client_or_the_trainer() -> None:
     forbidden = ("kubernetes", "kopf", "torch", "transformers", "kubetune_trainer")
-    for path in [*PACKAGE.glob("*.py"), *(PACKAGE / "api").glob("*.py"), *(PACKAGE / "controller").glob("*.py")]:
+    # The CLI alone reaches into the trainer, for `kubetune run` (lazily, on that command).
+    modules = [p for p in PACKAGE.glob("*.py") if p.name != "cli.py"]
+    for path in [*modules, *(PACKAGE / "api").glob("*.py"), *(PACKAGE / "controller").glob("*.py")]:
         assert not {n for n in _imports(path) if n.startswith(forbidden)}, path.name

@@ -5,6 +5,7 @@ the operator to poll. Trainer pods carry no Kubernetes credentials; this is how 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,6 +112,7 @@ class ProgressTracker(TrainerCallback):
             **logs,
         }
         self.history.append(record)
+        log.info("step %s: %s", state.global_step, {k: v for k, v in logs.items() if isinstance(v, float | int)})
         if self.metrics_file is not None:
             with self.metrics_file.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")

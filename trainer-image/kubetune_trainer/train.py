@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, Trainer, TrainerCallback
 
+from kubetune.api import DataFormat
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.catalog import Strategy
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
@@ -38,6 +40,7 @@ from kubetune_trainer.model import (
 from kubetune_trainer.outputs import check_formats, checkpoint_folder, output_folder, write_outputs
 from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.samples import fill, pick
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +72,17 @@ class CountingTrainer(Trainer):
 
 @dataclass
 class StopOnSignal(TrainerCallback):
-    """On SIGTERM (preemption, eviction, suspend), finish the step, checkpoint and stop."""
+    """On SIGTERM (preemption, eviction, suspend) or Ctrl-C, finish the step, checkpoint and stop."""
 
     received: bool = False
-    _previous: Any = field(default=None, repr=False)
+    _previous: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: writing a checkpoint after this step, then stopping")
+        log.warning("%s: writing a checkpoint after this step, then stopping", signal.Signals(signum).name)
         self.received = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -87,8 +91,8 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def train(
@@ -137,7 +141,12 @@ def train(
         callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, _barrier), stopper],
         meter=meter,
     )
+    conversation = data.format in (DataFormat.CHAT, DataFormat.INSTRUCTION)
+    chosen = pick(examples.eval or examples.train) if runtime.is_main and _whole_model(spec) else []
+    if not spec.method.type.uses_adapter:
+        fill(chosen, model, tokenizer, conversation, "before")
     trainer.add_callback(EngineCheck(trainer, spec.distributed.strategy))
+    trainer.remove_callback(PrinterCallback)  # the tracker logs each record, and listeners show progress
     resume = newest_complete(checkpoint_dir)
     if resume is not None:
         log.info("resuming from %s", resume)
@@ -145,7 +154,7 @@ def train(
     facts = engine_facts(trainer, total)
     record(facts, runtime.work / "ranks", runtime.rank)
     if stopper.received:
-        raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; the checkpoint is kept")
+        raise Interrupted(f"stopped by a signal at step {trainer.state.global_step}; the checkpoint is kept")
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step,
         "trainLoss": _last(tracker.history, "loss"),
@@ -160,6 +169,12 @@ def train(
         evaluation = trainer.evaluate()
         metrics["evalLoss"] = evaluation["eval_loss"]
         metrics["perplexity"] = float(torch.exp(torch.tensor(evaluation["eval_loss"])))
+    if spec.method.type.uses_adapter:
+        # The base model is the adapter switched off: no generation touches a 4-bit base
+        # before training (bitsandbytes repacks CPU weights on their first inference).
+        with model.disable_adapter():
+            fill(chosen, model, tokenizer, conversation, "before")
+    fill(chosen, model, tokenizer, conversation, "after")
     formats = write_outputs(trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, _barrier)
     metrics["wallSeconds"] = round(time.monotonic() - started, 2)
     summary = {
@@ -173,6 +188,7 @@ def train(
         "model": source.display,
         "method": spec.method.type.value,
         "history": tracker.history,
+        "samples": [sample.as_dict() for sample in chosen],
     }
     if runtime.is_main:
         (out / "README.md").write_text(model_card(spec, summary))
@@ -198,6 +214,11 @@ def _start_deepspeed(args: Any, checkpoint_dir: Path, runtime: Runtime) -> None:
     if runtime.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         (checkpoint_dir / "deepspeed.json").write_text(json.dumps(args.deepspeed, indent=2) + "\n")
+
+
+def _whole_model(spec: FineTuneJobSpec) -> bool:
+    """Whether rank 0 holds the whole model and can generate alone (not under ZeRO-3 or FSDP)."""
+    return spec.matrix_strategy not in (Strategy.ZERO3, Strategy.FSDP)
 
 
 def _barrier() -> None:

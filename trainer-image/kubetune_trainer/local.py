@@ -1,0 +1,131 @@
+"""`kubetune run`: the same manifest the operator takes, trained on this machine.
+
+Claims map to folders under one local folder (claim `models` is `<volumes>/models`),
+ConfigMaps written in the same file as the FineTuneJob are mounted as they would be in
+a pod, and Secrets are read from a local folder. One process runs in this interpreter
+with a progress line; several go through torchrun, as in a pod.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.api import FineTuneJob
+from kubetune.api.resource import dump_spec
+from kubetune.contract import ExitCode
+from kubetune_trainer.progress import Progress
+from kubetune_trainer.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    job: FineTuneJob
+    volumes: Path
+    work: Path
+    secrets: Path
+    output: Path | None
+    processes: int
+    config_maps: dict[str, dict[str, str]]
+
+    def runtime(self) -> Runtime:
+        return Runtime(
+            rank=0,
+            local_rank=0,
+            world_size=1,
+            job_name=self.job.metadata.name or "local",
+            namespace=self.job.metadata.namespace or "default",
+            volumes=self.volumes,
+            configmaps=self.work / "configmaps",
+            secrets=self.secrets,
+            work=self.work,
+            termination_log=self.work / "termination-log",
+            progress_port=0,
+            output_override=self.output,
+        )
+
+
+def write_config_maps(config_maps: dict[str, dict[str, str]], folder: Path) -> None:
+    """Lay out ConfigMaps as a pod's volume would: one file per key."""
+    for name, data in config_maps.items():
+        for key, value in data.items():
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            (folder / name / key).write_text(value)
+
+
+class ProgressLine:
+    """One line that rewrites itself: step/total, a bar, loss, tokens per second, ETA."""
+
+    def __init__(self, write: Callable[[str], object] = sys.stderr.write) -> None:
+        self.write = write
+        self.started = time.monotonic()
+
+    def __call__(self, progress: Progress) -> None:
+        total = progress.total_steps or 0
+        done = progress.step / total if total else 0.0
+        bar = "#" * int(done * 24) + "." * (24 - int(done * 24))
+        parts = [f"step {progress.step}/{total or '?'}", f"[{bar}]"]
+        if progress.loss is not None:
+            parts.append(f"loss {progress.loss:.4f}")
+        if progress.tokens_per_second:
+            parts.append(f"{progress.tokens_per_second:,.0f} tok/s")
+        if progress.step and total:
+            elapsed = time.monotonic() - self.started
+            parts.append(f"eta {elapsed / progress.step * (total - progress.step):.0f}s")
+        self.write("\r" + "  ".join(parts) + " " * 4)
+
+
+def run_local(
+    plan: LocalPlan, on_progress: Callable[[Progress], None] | None = None
+) -> tuple[ExitCode, dict[str, Any]]:
+    plan.work.mkdir(parents=True, exist_ok=True)
+    write_config_maps(plan.config_maps, plan.work / "configmaps")
+    if plan.processes == 1:
+        from kubetune_trainer.main import run
+
+        return run(plan.job.spec, plan.runtime(), [on_progress] if on_progress else [])
+    return _run_with_torchrun(plan)
+
+
+def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, dict[str, Any]]:
+    import json
+
+    runtime = plan.runtime()
+    spec_file = plan.work / "spec.json"
+    spec_file.write_text(dump_spec(plan.job.spec))
+    env = os.environ | {
+        "KUBETUNE_SPEC": str(spec_file),
+        "KUBETUNE_VOLUMES": str(runtime.volumes),
+        "KUBETUNE_CONFIGMAPS": str(runtime.configmaps),
+        "KUBETUNE_SECRETS": str(runtime.secrets),
+        "KUBETUNE_WORK": str(runtime.work),
+        "KUBETUNE_TERMINATION_LOG": str(runtime.termination_log),
+        "KUBETUNE_JOB_NAME": runtime.job_name,
+        "KUBETUNE_PROGRESS_PORT": "0",
+    }
+    if plan.output is not None:
+        env["KUBETUNE_OUTPUT"] = str(plan.output)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={plan.processes}",
+        "-m",
+        "kubetune_trainer",
+    ]
+    code = subprocess.run(command, env=env, check=False).returncode
+    try:
+        summary = json.loads(runtime.termination_log.read_text())
+    except (OSError, ValueError):
+        summary = {"status": "Failed", "reason": "TrainingFailed", "message": f"torchrun exited with {code}"}
+    try:
+        return ExitCode(code), summary
+    except ValueError:
+        return ExitCode.FAILED, summary
