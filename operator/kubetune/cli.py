@@ -180,7 +180,8 @@ def _report(summary: dict[str, Any]) -> None:
             f"  before:   {sample['before'] or '(nothing)'}\n  after:    {sample['after'] or '(nothing)'}"
         )
     output = summary["output"]
-    click.echo(f"\noutput: {output['location']} ({', '.join(output['formats'])}); report: summary.json, README.md")
+    click.echo(f"\noutput: {output['location']} ({', '.join(output['formats'])})")
+    click.echo(f"report: {output['location']}/report.html")
 
 
 @cli.command(name="make-tiny-model")

@@ -39,6 +39,7 @@ from kubetune_trainer.model import (
 )
 from kubetune_trainer.outputs import check_formats, checkpoint_folder, output_folder, write_outputs
 from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
+from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.samples import fill, pick
 
@@ -192,6 +193,7 @@ def train(
     }
     if runtime.is_main:
         (out / "README.md").write_text(model_card(spec, summary))
+        write_report(summary, spec, out)
     return summary
 
 

@@ -94,6 +94,10 @@ def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, dict[st
     assert "Trained by kubetune with **lora** (r 16, alpha 32" in card
     assert "examples: 8 read, 8 trained on" in card
     assert "PeftModel.from_pretrained" in card
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.html").read_text()
+    assert 'src="data:image/png;base64,' in report
+    assert f"<td>{FACTS[0][0]}</td>" in report
 
 
 def _reload(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from kubetune_trainer.report import plot, render_html
+
+from .conftest import memorise_spec
+
+HISTORY = [
+    {"step": 1, "loss": 5.0, "learning_rate": 1e-4, "tokensPerSecond": 900.0},
+    {"step": 10, "loss": 1.0, "learning_rate": 2e-4, "tokensPerSecond": 1000.0},
+    {"step": 10, "eval_loss": 1.5},
+]
+
+
+def test_plot_is_a_png() -> None:
+    assert plot(HISTORY)[:4] == b"\x89PNG"
+
+
+def test_report_escapes_what_the_model_said() -> None:
+    summary = {
+        "status": "Succeeded",
+        "message": "ok",
+        "model": "tiny",
+        "method": "lora",
+        "output": {"location": "/out", "formats": ["adapter"]},
+        "metrics": {"steps": 10, "evalLoss": 1.5},
+        "data": {"examples": 2},
+        "samples": [{"prompt": "hi", "expected": "<b>x</b>", "before": "<script>alert(1)</script>", "after": "x"}],
+    }
+
+    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY))
+
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<th>evalLoss</th><td>1.5</td>" in page

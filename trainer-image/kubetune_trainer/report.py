@@ -1,0 +1,107 @@
+"""The run report a person opens: report.html (self-contained, the plot embedded) and
+loss.png beside the outputs. Built from the summary alone, so the same report can be
+made again from summary.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune.api.spec import FineTuneJobSpec
+
+
+def plot(history: list[dict[str, Any]]) -> bytes:
+    """Loss and evaluation loss, learning rate and trained tokens per second, by step, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    def series(key: str, alongside: str | None = None) -> tuple[list[float], list[float]]:
+        points = [
+            (r["step"], r[key])
+            for r in history
+            if r.get(key) is not None and "step" in r and (alongside is None or alongside in r)
+        ]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    figure, (loss_axes, rate_axes, speed_axes) = pyplot.subplots(3, 1, figsize=(8, 8), sharex=True)
+    loss_axes.plot(*series("loss"), marker=".", label="training loss")
+    evaluation = series("eval_loss")
+    if evaluation[0]:
+        loss_axes.plot(*evaluation, marker="o", label="evaluation loss")
+    loss_axes.set_ylabel("loss")
+    loss_axes.legend()
+    loss_axes.grid(alpha=0.3)
+    rate_axes.plot(*series("learning_rate"), color="tab:green")
+    rate_axes.set_ylabel("learning rate")
+    rate_axes.grid(alpha=0.3)
+    speed_axes.plot(*series("tokensPerSecond", alongside="loss"), color="tab:purple")
+    speed_axes.set_ylabel("tokens / s")
+    speed_axes.set_xlabel("optimizer step")
+    speed_axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    pyplot.close(figure)
+    return buffer.getvalue()
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_text(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "n/a" if value is None else str(value)
+
+
+def render_html(summary: dict[str, Any], spec: FineTuneJobSpec, png: bytes) -> str:
+    metrics, data = summary.get("metrics", {}), summary.get("data", {})
+    samples = summary.get("samples", [])
+    sample_rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(s.get(k, ''))}</td>" for k in ("prompt", "expected", "before", "after"))
+        + "</tr>"
+        for s in samples
+    )
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_unset=True), sort_keys=False)
+    image = base64.b64encode(png).decode()
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>kubetune report: {html.escape(str(summary.get("model", "")))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }} pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
+.status {{ font-size: 1.2rem; font-weight: bold; }}
+</style></head><body>
+<h1>Fine-tuning report</h1>
+<p class="status">{html.escape(str(summary.get("status")))}: {html.escape(str(summary.get("message", "")))}</p>
+<p>{html.escape(str(summary.get("method", "")))} on {html.escape(str(summary.get("model", "")))};
+output in <code>{html.escape(str(summary.get("output", {}).get("location", "")))}</code></p>
+<h2>Training curves</h2>
+<img alt="loss, learning rate and tokens per second by step" src="data:image/png;base64,{image}">
+<h2>Final metrics</h2>
+{_table(sorted(metrics.items()))}
+<h2>Data</h2>
+{_table(sorted(data.items()))}
+<h2>Answers before and after training</h2>
+<table><tr><th>prompt</th><th>expected</th><th>before</th><th>after</th></tr>{sample_rows}</table>
+<h2>Spec</h2>
+<pre>{html.escape(spec_yaml)}</pre>
+</body></html>
+"""
+
+
+def write_report(summary: dict[str, Any], spec: FineTuneJobSpec, folder: Path) -> None:
+    png = plot(summary.get("history", []))
+    (folder / "loss.png").write_bytes(png)
+    (folder / "report.html").write_text(render_html(summary, spec, png))
