@@ -29,6 +29,42 @@ class ChatTemplate(_Data):
     """Token that closes an assistant turn; training teaches the model to emit it."""
 
 
+class Shape(_Data):
+    """The sizes of a decoder-only transformer, enough to count its parameters by layer."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    fused: str = "none"
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer in one decoder block, by module name."""
+        head = self.hidden // self.heads
+        kv = self.kv_heads * head
+        h, i = self.hidden, self.intermediate
+        if self.fused == "phi3":
+            return {"qkv_proj": (h, h + 2 * kv), "o_proj": (h, h), "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
+        if self.fused == "phi3small":
+            return {"query_key_value": (h, h + 2 * kv), "dense": (h, h), "up_proj": (h, 2 * i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    @property
+    def linear_parameters(self) -> int:
+        """Parameters in the decoder blocks' linear layers (what 4-bit quantisation packs)."""
+        return self.layers * sum(a * b for a, b in self.linear_shapes().values())
+
+
 class PresetResources(_Data):
     accelerators: int
     accelerator_memory_gi: int
@@ -41,6 +77,7 @@ class Preset(_Data):
     architecture: str
     parameters: int
     context_length: int
+    shape: Shape
     target_modules: tuple[str, ...]
     chat_template: ChatTemplate
     resources: PresetResources

@@ -184,6 +184,60 @@ def _report(summary: dict[str, Any]) -> None:
     click.echo(f"report: {output['location']}/report.html")
 
 
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--device-memory", help="Memory of one accelerator, e.g. 80Gi or 24Gi, to say whether the job fits.")
+@click.option("--world-size", type=int, help="Devices in all (default: nodes x accelerators from the manifest).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The model's config.json, for models that are not presets.",
+)
+def estimate(path: Path, device_memory: str | None, world_size: int | None, config_file: Path | None) -> None:
+    """Accelerator memory per device that the FineTuneJob in PATH needs, part by part."""
+    import json
+
+    from kubetune.estimate import GIB, ModelFacts
+    from kubetune.estimate import estimate as compute
+
+    job, _ = _one_job(path)
+    spec = job.spec
+    if spec.model.preset:
+        model = ModelFacts.of_preset(presets()[spec.model.preset])
+    elif config_file is not None:
+        model = ModelFacts.of_config(json.loads(config_file.read_text()))
+    else:
+        raise click.ClickException("the model is not a preset: pass its config.json with --config")
+    devices = world_size or spec.resources.world_size
+    if devices is None:
+        raise click.ClickException("resources.accelerators is auto: pass --world-size to estimate for a size")
+    result = compute(spec, model, devices)
+    click.echo(f"{spec.method.type} on {_model_words(job)}, {devices} device(s)")
+    click.echo(
+        f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
+        f"({100 * result.trainable_parameters / result.total_parameters:.2f}%)"
+    )
+    for part, nbytes in result.parts.items():
+        click.echo(f"  {part:<12} {nbytes / GIB:8.2f} GiB")
+    click.echo(f"  {'total':<12} {result.total / GIB:8.2f} GiB per device")
+    if device_memory:
+        capacity = _quantity_bytes(device_memory)
+        verdict = "fits" if result.fits(capacity) else "does NOT fit"
+        click.echo(f"{verdict} in {device_memory} per device")
+    click.echo("assumptions:")
+    for assumption in result.assumptions:
+        click.echo(f"  - {assumption}")
+
+
+def _quantity_bytes(quantity: str) -> float:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    for suffix, factor in sorted(units.items(), key=lambda item: -len(item[0])):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity)
+
+
 @cli.command(name="make-tiny-model")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option(

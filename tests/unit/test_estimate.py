@@ -1,0 +1,117 @@
+"""The estimator against cases computed by hand, and against peft's own count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from kubetune.api import parse_finetunejob
+from kubetune.catalog import presets
+from kubetune.cli import cli
+from kubetune.estimate import GIB, ModelFacts, estimate, lora_parameters
+
+PHI3_MINI = 3_821_079_552
+
+
+def _spec(job: dict[str, Any], **spec: Any) -> Any:
+    job["spec"].update(spec)
+    return parse_finetunejob(job).spec
+
+
+def test_full_fine_tuning_of_phi3_mini_with_zero3_on_four_devices(job: dict[str, Any]) -> None:
+    spec = _spec(
+        job,
+        method={"type": "full"},
+        output={"s3": {"uri": "s3://bucket/x"}},
+        distributed={"strategy": "deepspeed", "deepspeed": {"stage": 3}},
+        resources={"accelerators": 4},
+    )
+
+    result = estimate(spec, ModelFacts.of_preset(presets()["phi-3-mini-4k-instruct"]), world_size=4)
+
+    # 16 bytes per parameter, every part sharded four ways: 2 + 2 + 12 bytes x P / 4.
+    assert result.trainable_parameters == PHI3_MINI
+    assert result.parts["weights"] == 2 * PHI3_MINI / 4 == 1_910_539_776
+    assert result.parts["gradients"] == 2 * PHI3_MINI / 4
+    assert result.parts["optimizer"] == 12 * PHI3_MINI / 4 == 11_463_238_656
+    assert (result.parts["weights"] + result.parts["gradients"] + result.parts["optimizer"]) / GIB == pytest.approx(
+        14.234, abs=1e-3
+    )
+
+
+def test_stage_one_shards_only_optimizer_states(job: dict[str, Any]) -> None:
+    spec = _spec(
+        job,
+        method={"type": "full"},
+        distributed={"strategy": "deepspeed", "deepspeed": {"stage": 1}},
+        resources={"accelerators": 2},
+    )
+
+    parts = estimate(spec, ModelFacts.of_preset(presets()["phi-3-mini-4k-instruct"]), 2).parts
+
+    assert (parts["weights"], parts["gradients"], parts["optimizer"]) == (
+        2 * PHI3_MINI,
+        2 * PHI3_MINI,
+        12 * PHI3_MINI / 2,
+    )
+
+
+def test_optimizer_offload_leaves_no_optimizer_state_on_the_device(job: dict[str, Any]) -> None:
+    spec = _spec(
+        job,
+        method={"type": "full"},
+        resources={"accelerators": 2},
+        distributed={"strategy": "deepspeed", "deepspeed": {"stage": 2, "offloadOptimizer": True}},
+    )
+
+    result = estimate(spec, ModelFacts.of_preset(presets()["phi-3-mini-4k-instruct"]), 2)
+
+    assert result.parts["optimizer"] == 0
+    assert "optimizer states offloaded to CPU memory" in result.assumptions
+
+
+def test_lora_on_phi3_medium_counts_adapters_by_hand(job: dict[str, Any]) -> None:
+    spec = _spec(job, model={"preset": "phi-3-medium-4k-instruct"}, method={"type": "qlora"})
+
+    result = estimate(spec, ModelFacts.of_preset(presets()["phi-3-medium-4k-instruct"]), 1)
+
+    # r 16 on qkv (5120 -> 7680), o (5120 -> 5120), gate_up (5120 -> 35840), down (17920 -> 5120):
+    # 16 x (12800 + 10240 + 40960 + 23040) = 1,392,640 per layer, 40 layers.
+    assert result.trainable_parameters == 55_705_600
+    linear = presets()["phi-3-medium-4k-instruct"].shape.linear_parameters
+    base = linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (result.total_parameters - linear) * 2
+    assert result.parts["weights"] == pytest.approx(base + 2 * 55_705_600)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_adapter_count_matches_peft_on_the_tiny_model(tmp_path: Path, dora: bool) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_trainer.tiny import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "tiny", ["some words to train a tokenizer on"] * 20)
+    facts = ModelFacts.of_config(json.loads((folder / "config.json").read_text()))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_dora=dora),
+    )
+    peft_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    assert lora_parameters(facts.shape, "all-linear", 8, dora) == peft_count
+    assert facts.parameters == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(folder).parameters())
+
+
+def test_estimate_command_says_whether_it_fits(repo: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["estimate", str(repo / "examples" / "phi3-mini-qlora.yaml"), "--device-memory", "8Gi"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "trainable parameters: 111,411,200 of 13,960,238,080" in result.output
+    assert "does NOT fit in 8Gi per device" in result.output
+    assert "4-bit nf4 base" in result.output
