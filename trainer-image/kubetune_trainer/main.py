@@ -46,10 +46,8 @@ def run(
     """Train and classify the outcome. Returns the exit code and the summary written."""
     from kubetune_trainer.train import train  # torch and transformers load only when training
 
-    out_summary: Path | None = None
     try:
-        summary = train(spec, runtime, listeners)
-        out_summary = Path(summary["output"]["location"]) / "summary.json"
+        summary = train(spec, runtime, listeners)  # it writes summary.json beside the outputs
         code = ExitCode.OK
     except TrainerError as error:
         summary, code = _failure(error.reason, str(error)), error.exit_code
@@ -57,7 +55,7 @@ def run(
         oom = OutOfMemory(f"{_memory_figures()}: {error}")
         summary, code = _failure(oom.reason, str(oom)), oom.exit_code
     if runtime.is_main:
-        write_summary(summary, runtime.termination_log, out_summary)
+        write_summary(summary, runtime.termination_log, None)
     if code is not ExitCode.OK:
         log.error("%s: %s", summary["reason"], summary["message"])
     return code, summary

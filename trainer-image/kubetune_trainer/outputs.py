@@ -16,6 +16,7 @@ from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
 from kubetune_trainer.model import ModelSource
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.storage import Bucket
 
 
 def check_formats(spec: FineTuneJobSpec) -> None:
@@ -79,12 +80,30 @@ def _merge(source: ModelSource, adapter_dir: Path, merged_dir: Path, precision: 
 
 
 def output_folder(spec: FineTuneJobSpec, runtime: Runtime) -> Path:
-    """The local folder outputs are written to (then pushed, for remote destinations)."""
+    """The local folder outputs are written to (then published, for remote destinations)."""
     if runtime.output_override is not None:
         return runtime.output_override
     if spec.output.pvc is not None:
         return runtime.claim_path(spec.output.pvc.claim_name, spec.output.pvc.path)
+    if spec.output.s3 is not None:
+        return runtime.work / "output"
     raise InvalidSpec(f"output destination {spec.output.kind} is not available in this trainer build yet")
+
+
+def output_location(spec: FineTuneJobSpec, runtime: Runtime, folder: Path) -> str:
+    """Where the result lives for the person reading status: a URI, or a local path."""
+    if runtime.output_override is not None:
+        return str(folder)
+    if spec.output.pvc is not None:
+        return f"pvc://{spec.output.pvc.claim_name}/{spec.output.pvc.path.strip('/')}"
+    assert spec.output.s3 is not None
+    return spec.output.s3.uri
+
+
+def publish(spec: FineTuneJobSpec, runtime: Runtime, folder: Path) -> None:
+    """Send a remote destination its copy (checkpoints stay behind). Rank 0 only."""
+    if runtime.output_override is None and spec.output.s3 is not None:
+        Bucket.open(spec.output.s3, runtime).upload(folder, skip=("checkpoints",))
 
 
 def checkpoint_folder(spec: FineTuneJobSpec, runtime: Runtime, out: Path) -> Path:

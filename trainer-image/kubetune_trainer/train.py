@@ -37,7 +37,14 @@ from kubetune_trainer.model import (
     resolve_source,
     trainable_parameters,
 )
-from kubetune_trainer.outputs import check_formats, checkpoint_folder, output_folder, write_outputs
+from kubetune_trainer.outputs import (
+    check_formats,
+    checkpoint_folder,
+    output_folder,
+    output_location,
+    publish,
+    write_outputs,
+)
 from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
@@ -182,7 +189,7 @@ def train(
         "status": "Succeeded",
         "reason": "Completed",
         "message": f"trained {trainer.state.global_step} steps on {data.stats.kept} examples",
-        "output": {"location": str(out), "formats": [f.value for f in formats]},
+        "output": {"location": output_location(spec, runtime, out), "formats": [f.value for f in formats]},
         "metrics": metrics,
         "engine": facts,
         "data": data.stats.as_dict() | {"defaultChatTemplate": default_template},
@@ -194,6 +201,8 @@ def train(
     if runtime.is_main:
         (out / "README.md").write_text(model_card(spec, summary))
         write_report(summary, spec, out)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        publish(spec, runtime, out)
     return summary
 
 

@@ -11,6 +11,7 @@ from kubetune_trainer.data.fetch import fetch
 from kubetune_trainer.data.readers import SUFFIXES, Row, read_rows
 from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.storage import Bucket
 
 
 def source_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
@@ -29,6 +30,12 @@ def source_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
             yield from read_rows(file)
         case "huggingFace":
             yield from _hub_rows(source, runtime)
+        case "s3":
+            assert source.s3 is not None
+            bucket = Bucket.open(source.s3, runtime)
+            folder = runtime.work / "downloads" / "s3" / bucket.name / bucket.prefix.strip("/")
+            for file in bucket.download(folder, SUFFIXES):
+                yield from read_rows(file)
         case "urls":
             assert source.urls is not None
             for index, item in enumerate(source.urls):
