@@ -39,7 +39,13 @@ def learning_rate(spec: FineTuneJobSpec) -> float:
 
 
 def training_arguments(
-    spec: FineTuneJobSpec, precision: Precision, on_cpu: bool, world_size: int, checkpoint_dir: Path, has_eval: bool
+    spec: FineTuneJobSpec,
+    precision: Precision,
+    on_cpu: bool,
+    world_size: int,
+    checkpoint_dir: Path,
+    has_eval: bool,
+    run_name: str | None = None,
 ) -> Any:
     from transformers import TrainingArguments
 
@@ -76,6 +82,7 @@ def training_arguments(
         save_steps=spec.checkpoint.interval_steps,
         save_total_limit=spec.checkpoint.keep,
         report_to=[training.tracking.backend.value] if training.tracking else "none",
+        run_name=run_name,
         remove_unused_columns=False,
         disable_tqdm=True,
         dataloader_num_workers=0,

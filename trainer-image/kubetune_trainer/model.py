@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,9 +34,13 @@ class ModelSource:
     token: str | None
     trust_remote_code: bool
     preset: Preset | None
+    label: str | None = None
+    """What to call the model in reports (a downloaded model keeps its repository id)."""
 
     @property
     def display(self) -> str:
+        if self.label:
+            return self.label
         return self.location if self.revision in (None, "main") else f"{self.location}@{self.revision}"
 
 
@@ -52,6 +60,45 @@ def resolve_source(spec: FineTuneJobSpec, runtime: Runtime) -> ModelSource:
     if not (folder / "config.json").is_file():
         raise InvalidSpec(f"no model at {model.pvc.claim_name}:{model.pvc.path} (no config.json in {folder})")
     return ModelSource(str(folder), None, None, model.trust_remote_code, None)
+
+
+# Files a training run never reads; leaving them out saves much of a large repository.
+SKIPPED_FILES = ["original/*", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot", "*.pth"]
+
+
+def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, pause: float = 2.0) -> ModelSource:
+    """A Hub model downloads once per pod, whose ranks share the pod's cache: local rank 0
+    fetches it, the others wait for its word, and every rank then loads from the folder."""
+    if Path(source.location).is_dir():
+        return source
+    cache = runtime.work / "hf-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{source.location}@{source.revision}".encode()).hexdigest()[:16]
+    ready, failed = cache / f".ready-{key}", cache / f".failed-{key}"
+    if runtime.local_rank == 0:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(
+                source.location,
+                revision=source.revision,
+                token=source.token,
+                cache_dir=str(cache),
+                ignore_patterns=SKIPPED_FILES,
+            )
+        except Exception as error:  # the Hub client raises many types; the message is what matters
+            failed.write_text(str(error))
+            raise InvalidSpec(f"cannot download model {source.display}: {error}") from None
+        ready.write_text(folder)
+    else:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if failed.exists():
+                raise InvalidSpec(f"cannot download model {source.display}: {failed.read_text()}")
+            if time.monotonic() > deadline:
+                raise InvalidSpec(f"model {source.display} was not downloaded within {timeout:.0f} s")
+            time.sleep(pause)
+    return dataclasses.replace(source, location=ready.read_text(), revision=None, label=source.display)
 
 
 def load_tokenizer(source: ModelSource, runtime: Runtime) -> Any:

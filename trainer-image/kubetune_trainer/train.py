@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from kubetune_trainer.errors import Interrupted, InvalidSpec
 from kubetune_trainer.hardware import Hardware
 from kubetune_trainer.model import (
     apply_method,
+    fetch_once,
     load_model,
     load_tokenizer,
     resolve_source,
@@ -49,6 +51,7 @@ from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.samples import fill, pick
+from kubetune_trainer.tracking import tracking_environment
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def train(
     checkpoint_dir = checkpoint_folder(spec, runtime, out)
     examples = read_dataset(spec.dataset, runtime, spec.training.seed)
 
-    source = resolve_source(spec, runtime)
+    source = fetch_once(resolve_source(spec, runtime), runtime)
     tokenizer = load_tokenizer(source, runtime)
     default_template = ensure_chat_template(tokenizer)
     data = tokenize_dataset(examples, spec.dataset, tokenizer)
@@ -123,8 +126,15 @@ def train(
 
     # The arguments come before the model: under ZeRO-3 they set up the process group and
     # make from_pretrained place each rank's shard straight away.
+    os.environ.update(tracking_environment(spec, runtime, out))
     args = training_arguments(
-        spec, precision, hardware.device == "cpu", runtime.world_size, checkpoint_dir, bool(data.eval)
+        spec,
+        precision,
+        hardware.device == "cpu",
+        runtime.world_size,
+        checkpoint_dir,
+        bool(data.eval),
+        run_name=runtime.job_name,
     )
     if args.deepspeed:
         _start_deepspeed(args, checkpoint_dir, runtime)

@@ -1,0 +1,54 @@
+"""Hub models download once per pod: local rank 0 fetches, the other ranks wait for it."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kubetune_trainer.errors import InvalidSpec
+from kubetune_trainer.model import ModelSource, fetch_once
+from kubetune_trainer.runtime import Runtime
+
+HUB = ModelSource("microsoft/Phi-3-mini-4k-instruct", "main", None, False, None)
+
+
+def test_models_on_a_volume_are_not_fetched(runtime: Runtime, volumes: Path) -> None:
+    local = dataclasses.replace(HUB, location=str(volumes / "models" / "tiny-phi3"))
+
+    assert fetch_once(local, runtime) is local
+
+
+def test_other_ranks_wait_for_local_rank_zero(runtime: Runtime, tmp_path: Path) -> None:
+    worker = dataclasses.replace(runtime, local_rank=1)
+    cache = runtime.work / "hf-cache"
+
+    def rank_zero_finishes() -> None:
+        time.sleep(0.2)
+        marker = next(cache.glob(".ready-*"), None) or cache / f".ready-{_key()}"
+        marker.write_text(str(tmp_path / "snapshot"))
+
+    cache.mkdir(parents=True)
+    threading.Thread(target=rank_zero_finishes).start()
+    fetched = fetch_once(HUB, worker, timeout=10, pause=0.05)
+
+    assert fetched.location == str(tmp_path / "snapshot")
+    assert fetched.display == "microsoft/Phi-3-mini-4k-instruct"
+
+
+def test_a_failed_download_stops_every_rank_with_its_reason(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    with pytest.raises(InvalidSpec, match="cannot download model microsoft/Phi-3-mini-4k-instruct"):
+        fetch_once(HUB, runtime)
+    with pytest.raises(InvalidSpec, match="cannot download model"):
+        fetch_once(HUB, dataclasses.replace(runtime, local_rank=1), timeout=5, pause=0.01)
+
+
+def _key() -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{HUB.location}@{HUB.revision}".encode()).hexdigest()[:16]
