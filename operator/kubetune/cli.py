@@ -63,24 +63,15 @@ def validate(paths: tuple[Path, ...]) -> None:
 def render(path: Path, attempt: int) -> None:
     """Print the children the operator would create for each FineTuneJob in PATH: the spec
     ConfigMap, the headless Service, the preflight Job and the training Job."""
-    try:
-        documents = read_documents(path)
-    except ManifestError as error:
-        raise click.ClickException(str(error)) from None
+    jobs, _ = _valid_jobs(path)
     rendered = []
-    for document in documents:
-        verdict = validate_document(document)
-        if verdict.skipped:
-            continue
-        if not verdict.ok:
-            raise click.ClickException(InvalidSpec(verdict.problems, document.label).render())
-        job = parse_finetunejob(document.body)
+    for label, job in jobs:
         if not job.metadata.name:
-            raise click.ClickException(f"{document.label}: metadata.name is required to name the children")
+            raise click.ClickException(f"{label}: metadata.name is required to name the children")
         try:
             rendered += build_children(Context(job, Settings.from_env()), attempt)
         except NotBuildable as error:
-            raise click.ClickException(f"{document.label}: {error}") from None
+            raise click.ClickException(f"{label}: {error}") from None
     click.echo(yaml.safe_dump_all(rendered, sort_keys=False, width=120), nl=False)
 
 
@@ -131,7 +122,9 @@ def run(path: Path, volumes: Path, output: Path | None, secrets: Path, work: Pat
         sys.exit(int(code))
 
 
-def _one_job(path: Path) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
+def _valid_jobs(path: Path) -> tuple[list[tuple[str, FineTuneJob]], dict[str, dict[str, str]]]:
+    """Every FineTuneJob in a file, validated as the cluster would, and the data of the
+    ConfigMaps written beside them. Stops with every problem of the first invalid one."""
     try:
         documents = read_documents(path)
     except ManifestError as error:
@@ -147,10 +140,15 @@ def _one_job(path: Path) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
             continue
         if not verdict.ok:
             raise click.ClickException(InvalidSpec(verdict.problems, document.label).render())
-        jobs.append(parse_finetunejob(body))
+        jobs.append((document.label, parse_finetunejob(body)))
+    return jobs, config_maps
+
+
+def _one_job(path: Path) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
+    jobs, config_maps = _valid_jobs(path)
     if len(jobs) != 1:
         raise click.ClickException(f"{path}: expected one FineTuneJob, found {len(jobs)}")
-    return jobs[0], config_maps
+    return jobs[0][1], config_maps
 
 
 def _model_words(job: FineTuneJob) -> str:

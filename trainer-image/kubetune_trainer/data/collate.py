@@ -66,17 +66,11 @@ class PaddingCollator:
     multiple_of: int = 8
 
     def __call__(self, batch: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
-        width = _round_up(max(len(e.input_ids) for e in batch), self.multiple_of)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        ids, labels, width = _padded(batch, self.pad_token_id, self.multiple_of)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, example in enumerate(batch):
-            n = len(example.input_ids)
-            ids[row, :n] = torch.tensor(example.input_ids)
-            labels[row, :n] = torch.tensor(example.labels)
-            mask[row, :n] = 1
-        tokens = torch.tensor(sum(len(e.input_ids) for e in batch))
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_tokens": tokens}
+            mask[row, : len(example.input_ids)] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_tokens": _count(batch)}
 
 
 @dataclass(frozen=True)
@@ -88,18 +82,31 @@ class PackedCollator:
     multiple_of: int = 8
 
     def __call__(self, batch: Sequence[Packed]) -> dict[str, torch.Tensor]:
-        width = _round_up(max(len(p.input_ids) for p in batch), self.multiple_of)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        ids, labels, width = _padded(batch, self.pad_token_id, self.multiple_of)
         positions = torch.zeros((len(batch), width), dtype=torch.long)
         for row, packed in enumerate(batch):
             n = len(packed.input_ids)
-            ids[row, :n] = torch.tensor(packed.input_ids)
-            labels[row, :n] = torch.tensor(packed.labels)
             positions[row, :n] = torch.tensor(packed.position_ids)
             positions[row, n:] = torch.arange(width - n)
-        tokens = torch.tensor(sum(len(p.input_ids) for p in batch))
-        return {"input_ids": ids, "labels": labels, "position_ids": positions, "num_tokens": tokens}
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "num_tokens": _count(batch)}
+
+
+def _padded(
+    batch: Sequence[TokenizedExample | Packed], pad_token_id: int, multiple_of: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids and labels of a batch, right-padded; padding is never a target."""
+    width = _round_up(max(len(item.input_ids) for item in batch), multiple_of)
+    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item.input_ids)
+        ids[row, :n] = torch.tensor(item.input_ids)
+        labels[row, :n] = torch.tensor(item.labels)
+    return ids, labels, width
+
+
+def _count(batch: Sequence[TokenizedExample | Packed]) -> torch.Tensor:
+    return torch.tensor(sum(len(item.input_ids) for item in batch))
 
 
 def _round_up(value: int, multiple: int) -> int:
