@@ -61,3 +61,11 @@ def test_presets_command_lists_phi3(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "phi-3-mini-4k-instruct" in result.output
     assert "microsoft/Phi-3-mini-4k-instruct" in result.output
+
+
+def test_the_same_commands_work_as_a_kubectl_plugin() -> None:
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.value.startswith("kubetune.")}
+
+    assert scripts == {"kubetune": "kubetune.cli:main", "kubectl-finetune": "kubetune.cli:main"}
