@@ -85,8 +85,8 @@ def _open(url: str, policy: FetchPolicy) -> tuple[http.client.HTTPResponse, http
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise InvalidData(f"{url}: only https URLs are fetched")
-        address = _vetted_address(parts.hostname, parts.port or 443, policy, url)
-        connection = _PinnedConnection(parts.hostname, address, parts.port or 443, policy)
+        addresses = _vetted_addresses(parts.hostname, parts.port or 443, policy, url)
+        connection = _PinnedConnection(parts.hostname, addresses, parts.port or 443, policy)
         path = parts.path or "/"
         try:
             connection.request(
@@ -107,7 +107,7 @@ def _open(url: str, policy: FetchPolicy) -> tuple[http.client.HTTPResponse, http
     raise InvalidData(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
-def _vetted_address(host: str, port: int, policy: FetchPolicy, url: str) -> str:
+def _vetted_addresses(host: str, port: int, policy: FetchPolicy, url: str) -> list[str]:
     try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
@@ -117,17 +117,26 @@ def _vetted_address(host: str, port: int, policy: FetchPolicy, url: str) -> str:
         reason = policy.refuse(address)
         if reason is not None:
             raise InvalidData(f"{url}: refused, {host} resolves to {address}, {reason}")
-    return str(addresses[0])
+    return [str(address) for address in dict.fromkeys(addresses)]
 
 
 class _PinnedConnection(http.client.HTTPSConnection):
-    """HTTPS to the address that was checked, with the host name kept for TLS."""
+    """HTTPS to one of the addresses that were checked (the first that answers), with the
+    host name kept for TLS."""
 
-    def __init__(self, host: str, address: str, port: int, policy: FetchPolicy) -> None:
+    def __init__(self, host: str, addresses: list[str], port: int, policy: FetchPolicy) -> None:
         super().__init__(host, port, timeout=policy.timeout_seconds, context=policy.tls)
-        self._address = address
+        self._addresses = addresses
         self._tls = policy.tls
 
     def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+        failure: OSError | None = None
+        for address in self._addresses:
+            try:
+                raw = socket.create_connection((address, self.port), self.timeout)
+            except OSError as error:
+                failure = error
+                continue
+            self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+            return
+        raise failure or OSError(f"no address to connect to for {self.host}")
