@@ -63,9 +63,7 @@ def main() -> None:
     if not wait_for_name(host, timeout):
         message = f"rank 0's address {host} did not resolve within {timeout:.0f} s"
         write_summary(
-            {"status": "Failed", "reason": "RendezvousFailed", "message": message},
-            Runtime.from_env().termination_log,
-            None,
+            {"status": "Failed", "reason": "RendezvousFailed", "message": message}, Runtime.from_env().termination_log
         )
         log.error(message)
         sys.exit(int(ExitCode.FAILED))

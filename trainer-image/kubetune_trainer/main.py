@@ -55,7 +55,7 @@ def run(
         oom = OutOfMemory(f"{_memory_figures()}: {error}")
         summary, code = _failure(oom.reason, str(oom)), oom.exit_code
     if runtime.is_main:
-        write_summary(summary, runtime.termination_log, None)
+        write_summary(summary, runtime.termination_log)
     if code is not ExitCode.OK:
         log.error("%s: %s", summary["reason"], summary["message"])
     return code, summary
@@ -84,7 +84,7 @@ def main() -> None:
     try:
         spec = read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC])))
     except InvalidSpec as error:
-        write_summary(_failure(error.reason, str(error)), runtime.termination_log, None)
+        write_summary(_failure(error.reason, str(error)), runtime.termination_log)
         log.error("%s", error)
         sys.exit(error.exit_code)
     progress = Progress()

@@ -46,7 +46,7 @@ def main() -> None:
     except TrainerError as error:
         summary, code = {"status": "Failed", "reason": error.reason, "message": str(error)}, error.exit_code
         log.error("%s: %s", error.reason, error)
-    write_summary(summary, runtime.termination_log, None)
+    write_summary(summary, runtime.termination_log)
     sys.exit(int(code))
 
 

@@ -34,10 +34,6 @@ class Runtime:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Runtime:
         env = os.environ if env is None else env

@@ -44,10 +44,9 @@ def _dump(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def write_summary(summary: dict[str, Any], termination_log: Path, full: Path | None) -> None:
-    if full is not None:
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_text(json.dumps(summary, indent=2) + "\n")
+def write_summary(summary: dict[str, Any], termination_log: Path) -> None:
+    """The compact summary into the termination-message file (the full one is written by
+    the trainer beside the outputs)."""
     try:
         termination_log.parent.mkdir(parents=True, exist_ok=True)
         termination_log.write_text(termination_message(summary))

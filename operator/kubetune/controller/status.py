@@ -185,17 +185,7 @@ def next_status(
 ) -> FineTuneJobStatus:
     previous = previous or FineTuneJobStatus()
     phase = PHASES[assessment.outcome]
-    conditions = [
-        Condition(
-            type=kind,
-            status=ConditionStatus.TRUE if true else ConditionStatus.FALSE,
-            reason=reason,
-            message=message,
-            last_transition_time=now,
-            observed_generation=generation,
-        )
-        for kind, true, reason, message in _condition_table(assessment)
-    ]
+    conditions = [_condition(*row, now, generation) for row in _condition_table(assessment)]
     finished = phase.finished
     output = _output(assessment.summary) if assessment.outcome is Outcome.SUCCEEDED else previous.output
     return previous.model_copy(
@@ -226,6 +216,19 @@ def _condition_table(assessment: Assessment) -> list[tuple[ConditionType, bool, 
     ]
 
 
+def _condition(
+    kind: ConditionType, holds: bool, reason: str, message: str, now: datetime, generation: int
+) -> Condition:
+    return Condition(
+        type=kind,
+        status=ConditionStatus.TRUE if holds else ConditionStatus.FALSE,
+        reason=reason,
+        message=message,
+        last_transition_time=now,
+        observed_generation=generation,
+    )
+
+
 def merge_conditions(old: Sequence[Condition], new: Sequence[Condition]) -> list[Condition]:
     """New conditions, keeping the old transition time where the status did not change."""
     before = {c.type: c for c in old}
@@ -246,22 +249,8 @@ def invalid_status(problems: Sequence[Problem], generation: int, now: datetime) 
         observed_generation=generation,
         completion_time=now,
         conditions=[
-            Condition(
-                type=ConditionType.VALID,
-                status=ConditionStatus.FALSE,
-                reason="InvalidSpec",
-                message=message,
-                last_transition_time=now,
-                observed_generation=generation,
-            ),
-            Condition(
-                type=ConditionType.FAILED,
-                status=ConditionStatus.TRUE,
-                reason="InvalidSpec",
-                message=message,
-                last_transition_time=now,
-                observed_generation=generation,
-            ),
+            _condition(ConditionType.VALID, False, "InvalidSpec", message, now, generation),
+            _condition(ConditionType.FAILED, True, "InvalidSpec", message, now, generation),
         ],
     )
 

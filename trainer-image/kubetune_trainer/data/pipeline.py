@@ -85,10 +85,6 @@ def tokenize_dataset(sets: ExampleSets, dataset: DatasetSpec, tokenizer: Any) ->
     return PreparedData(train_set, eval_set, stats, sets.format)
 
 
-def prepare(dataset: DatasetSpec, tokenizer: Any, runtime: Runtime, seed: int) -> PreparedData:
-    return tokenize_dataset(read_dataset(dataset, runtime, seed), dataset, tokenizer)
-
-
 def _tokenize_all(
     examples: list[Example], tokenizer: Any, dataset: DatasetSpec, stats: DataStats
 ) -> list[TokenizedExample]:

@@ -63,9 +63,7 @@ def _jsonl(path: Path) -> Iterator[Row]:
 
 def _json(path: Path) -> Iterator[Row]:
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise InvalidData(f"{path.name}: not valid UTF-8 (byte {error.start + 1})") from None
+        value = json.loads(_text(path, "utf-8"))
     except json.JSONDecodeError as error:
         raise InvalidData(
             f"{path.name} line {error.lineno}: invalid JSON at column {error.colno}: {error.msg}"
@@ -80,11 +78,7 @@ def _json(path: Path) -> Iterator[Row]:
 
 
 def _csv(path: Path) -> Iterator[Row]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InvalidData(f"{path.name}: not valid UTF-8 (byte {error.start + 1})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(_text(path, "utf-8-sig"), newline=""))
     try:
         header = next(reader)
     except StopIteration:
@@ -115,6 +109,13 @@ def _parquet(path: Path) -> Iterator[Row]:
         raise InvalidData(f"{path.name}: not a readable parquet file ({error})") from None
     for index, values in enumerate(table.to_pylist()):
         yield Row(values, f"{path.name} row {index}")
+
+
+def _text(path: Path, encoding: str) -> str:
+    try:
+        return path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as error:
+        raise InvalidData(f"{path.name}: not valid UTF-8 (byte {error.start + 1})") from None
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ conversation as an extension of a shorter one works.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import Truncation
@@ -54,7 +54,6 @@ class DataStats:
     trainable_tokens: int = 0
     longest: int = 0
     detected_format: str = ""
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -10,12 +10,16 @@ import pytest
 from kubetune.api import DataFormat
 from kubetune.api.spec import DatasetSpec
 from kubetune.contract import ExitCode
-from kubetune_trainer.data.pipeline import prepare, split_for_evaluation
+from kubetune_trainer.data.pipeline import PreparedData, read_dataset, split_for_evaluation, tokenize_dataset
 from kubetune_trainer.errors import InvalidData
 from kubetune_trainer.main import run
 from kubetune_trainer.runtime import Runtime
 
 from ..conftest import chat_rows, memorise_spec, write_jsonl
+
+
+def prepare(dataset: DatasetSpec, tokenizer: Any, runtime: Runtime, seed: int) -> PreparedData:
+    return tokenize_dataset(read_dataset(dataset, runtime, seed), dataset, tokenizer)
 
 
 @pytest.fixture(scope="module")
