@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,9 @@ def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, p
                 ignore_patterns=SKIPPED_FILES,
             )
         except Exception as error:  # the Hub client raises many types; the message is what matters
-            failed.write_text(str(error))
+            write_marker(failed, str(error))
             raise InvalidSpec(f"cannot download model {source.display}: {error}") from None
-        ready.write_text(folder)
+        write_marker(ready, folder)
     else:
         deadline = time.monotonic() + timeout
         while not ready.exists():
@@ -99,6 +100,13 @@ def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, p
                 raise InvalidSpec(f"model {source.display} was not downloaded within {timeout:.0f} s")
             time.sleep(pause)
     return dataclasses.replace(source, location=ready.read_text(), revision=None, label=source.display)
+
+
+def write_marker(marker: Path, text: str) -> None:
+    """Another rank polls for the marker, so it appears whole or not at all."""
+    aside = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    aside.write_text(text)
+    aside.replace(marker)
 
 
 def load_tokenizer(source: ModelSource, runtime: Runtime) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kubetune_trainer.errors import InvalidSpec
-from kubetune_trainer.model import ModelSource, fetch_once
+from kubetune_trainer.model import ModelSource, fetch_once, write_marker
 from kubetune_trainer.runtime import Runtime
 
 HUB = ModelSource("microsoft/Phi-3-mini-4k-instruct", "main", None, False, None)
@@ -28,8 +28,7 @@ def test_other_ranks_wait_for_local_rank_zero(runtime: Runtime, tmp_path: Path) 
 
     def rank_zero_finishes() -> None:
         time.sleep(0.2)
-        marker = next(cache.glob(".ready-*"), None) or cache / f".ready-{_key()}"
-        marker.write_text(str(tmp_path / "snapshot"))
+        write_marker(cache / f".ready-{_key()}", str(tmp_path / "snapshot"))
 
     cache.mkdir(parents=True)
     threading.Thread(target=rank_zero_finishes).start()
