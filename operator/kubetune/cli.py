@@ -114,7 +114,7 @@ def run(path: Path, volumes: Path, output: Path | None, secrets: Path, work: Pat
         nproc,
         config_maps,
     )
-    click.echo(f"training {name}: {job.spec.method.type} on {_model_words(job)}, {nproc} process(es)", err=True)
+    click.echo(f"training {name}: {job.spec.method.type} on {job.spec.model.display}, {nproc} process(es)", err=True)
     code, summary = run_local(plan, ProgressLine())
     click.echo("", err=True)
     _report(summary)
@@ -149,16 +149,6 @@ def _one_job(path: Path) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
     if len(jobs) != 1:
         raise click.ClickException(f"{path}: expected one FineTuneJob, found {len(jobs)}")
     return jobs[0][1], config_maps
-
-
-def _model_words(job: FineTuneJob) -> str:
-    model = job.spec.model
-    if model.preset:
-        return model.preset
-    if model.hugging_face:
-        return model.hugging_face.repo
-    assert model.pvc is not None
-    return f"{model.pvc.claim_name}:{model.pvc.path}"
 
 
 def _report(summary: dict[str, Any]) -> None:
@@ -211,7 +201,7 @@ def estimate(path: Path, device_memory: str | None, world_size: int | None, conf
     if devices is None:
         raise click.ClickException("resources.accelerators is auto: pass --world-size to estimate for a size")
     result = compute(spec, model, devices)
-    click.echo(f"{spec.method.type} on {_model_words(job)}, {devices} device(s)")
+    click.echo(f"{spec.method.type} on {job.spec.model.display}, {devices} device(s)")
     click.echo(
         f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
         f"({100 * result.trainable_parameters / result.total_parameters:.2f}%)"
@@ -255,6 +245,20 @@ def make_tiny_model(folder: Path, corpus_files: tuple[Path, ...], architecture: 
     lines = [line for file in corpus_files for line in file.read_text().splitlines() if line.strip()]
     make(folder, lines, architecture="phi3" if architecture == "phi3" else "llama")
     click.echo(f"made a tiny {architecture} model in {folder}")
+
+
+@cli.command()
+def operator() -> None:
+    """Run the operator: watch FineTuneJobs and train them (settings from KUBETUNE_* variables)."""
+    from kubetune.controller.settings import SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    from kubetune.controller.handlers import run as run_operator
+
+    run_operator(settings)
 
 
 @cli.command()

@@ -64,6 +64,16 @@ class ModelSpec(OneOf):
     trust_remote_code: bool = False
     """Run modelling code shipped inside the model repository. Only for repositories you trust."""
 
+    @property
+    def display(self) -> str:
+        """The model in a few words: preset name, repository id or claim:path."""
+        if self.preset:
+            return self.preset
+        if self.hugging_face:
+            return self.hugging_face.repo
+        assert self.pvc is not None, "exactly one source is set (checked by the one-of rule)"
+        return f"{self.pvc.claim_name}:{self.pvc.path}"
+
 
 # ---------------------------------------------------------------------------- method
 

@@ -66,7 +66,7 @@ def labels(context: Context, **extra: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "kubetune",
         "app.kubernetes.io/managed-by": "kubetune-operator",
-        JOB_LABEL: context.name,
+        JOB_LABEL: names.label_value(context.name),
         **extra,
     }
 
@@ -110,7 +110,7 @@ def build_service(context: Context) -> Manifest:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {JOB_LABEL: context.name, ROLE_LABEL: "train"},
+            "selector": {JOB_LABEL: names.label_value(context.name), ROLE_LABEL: "train"},
             "ports": [
                 {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT},
                 {

@@ -45,3 +45,8 @@ def preflight_job_name(job: str) -> str:
 def rank0_host(job: str, attempt: int) -> str:
     """Rank 0's stable DNS name: pod 0 of the attempt's Indexed Job, under the Service."""
     return f"{attempt_job_name(job, attempt)}-0.{service_name(job)}"
+
+
+def label_value(job: str) -> str:
+    """The FineTuneJob's name as a label value (at most 63 characters; names may have 253)."""
+    return fit(job, "")

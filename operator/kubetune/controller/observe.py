@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.api.status import Progress
 from kubetune.controller.builders import ATTEMPT_LABEL, TRAINER
 
 
@@ -108,3 +109,45 @@ def _parse_summary(message: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """Kueue's Workload for a queued Job: the operator suspends a queued job through it."""
+
+    name: str
+    owner_uid: str
+    """uid of the Job the Workload admits."""
+    active: bool
+    admitted: bool
+
+
+def workload_state(workload: dict[str, Any]) -> WorkloadState:
+    meta = workload.get("metadata") or {}
+    owner: dict[str, Any] = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "Job"), {})
+    return WorkloadState(
+        name=meta.get("name", ""),
+        owner_uid=owner.get("uid", ""),
+        active=(workload.get("spec") or {}).get("active", True) is not False,
+        admitted=_conditions(workload).get("Admitted", {}).get("status") == "True",
+    )
+
+
+PROGRESS_FIELDS = set(Progress.model_fields) | {f.alias for f in Progress.model_fields.values() if f.alias}
+
+
+def progress_from_report(report: Any) -> Progress | None:
+    """The trainer's GET /progress answer as status.progress; None when it is not one.
+
+    The trainer reports a few more things (its phase); only the API's fields are kept, and
+    the percentage is worked out here."""
+    if not isinstance(report, dict):
+        return None
+    try:
+        progress = Progress.model_validate({k: v for k, v in report.items() if k in PROGRESS_FIELDS})
+    except ValueError:
+        return None
+    if progress.total_steps:
+        percent = round(min(100.0, 100 * progress.step / progress.total_steps), 1)
+        progress = progress.model_copy(update={"percent": percent})
+    return progress

@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubetune import __version__
 from kubetune.contract import DEFAULT_PROGRESS_PORT
 
 RENDEZVOUS_PORT = 29500
+
+
+class SettingsError(ValueError):
+    """An operator setting that cannot be read; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class AcceleratorProfile:
+    """A kind of accelerator node the cluster offers, for sizing `accelerators: auto` jobs."""
+
+    name: str
+    resource: str
+    """Extended resource name, e.g. nvidia.com/gpu."""
+    memory_gib: float
+    """Memory of one device."""
+    per_node: int
+    """Devices on one node."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, item: Any, where: str) -> AcceleratorProfile:
+        if not isinstance(item, dict):
+            raise SettingsError(f"{where}: expected an object, found {type(item).__name__}")
+        try:
+            profile = cls(
+                name=str(item["name"]),
+                resource=str(item["resource"]),
+                memory_gib=float(item["memoryGiB"]),
+                per_node=int(item["perNode"]),
+                node_selector={str(k): str(v) for k, v in (item.get("nodeSelector") or {}).items()},
+            )
+        except KeyError as missing:
+            raise SettingsError(f"{where}: missing {missing}") from None
+        except (TypeError, ValueError) as error:
+            raise SettingsError(f"{where}: {error}") from None
+        if profile.memory_gib <= 0 or profile.per_node < 1:
+            raise SettingsError(f"{where}: memoryGiB must be positive and perNode at least 1")
+        return profile
 
 
 @dataclass(frozen=True)
@@ -28,11 +68,30 @@ class Settings:
     """Service accounts trainer pods may use; empty allows only the namespace default."""
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     """Namespaces watched; empty watches all."""
+    accelerator_profiles: tuple[AcceleratorProfile, ...] = ()
+    """Accelerator nodes to size `accelerators: auto` jobs for, tried in order."""
+    model_cache_claim: str | None = None
+    """PersistentVolumeClaim mounted in trainer pods as the shared cache of downloaded models."""
+    default_queue: str | None = None
+    """Kueue LocalQueue for jobs that name none."""
+    log_level: str = "info"
+    log_format: str = "text"
+    metrics_port: int = 8080
+    health_port: int = 8081
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
+
+        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+            text = env.get(name)
+            if text is None:
+                return default
+            try:
+                return kind(text)
+            except ValueError:
+                raise SettingsError(f"{name}={text!r} is not a {kind.__name__}") from None
 
         def listed(name: str) -> tuple[str, ...]:
             return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
@@ -40,11 +99,30 @@ class Settings:
         return cls(
             trainer_image=env.get("KUBETUNE_TRAINER_IMAGE", defaults.trainer_image),
             trainer_cpu_image=env.get("KUBETUNE_TRAINER_CPU_IMAGE", defaults.trainer_cpu_image),
-            progress_port=int(env.get("KUBETUNE_PROGRESS_PORT", defaults.progress_port)),
-            progress_interval_seconds=float(env.get("KUBETUNE_PROGRESS_INTERVAL", defaults.progress_interval_seconds)),
+            progress_port=number("KUBETUNE_PROGRESS_PORT", defaults.progress_port, int),
+            progress_interval_seconds=number("KUBETUNE_PROGRESS_INTERVAL", defaults.progress_interval_seconds, float),
             default_cpu=env.get("KUBETUNE_DEFAULT_CPU", defaults.default_cpu),
             default_memory=env.get("KUBETUNE_DEFAULT_MEMORY", defaults.default_memory),
             allowed_images=listed("KUBETUNE_ALLOWED_IMAGES"),
             allowed_service_accounts=listed("KUBETUNE_ALLOWED_SERVICE_ACCOUNTS"),
             namespaces=listed("KUBETUNE_NAMESPACES"),
+            accelerator_profiles=_profiles(env.get("KUBETUNE_ACCELERATOR_PROFILES", "")),
+            model_cache_claim=env.get("KUBETUNE_MODEL_CACHE_PVC") or None,
+            default_queue=env.get("KUBETUNE_DEFAULT_QUEUE") or None,
+            log_level=env.get("KUBETUNE_LOG_LEVEL", defaults.log_level).lower(),
+            log_format=env.get("KUBETUNE_LOG_FORMAT", defaults.log_format).lower(),
+            metrics_port=number("KUBETUNE_METRICS_PORT", defaults.metrics_port, int),
+            health_port=number("KUBETUNE_HEALTH_PORT", defaults.health_port, int),
         )
+
+
+def _profiles(text: str) -> tuple[AcceleratorProfile, ...]:
+    if not text.strip():
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError as error:
+        raise SettingsError(f"KUBETUNE_ACCELERATOR_PROFILES is not JSON: {error}") from None
+    if not isinstance(items, list):
+        raise SettingsError("KUBETUNE_ACCELERATOR_PROFILES: expected a JSON list of profiles")
+    return tuple(AcceleratorProfile.parse(item, f"KUBETUNE_ACCELERATOR_PROFILES[{i}]") for i, item in enumerate(items))

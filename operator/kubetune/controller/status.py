@@ -241,16 +241,19 @@ def merge_conditions(old: Sequence[Condition], new: Sequence[Condition]) -> list
     return merged
 
 
-def invalid_status(problems: Sequence[Problem], generation: int, now: datetime) -> FineTuneJobStatus:
-    """A manifest that passed the schema but not the rules: it never reaches a pod."""
+def invalid_status(
+    problems: Sequence[Problem], generation: int, now: datetime, reason: str = "InvalidSpec"
+) -> FineTuneJobStatus:
+    """A manifest that passed the schema but not the rules (InvalidSpec), or one this
+    installation refuses (NotAllowed, DoesNotFit): it never reaches a pod."""
     message = "; ".join(str(p) for p in problems)
     return FineTuneJobStatus(
         phase=Phase.FAILED,
         observed_generation=generation,
         completion_time=now,
         conditions=[
-            _condition(ConditionType.VALID, False, "InvalidSpec", message, now, generation),
-            _condition(ConditionType.FAILED, True, "InvalidSpec", message, now, generation),
+            _condition(ConditionType.VALID, False, reason, message, now, generation),
+            _condition(ConditionType.FAILED, True, reason, message, now, generation),
         ],
     )
 

@@ -1,0 +1,300 @@
+"""The operator's reads and writes in Kubernetes API calls; the only module that makes them.
+
+Objects go in and come out as plain dicts (the builders' output, the snapshot's input),
+through one small REST helper over the `kubernetes` client's ApiClient, which brings the
+kubeconfig / in-cluster login, TLS and retries. Calls are blocking; the Kopf side runs
+them in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api import GROUP, VERSION
+from kubetune.api.resource import PLURAL
+from kubetune.api.status import FineTuneJobStatus
+from kubetune.controller import names
+from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, ROLE_LABEL, Manifest
+from kubetune.controller.observe import job_state, pod_state, workload_state
+from kubetune.controller.reconcile import (
+    Action,
+    Attempt,
+    Create,
+    Delete,
+    Emit,
+    SetSuspend,
+    SetWorkloadActive,
+    Snapshot,
+    WriteStatus,
+)
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+KUEUE = ("kueue.x-k8s.io", "v1beta1", "workloads")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the API."""
+
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        root = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        path = f"{root}/namespaces/{quote(namespace)}/{self.plural}"
+        if name is not None:
+            path += f"/{quote(name)}"
+        if subresource is not None:
+            path += f"/{subresource}"
+        return path
+
+
+KINDS = {
+    "ConfigMap": Kind("", "v1", "configmaps"),
+    "Service": Kind("", "v1", "services"),
+    "Pod": Kind("", "v1", "pods"),
+    "Event": Kind("", "v1", "events"),
+    "Job": Kind("batch", "v1", "jobs"),
+    "Workload": Kind(*KUEUE),
+    "FineTuneJob": Kind(GROUP, VERSION, PLURAL),
+}
+
+
+class Rest:
+    """JSON in, JSON out, over the kubernetes client's connection and credentials."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self.client = client
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Sequence[tuple[str, str]] = (),
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        serialized = self.client.param_serialize(
+            method,
+            path,
+            query_params=list(query),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*serialized, _request_timeout=30)
+        response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        answer: dict[str, Any] = json.loads(response.data or b"{}")
+        return answer
+
+
+def _absent(error: ApiException) -> bool:
+    return bool(error.status == 404)
+
+
+class Cluster:
+    """What the operator reads and writes for one FineTuneJob at a time."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self.rest = Rest(client)
+
+    # ------------------------------------------------------------------------- reading
+
+    def snapshot(self, namespace: str, name: str, queued: bool) -> Snapshot:
+        selector = [("labelSelector", f"{JOB_LABEL}={names.label_value(name)}")]
+        jobs = self._list("Job", namespace, selector)
+        pods_by_job: dict[str, list[Manifest]] = defaultdict(list)
+        for pod in self._list("Pod", namespace, selector):
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+            if job_name:
+                pods_by_job[job_name].append(pod)
+        workloads = {}
+        if queued:
+            for workload in self._list("Workload", namespace, (), missing_ok=True):
+                state = workload_state(workload)
+                workloads[state.owner_uid] = state
+        attempts, preflight = {}, None
+        for job in jobs:
+            meta = job["metadata"]
+            role = (meta.get("labels") or {}).get(ROLE_LABEL)
+            attempt = Attempt(
+                job_state(job),
+                tuple(pod_state(p) for p in pods_by_job.get(meta["name"], [])),
+                workloads.get(meta.get("uid", "")),
+            )
+            if role == "preflight":
+                preflight = attempt
+            elif role == "train":
+                attempts[int(meta["labels"].get(ATTEMPT_LABEL, "0"))] = attempt
+        return Snapshot(
+            config_map=self._exists("ConfigMap", namespace, names.config_map_name(name)),
+            service=self._exists("Service", namespace, names.service_name(name)),
+            preflight=preflight,
+            attempts=attempts,
+        )
+
+    def rank0_address(self, namespace: str, name: str, attempt: int) -> str | None:
+        """Pod IP of rank 0 of the attempt, once it has one."""
+        try:
+            pod = self.rest.call("GET", KINDS["Pod"].path(namespace, f"{names.attempt_job_name(name, attempt)}-0"))
+        except ApiException as error:
+            if _absent(error):
+                return self._rank0_by_label(namespace, name, attempt)
+            raise
+        return (pod.get("status") or {}).get("podIP")
+
+    def _rank0_by_label(self, namespace: str, name: str, attempt: int) -> str | None:
+        # Pods of an Indexed Job are named <job>-<index>-<random>; the index is an annotation.
+        selector = f"{JOB_LABEL}={names.label_value(name)},{ATTEMPT_LABEL}={attempt},{ROLE_LABEL}=train"
+        for pod in self._list("Pod", namespace, [("labelSelector", selector)]):
+            if pod_state(pod).index == 0 and pod_state(pod).phase == "Running":
+                return (pod.get("status") or {}).get("podIP")
+        return None
+
+    def _list(
+        self, kind: str, namespace: str, query: Sequence[tuple[str, str]], missing_ok: bool = False
+    ) -> list[Manifest]:
+        try:
+            items: list[Manifest] = self.rest.call("GET", KINDS[kind].path(namespace), query=query).get("items") or []
+        except ApiException as error:
+            if missing_ok and _absent(error):  # Kueue not installed
+                return []
+            raise
+        return items
+
+    def _exists(self, kind: str, namespace: str, name: str) -> bool:
+        try:
+            self.rest.call("GET", KINDS[kind].path(namespace, name))
+        except ApiException as error:
+            if _absent(error):
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------------------- writing
+
+    def apply(self, body: dict[str, Any], actions: Sequence[Action]) -> None:
+        """Carry out the plan in its order. Creating what exists and deleting what is gone
+        are no-ops: a redelivered event or a restarted operator repeats a plan safely."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        version = meta.get("resourceVersion")
+        for action in actions:
+            match action:
+                case Create(manifest):
+                    self._create(namespace, manifest)
+                case Delete(kind, child):
+                    self._delete(namespace, kind, child)
+                case SetSuspend(job, suspend):
+                    self._patch("Job", namespace, job, {"spec": {"suspend": suspend}})
+                case SetWorkloadActive(workload, active):
+                    self._patch("Workload", namespace, workload, {"spec": {"active": active}})
+                case WriteStatus(status):
+                    version = self.write_status(namespace, name, status, version)
+                case Emit(warning, reason, message):
+                    self.emit(body, warning, reason, message)
+
+    def _create(self, namespace: str, manifest: Manifest) -> None:
+        kind = KINDS[manifest["kind"]]
+        try:
+            self.rest.call("POST", kind.path(namespace), body=manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            log.debug("%s %s exists already", manifest["kind"], manifest["metadata"]["name"])
+
+    def _delete(self, namespace: str, kind: str, name: str) -> None:
+        # Background: the Job goes at once and the garbage collector removes its pods (the API's
+        # default for Jobs is to orphan them).
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        try:
+            self.rest.call("DELETE", KINDS[kind].path(namespace, name), body=options)
+        except ApiException as error:
+            if not _absent(error):
+                raise
+
+    def _patch(self, kind: str, namespace: str, name: str, patch: Manifest) -> None:
+        try:
+            self.rest.call("PATCH", KINDS[kind].path(namespace, name), body=patch, content_type=MERGE_PATCH)
+        except ApiException as error:
+            if not _absent(error):
+                raise
+
+    def write_status(
+        self, namespace: str, name: str, status: FineTuneJobStatus, resource_version: str | None = None
+    ) -> str | None:
+        """Merge-patch the status subresource; what kubetune does not own (status.kopf) stays.
+
+        With the resourceVersion the status was planned from, the write fails with 409 when
+        anyone wrote in between (another operator replica, a stale read): the plan is then
+        made again from a fresh read instead of acting on an old one. Returns the new version."""
+        written = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"kopf"})
+        for key in ("progress", "output", "completionTime", "startTime"):
+            written.setdefault(key, None)  # cleared fields are removed, not left behind
+        patch: dict[str, Any] = {"status": written}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        path = KINDS["FineTuneJob"].path(namespace, name, "status")
+        answer = self.rest.call("PATCH", path, body=patch, content_type=MERGE_PATCH)
+        version: str | None = (answer.get("metadata") or {}).get("resourceVersion")
+        return version
+
+    def emit(self, body: dict[str, Any], warning: bool, reason: str, message: str) -> None:
+        """A core/v1 Event on the FineTuneJob, as `kubectl describe` shows them."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": "FineTuneJob",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason[:128],
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "kubetune-operator"},
+            "reportingComponent": "kubetune.io/operator",
+            "reportingInstance": "kubetune-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.rest.call("POST", KINDS["Event"].path(meta["namespace"]), body=event)
+        except ApiException as error:  # an Event is worth a log line, never a failed reconcile
+            log.warning("could not record Event %s on %s: %s", reason, meta["name"], error.reason)
+
+
+def fetch_progress(address: str, port: int, timeout: float = 3.0) -> Any:
+    """Rank 0's GET /progress, parsed; None while it does not answer."""
+    host = f"[{address}]" if ":" in address else address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/progress", timeout=timeout) as answer:
+            return json.loads(answer.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None

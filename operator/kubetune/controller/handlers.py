@@ -1,0 +1,180 @@
+"""The Kopf program: thin handlers over the planner (`reconcile.plan`) and the cluster
+adapter (`cluster.Cluster`).
+
+One daemon per FineTuneJob keeps it true: it reads the FineTuneJob and its children,
+plans, applies the plan, and sleeps until a child changes or the progress interval
+passes. Events on the children only wake their job's daemon; they decide nothing. All
+writes for a job come from its one daemon, so they never race each other, and a restarted
+operator picks up where the last one stopped (the decisions depend on the cluster only).
+
+Run it with `kubetune operator` (settings from the environment, see `Settings.from_env`),
+or `kopf run -m kubetune.controller.handlers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api import GROUP, VERSION, Phase
+from kubetune.api.resource import PLURAL
+from kubetune.controller import names
+from kubetune.controller.builders import JOB_LABEL
+from kubetune.controller.cluster import KINDS, Cluster, fetch_progress
+from kubetune.controller.metrics import Metrics
+from kubetune.controller.observe import progress_from_report
+from kubetune.controller.reconcile import WriteStatus, plan, read_status
+from kubetune.controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_ERROR = 5.0
+
+
+@dataclass
+class OperatorState:
+    """What every handler shares; given to Kopf as its memo."""
+
+    settings: Settings
+    cluster: Cluster
+    metrics: Metrics = field(default_factory=Metrics)
+    wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    """One per running daemon, keyed by namespace and the job's label value."""
+
+    def wake(self, namespace: str | None, label: str | None) -> None:
+        waker = self.wakers.get((namespace or "", label or ""))
+        if waker is not None:
+            waker.set()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    # Kopf keeps its bookkeeping in status.kopf (the CRD preserves it): no annotations to write.
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.last-handled-configuration")
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.posting.enabled = False  # kubetune records its own Events, with reasons a person can act on
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def keep_job_true(namespace: str | None, name: str, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    state: OperatorState = memo.state
+    namespace = namespace or "default"
+    waker = state.wakers.setdefault((namespace, names.label_value(name)), asyncio.Event())
+    polled = 0.0
+    try:
+        while not stopped:
+            waker.clear()
+            poll_progress = time.monotonic() - polled >= state.settings.progress_interval_seconds
+            pause = state.settings.progress_interval_seconds
+            try:
+                if await reconcile(state, namespace, name, poll_progress):
+                    polled = time.monotonic()
+            except ApiException as error:
+                state.metrics.api_errors.labels(status=str(error.status)).inc()
+                log.warning(
+                    "reconciling %s/%s: API answered %s %s; trying again", namespace, name, error.status, error.reason
+                )
+                pause = RETRY_AFTER_ERROR
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waker.wait(), timeout=pause)
+    finally:
+        state.wakers.pop((namespace, names.label_value(name)), None)
+        state.metrics.forget(namespace, name)
+
+
+async def reconcile(state: OperatorState, namespace: str, name: str, poll_progress: bool) -> bool:
+    """One pass: read, plan, apply. True when it polled the trainer's progress."""
+    started = time.monotonic()
+    cluster = state.cluster
+    try:
+        body = await asyncio.to_thread(cluster.rest.call, "GET", KINDS["FineTuneJob"].path(namespace, name))
+    except ApiException as error:
+        if error.status == 404:
+            return False  # deleted; Kopf stops the daemon
+        raise
+    spec = body.get("spec") or {}
+    queued = bool(spec.get("queueName") or state.settings.default_queue)
+    snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name, queued)
+    progress, polled = None, False
+    previous = read_status(body)
+    current = previous.attempts + previous.preemptions
+    if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
+        address = await asyncio.to_thread(cluster.rank0_address, namespace, name, current)
+        if address:
+            report = await asyncio.to_thread(fetch_progress, address, state.settings.progress_port)
+            progress, polled = progress_from_report(report), True
+    actions = plan(body, snapshot, state.settings, datetime.now(UTC), progress)
+    await asyncio.to_thread(cluster.apply, body, actions)
+    written = next((a.status for a in reversed(actions) if isinstance(a, WriteStatus)), previous)
+    state.metrics.observe(namespace, name, written.phase, time.monotonic() - started)
+    return polled
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_changed(namespace: str | None, name: str | None, memo: Any, **_: Any) -> None:
+    """A spec change (suspend, an edit before the start) is acted on at once."""
+    memo.state.wake(namespace, names.label_value(name or ""))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
+def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    memo.state.wake(namespace, labels.get(JOB_LABEL))
+
+
+@kopf.on.probe(id="jobs")
+def jobs_watched(memo: Any, **_: Any) -> int:
+    return len(memo.state.wakers)
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def api_client() -> ApiClient:
+    """Credentials the way a pod or a person has them: in-cluster, else the kubeconfig."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return ApiClient()
+
+
+def memo_for(settings: Settings, client: ApiClient) -> kopf.Memo:
+    memo = kopf.Memo()
+    memo.state = OperatorState(settings, Cluster(client))
+    return memo
+
+
+def run(settings: Settings) -> None:
+    """`kubetune operator`: watch the settings' namespaces (all when none), serve metrics and
+    health, and reconcile until stopped. One replica: Kopf's peering pauses peers, it does
+    not elect a leader."""
+    kopf.configure(
+        debug=settings.log_level == "debug",
+        quiet=settings.log_level in ("warning", "error"),
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    memo = memo_for(settings, api_client())
+    if settings.metrics_port:
+        memo.state.metrics.serve(settings.metrics_port)
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+        memo=memo,
+    )

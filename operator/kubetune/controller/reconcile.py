@@ -1,0 +1,361 @@
+"""What the operator does next for one FineTuneJob, decided from a snapshot of the cluster.
+
+`plan` is a pure function: the FineTuneJob as read, what exists of its children, the
+settings and the time in; a list of actions out (create this, delete that, suspend, write
+this status, emit this Event). The Kopf side reads the snapshot and carries the actions
+out in order, so every decision here is tested table by table without a cluster, and a
+restarted operator that reads the same snapshot decides the same thing.
+
+Order matters where a crash between two actions could leave a wrong count: the status
+that counts an attempt is written before that attempt's Job is created, so a restart finds
+either the Job (nothing to do) or the count without the Job (create it); never a second Job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubetune.api import ConditionType, FineTuneJob, FineTuneJobStatus, InvalidSpec, parse_finetunejob
+from kubetune.api.problems import Problem
+from kubetune.api.status import Progress
+from kubetune.controller import names
+from kubetune.controller.admission import admission_problems
+from kubetune.controller.builders import (
+    Context,
+    Manifest,
+    NotBuildable,
+    build_config_map,
+    build_preflight_job,
+    build_service,
+    build_training_job,
+)
+from kubetune.controller.observe import JobState, PodState, WorkloadState
+from kubetune.controller.settings import Settings
+from kubetune.controller.sizing import size_job
+from kubetune.controller.status import (
+    Assessment,
+    Outcome,
+    assess_attempt,
+    assess_preflight,
+    invalid_status,
+    next_status,
+    next_step,
+)
+
+# ----------------------------------------------------------------------------- what is there
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One Job of the FineTuneJob (a training attempt or the preflight) and its pods."""
+
+    job: JobState
+    pods: tuple[PodState, ...] = ()
+    workload: WorkloadState | None = None
+    """Kueue's Workload for the Job, when the job is queued."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the operator read of a FineTuneJob's children."""
+
+    config_map: bool = False
+    service: bool = False
+    preflight: Attempt | None = None
+    attempts: dict[int, Attempt] = field(default_factory=dict)
+    """Training attempts by number."""
+
+
+# ----------------------------------------------------------------------------- what to do
+
+
+@dataclass(frozen=True)
+class Create:
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    """Job, ConfigMap or Service."""
+    name: str
+
+
+@dataclass(frozen=True)
+class SetSuspend:
+    """Suspend or resume a Job the operator owns the `suspend` field of (not queued ones)."""
+
+    job: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class SetWorkloadActive:
+    """Kueue owns a queued Job's `suspend`; the operator (de)activates its Workload instead."""
+
+    workload: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class WriteStatus:
+    status: FineTuneJobStatus
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A Kubernetes Event on the FineTuneJob."""
+
+    warning: bool
+    reason: str
+    message: str
+
+
+Action = Create | Delete | SetSuspend | SetWorkloadActive | WriteStatus | Emit
+
+
+# ----------------------------------------------------------------------------- the decision
+
+
+def plan(
+    body: dict[str, Any],
+    snapshot: Snapshot,
+    settings: Settings,
+    now: datetime,
+    progress: Progress | None = None,
+) -> list[Action]:
+    """Every action that brings the cluster closer to what the FineTuneJob asks for."""
+    meta = body.get("metadata") or {}
+    generation = int(meta.get("generation") or 1)
+    previous = read_status(body)
+    try:
+        job = parse_finetunejob(body)
+    except InvalidSpec as error:
+        return _refuse(previous, error.problems, "InvalidSpec", generation, now)
+    if settings.default_queue and job.spec.queue_name is None:
+        job = job.model_copy(update={"spec": job.spec.model_copy(update={"queue_name": settings.default_queue})})
+    refused = admission_problems(job.spec, settings)
+    if refused:
+        return _refuse(previous, refused, "NotAllowed", generation, now)
+    if previous.start_time is not None and previous.phase.finished:
+        return _after_finish(job, snapshot, previous, now)
+    try:
+        job, sized = size_job(job, settings)
+    except NotBuildable as error:
+        return _refuse(previous, [Problem("spec.resources.accelerators", str(error))], "DoesNotFit", generation, now)
+    if previous.start_time is None:
+        previous = FineTuneJobStatus()  # a job that was refused before and is valid now starts afresh
+    return _Planner(Context(job, settings), snapshot, previous, generation, now, progress, sized).actions()
+
+
+def read_status(body: dict[str, Any]) -> FineTuneJobStatus:
+    """The status as stored; one the operator cannot read (edited by hand) counts as empty."""
+    try:
+        return FineTuneJobStatus.model_validate(body.get("status") or {})
+    except ValueError:
+        return FineTuneJobStatus()
+
+
+def _refuse(
+    previous: FineTuneJobStatus, problems: Sequence[Problem], reason: str, generation: int, now: datetime
+) -> list[Action]:
+    """A job that may not run: Failed with every problem by field path, and no children."""
+    refused = invalid_status(problems, generation, now, reason)
+    before = _failure_of(previous)
+    if before is not None and before == (reason, refused.conditions[-1].message):
+        return []
+    return [WriteStatus(refused), Emit(True, reason, refused.conditions[-1].message)]
+
+
+def _failure_of(status: FineTuneJobStatus) -> tuple[str, str] | None:
+    failed = next((c for c in status.conditions if c.type == ConditionType.FAILED and c.status == "True"), None)
+    return (failed.reason, failed.message) if failed is not None else None
+
+
+def _after_finish(job: FineTuneJob, snapshot: Snapshot, previous: FineTuneJobStatus, now: datetime) -> list[Action]:
+    """A finished job keeps its children until its TTL runs out; then they go, the job stays."""
+    ttl = job.spec.ttl_seconds_after_finished
+    if ttl is None or previous.completion_time is None or now < previous.completion_time + timedelta(seconds=ttl):
+        return []
+    name = job.metadata.name or ""
+    actions: list[Action] = [Delete("Job", attempt.job.name) for attempt in snapshot.attempts.values()]
+    if snapshot.preflight is not None:
+        actions.append(Delete("Job", snapshot.preflight.job.name))
+    if snapshot.config_map:
+        actions.append(Delete("ConfigMap", names.config_map_name(name)))
+    if snapshot.service:
+        actions.append(Delete("Service", names.service_name(name)))
+    return actions
+
+
+@dataclass
+class _Planner:
+    context: Context
+    snapshot: Snapshot
+    previous: FineTuneJobStatus
+    generation: int
+    now: datetime
+    progress: Progress | None
+    sized: str = ""
+    """How the operator sized an `accelerators: auto` job, for the first attempt's message."""
+    planned: list[Action] = field(default_factory=list)
+
+    @property
+    def spec(self) -> Any:
+        return self.context.spec
+
+    def actions(self) -> list[Action]:
+        self._shared_children()
+        if self._deadline_passed():
+            return self.planned
+        current = self.previous.attempts + self.previous.preemptions
+        if current == 0:
+            if self.spec.dataset.preflight and not self._preflight_passed():
+                return self.planned
+            self._start_attempt(Assessment(Outcome.PENDING, "Creating", self.sized), counts=True)
+            return self.planned
+        self._remove_earlier_attempts(current)
+        attempt = self.snapshot.attempts.get(current)
+        if attempt is None:  # counted, then the operator stopped before creating it; or deleted by hand
+            self.planned.append(Create(self._training_job(current)))
+            self._report(Assessment(Outcome.PENDING, "Creating", "creating the training Job"))
+            return self.planned
+        self._follow_suspend(attempt)
+        step = next_step(assess_attempt(attempt.job, attempt.pods, self.spec), self.spec, self.previous)
+        assert step.assessment is not None
+        if step.start_attempt:
+            self.planned.append(Delete("Job", attempt.job.name))
+            self._emit(step.assessment)
+            self._start_attempt(step.assessment, counts=step.counts)
+        else:
+            self._report(step.assessment)
+        return self.planned
+
+    # --------------------------------------------------------------------- pieces
+
+    def _shared_children(self) -> None:
+        if not self.snapshot.config_map:
+            self.planned.append(Create(build_config_map(self.context)))
+        if not self.snapshot.service:
+            self.planned.append(Create(build_service(self.context)))
+
+    def _deadline_passed(self) -> bool:
+        """activeDeadlineSeconds bounds the whole job, across attempts and suspensions (a Job's
+        own deadline starts again at every resume)."""
+        limit, started = self.spec.active_deadline_seconds, self.previous.start_time
+        if limit is None or started is None or self.now < started + timedelta(seconds=limit):
+            return False
+        for attempt in self._live_jobs():
+            self.planned.append(Delete("Job", attempt.job.name))
+        self._report(
+            Assessment(Outcome.FAILED, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={limit}")
+        )
+        return True
+
+    def _live_jobs(self) -> list[Attempt]:
+        jobs = list(self.snapshot.attempts.values())
+        if self.snapshot.preflight is not None:
+            jobs.append(self.snapshot.preflight)
+        return [a for a in jobs if not a.job.complete and a.job.failed_reason is None]
+
+    def _preflight_passed(self) -> bool:
+        preflight = self.snapshot.preflight
+        if preflight is None:
+            # The job starts with its preflight: from here on the spec is fixed (but for suspend).
+            self.previous = self.previous.model_copy(update={"start_time": self.previous.start_time or self.now})
+            self._report(
+                Assessment(Outcome.PREFLIGHT, "Preflight", "checking and tokenising the dataset on a CPU"), force=True
+            )
+            self.planned.append(Create(build_preflight_job(self.context)))
+            return False
+        self._follow_suspend(preflight)
+        assessment = assess_preflight(preflight.job, preflight.pods, self.spec)
+        if assessment is None:
+            return True
+        self._report(assessment)
+        return False
+
+    def _remove_earlier_attempts(self, current: int) -> None:
+        """Failed attempts were read (their reasons are in the status) and are replaced."""
+        for number, attempt in sorted(self.snapshot.attempts.items()):
+            if number < current:
+                self.planned.append(Delete("Job", attempt.job.name))
+
+    def _follow_suspend(self, attempt: Attempt) -> None:
+        """Make the Job's pods follow spec.suspend. A queued Job's `suspend` belongs to Kueue:
+        the operator (de)activates its Workload and never touches the Job."""
+        wanted = bool(self.spec.suspend)
+        if self.spec.queue_name is None:
+            if attempt.job.suspended != wanted and not attempt.job.complete:
+                self.planned.append(SetSuspend(attempt.job.name, wanted))
+            return
+        workload = attempt.workload
+        if workload is not None and workload.active == wanted:
+            self.planned.append(SetWorkloadActive(workload.name, not wanted))
+
+    def _start_attempt(self, why: Assessment, counts: bool) -> None:
+        """Count the attempt in the status first, then create its Job (see the module doc)."""
+        update: dict[str, Any] = {"start_time": self.previous.start_time or self.now}
+        if counts:
+            update["attempts"] = self.previous.attempts + 1
+        else:
+            update["preemptions"] = self.previous.preemptions + 1
+        number = self.previous.attempts + self.previous.preemptions + 1
+        self.previous = self.previous.model_copy(update=update)
+        if number > 1:
+            message = f"attempt {number} after {why.reason}: {why.message}"
+        else:
+            message = "; ".join(filter(None, ["creating the training Job", why.message]))
+        started = Assessment(
+            Outcome.QUEUED if why.outcome is Outcome.PREEMPTED else Outcome.PENDING,
+            "Retrying" if number > 1 else "Creating",
+            message,
+        )
+        self._report(started, force=True)
+        self.planned.append(Create(self._training_job(number)))
+
+    def _training_job(self, number: int) -> Manifest:
+        limit, started = self.spec.active_deadline_seconds, self.previous.start_time
+        remaining = None
+        if limit is not None and started is not None:
+            remaining = max(1, int(limit - (self.now - started).total_seconds()))
+        return build_training_job(self.context, number, deadline_seconds=remaining)
+
+    def _report(self, assessment: Assessment, force: bool = False) -> None:
+        """Write the status that follows, when it differs from what is stored; emit an Event
+        when the reason changes."""
+        progress = self.progress if assessment.outcome is Outcome.RUNNING else None
+        status = next_status(
+            self.previous, self.generation, assessment, self.now, progress=progress, model=self.spec.model.display
+        )
+        if force or _differs(status, self.previous):
+            self.planned.append(WriteStatus(status))
+        if _reason_of(self.previous) != assessment.reason:
+            self._emit(assessment)
+        self.previous = status
+
+    def _emit(self, assessment: Assessment) -> None:
+        warning = assessment.outcome in (Outcome.FAILED, Outcome.RETRY, Outcome.PREEMPTED) or assessment.reason in (
+            "Unschedulable",
+            "MissingReference",
+        )
+        message = assessment.message or assessment.reason
+        if assessment.outcome is Outcome.SUCCEEDED and assessment.summary.get("output"):
+            message = f"{message}; output at {assessment.summary['output'].get('location')}"
+        self.planned.append(Emit(warning, assessment.reason, message))
+
+
+def _reason_of(status: FineTuneJobStatus) -> str | None:
+    """The reason of the last assessment: the Running condition carries it whether it holds
+    or not; a refused job has only its Failed condition."""
+    by_type = {c.type: c for c in status.conditions}
+    shown = by_type.get(ConditionType.RUNNING) or by_type.get(ConditionType.FAILED)
+    return shown.reason if shown is not None else None
+
+
+def _differs(new: FineTuneJobStatus, old: FineTuneJobStatus) -> bool:
+    keep = {"kopf"}
+    return new.model_dump(exclude=keep) != old.model_dump(exclude=keep)

@@ -1,0 +1,362 @@
+"""The planner, step by step through a job's life: what it creates, deletes, suspends,
+writes and reports from each snapshot, and that it writes nothing when nothing changed."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubetune.api import FineTuneJobStatus, Phase
+from kubetune.controller.observe import JobState, PodState, WorkloadState
+from kubetune.controller.reconcile import (
+    Action,
+    Attempt,
+    Create,
+    Delete,
+    Emit,
+    SetSuspend,
+    SetWorkloadActive,
+    Snapshot,
+    WriteStatus,
+    plan,
+)
+from kubetune.controller.settings import AcceleratorProfile, Settings
+
+NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+SETTINGS = Settings()
+CHILDREN = {"config_map": True, "service": True}
+
+
+def _body(job: dict[str, Any], status: FineTuneJobStatus | None = None, **spec: Any) -> dict[str, Any]:
+    job["spec"].update(spec)
+    job["metadata"].update(uid="u-1", generation=1, resourceVersion="7")
+    if status is not None:
+        job["status"] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return job
+
+
+def _running(attempt: int = 1, **job: Any) -> Attempt:
+    return Attempt(
+        JobState(name=f"demo-a{attempt}", attempt=attempt, suspended=False, active=1, **job),
+        (PodState(name=f"demo-a{attempt}-0", index=0, phase="Running"),),
+    )
+
+
+def _failed(attempt: int, exit_code: int, reason: str, disruption: str | None = None) -> Attempt:
+    summary = {"reason": reason, "message": f"{reason} happened"}
+    pod = PodState(
+        name=f"demo-a{attempt}-0",
+        index=0,
+        phase="Failed",
+        exit_code=exit_code,
+        summary=summary,
+        raw_message=json.dumps(summary),
+        disruption=disruption,
+    )
+    job = JobState(
+        name=f"demo-a{attempt}", attempt=attempt, suspended=False, failed=1, failed_reason="PodFailurePolicy"
+    )
+    return Attempt(job, (pod,))
+
+
+def _started(attempts: int = 1, preemptions: int = 0, phase: Phase = Phase.RUNNING) -> FineTuneJobStatus:
+    return FineTuneJobStatus(
+        phase=phase, attempts=attempts, preemptions=preemptions, start_time=NOW - timedelta(minutes=5)
+    )
+
+
+def _kinds(actions: list[Action]) -> list[str]:
+    out = []
+    for action in actions:
+        match action:
+            case Create(manifest):
+                out.append(f"create {manifest['kind']} {manifest['metadata']['name']}")
+            case Delete(kind, name):
+                out.append(f"delete {kind} {name}")
+            case SetSuspend(job, suspend):
+                out.append(f"suspend {job} {suspend}")
+            case SetWorkloadActive(workload, active):
+                out.append(f"activate {workload} {active}")
+            case WriteStatus(status):
+                out.append(f"status {status.phase} attempts={status.attempts} preemptions={status.preemptions}")
+            case Emit(warning, reason, _):
+                out.append(f"{'warning' if warning else 'event'} {reason}")
+    return out
+
+
+def _status(actions: list[Action]) -> FineTuneJobStatus:
+    return next(a.status for a in reversed(actions) if isinstance(a, WriteStatus))
+
+
+def test_a_new_job_starts_with_its_children_and_the_preflight(job: dict[str, Any]) -> None:
+    actions = plan(_body(job), Snapshot(), SETTINGS, NOW)
+
+    assert _kinds(actions) == [
+        "create ConfigMap demo-spec",
+        "create Service demo",
+        "status Pending attempts=0 preemptions=0",
+        "event Preflight",
+        "create Job demo-preflight",
+    ]
+    assert _status(actions).start_time == NOW
+
+
+def test_the_first_attempt_is_counted_before_its_job_is_created(job: dict[str, Any]) -> None:
+    passed = Attempt(JobState(name="demo-preflight", attempt=0, suspended=False, complete=True))
+    status = FineTuneJobStatus(start_time=NOW)
+
+    actions = plan(_body(job, status), Snapshot(**CHILDREN, preflight=passed), SETTINGS, NOW)
+
+    assert _kinds(actions) == ["status Pending attempts=1 preemptions=0", "event Creating", "create Job demo-a1"]
+
+
+def test_without_preflight_the_first_attempt_starts_at_once(job: dict[str, Any]) -> None:
+    job["spec"]["dataset"]["preflight"] = False
+
+    actions = plan(_body(job), Snapshot(**CHILDREN), SETTINGS, NOW)
+
+    assert _kinds(actions)[-1] == "create Job demo-a1"
+    assert _status(actions).attempts == 1
+
+
+def test_a_bad_dataset_fails_in_the_preflight_and_no_accelerator_is_asked_for(job: dict[str, Any]) -> None:
+    failed = _failed(0, 42, "DatasetInvalid")
+    preflight = Attempt(dataclass_replace(failed.job, name="demo-preflight"), failed.pods)
+
+    actions = plan(
+        _body(job, FineTuneJobStatus(start_time=NOW)), Snapshot(**CHILDREN, preflight=preflight), SETTINGS, NOW
+    )
+
+    assert _kinds(actions) == ["status Failed attempts=0 preemptions=0", "warning DatasetInvalid"]
+    assert "DatasetInvalid happened" in _status(actions).conditions[-1].message
+
+
+def dataclass_replace(state: JobState, **changes: Any) -> JobState:
+    import dataclasses
+
+    return dataclasses.replace(state, **changes)
+
+
+def test_a_retryable_failure_deletes_the_attempt_and_starts_the_next(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={1: _failed(1, 1, "TrainingFailed")})
+
+    actions = plan(_body(job, _started()), snapshot, SETTINGS, NOW)
+
+    assert _kinds(actions) == [
+        "delete Job demo-a1",
+        "warning TrainingFailed",
+        "status Pending attempts=2 preemptions=0",
+        "event Retrying",
+        "create Job demo-a2",
+    ]
+
+
+def test_a_preemption_starts_the_next_attempt_without_counting_it(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={1: _failed(1, 143, "Interrupted", disruption="PreemptionByScheduler")})
+
+    actions = plan(_body(job, _started()), snapshot, SETTINGS, NOW)
+
+    assert _kinds(actions)[-1] == "create Job demo-a2"
+    status = _status(actions)
+    assert (status.phase, status.attempts, status.preemptions) == (Phase.QUEUED, 1, 1)
+
+
+def test_the_attempt_after_a_preemption_has_the_next_number(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={1: _failed(1, 143, "Interrupted"), 2: _running(2)})
+
+    actions = plan(_body(job, _started(attempts=1, preemptions=1)), snapshot, SETTINGS, NOW)
+
+    assert _kinds(actions)[0] == "delete Job demo-a1"
+    assert not any(isinstance(a, Create) for a in actions)
+
+
+def test_retries_run_out(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={3: _failed(3, 1, "TrainingFailed")})
+
+    actions = plan(_body(job, _started(attempts=3)), snapshot, SETTINGS, NOW)
+
+    assert _kinds(actions) == ["status Failed attempts=3 preemptions=0", "warning RetriesExhausted"]
+    assert not any(isinstance(a, Create) for a in actions)
+
+
+def test_invalid_data_is_not_retried(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={1: _failed(1, 42, "DatasetInvalid")})
+
+    actions = plan(_body(job, _started()), snapshot, SETTINGS, NOW)
+
+    assert _status(actions).phase is Phase.FAILED
+    assert not any(isinstance(a, Create) for a in actions)
+
+
+def test_a_counted_attempt_whose_job_is_missing_is_created_once_more(job: dict[str, Any]) -> None:
+    """The operator stopped between counting the attempt and creating its Job."""
+    actions = plan(_body(job, _started(attempts=2, phase=Phase.PENDING)), Snapshot(**CHILDREN), SETTINGS, NOW)
+
+    assert [a for a in _kinds(actions) if a.startswith("create")] == ["create Job demo-a2"]
+    assert all(s.status.attempts == 2 for s in actions if isinstance(s, WriteStatus))
+
+
+def test_success_reports_where_the_output_landed(job: dict[str, Any]) -> None:
+    summary = {"status": "Succeeded", "message": "trained 40 steps", "output": {"location": "pvc://results/demo"}}
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    done = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True), (pod,))
+
+    actions = plan(_body(job, _started()), Snapshot(**CHILDREN, attempts={1: done}), SETTINGS, NOW)
+
+    status = _status(actions)
+    assert status.phase is Phase.SUCCEEDED and status.completion_time == NOW
+    assert status.output is not None and status.output.location == "pvc://results/demo"
+    event = next(a for a in actions if isinstance(a, Emit))
+    assert not event.warning and "pvc://results/demo" in event.message
+
+
+def test_live_progress_is_mirrored_while_running(job: dict[str, Any]) -> None:
+    from kubetune.controller.observe import progress_from_report
+
+    progress = progress_from_report({"step": 10, "totalSteps": 40, "loss": 1.5, "phase": "training"})
+
+    actions = plan(_body(job, _started()), Snapshot(**CHILDREN, attempts={1: _running()}), SETTINGS, NOW, progress)
+
+    assert _status(actions).progress == progress
+    assert progress is not None and progress.percent == 25.0
+
+
+def test_nothing_is_written_when_nothing_changed(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={1: _running()})
+    first = plan(_body(job, _started()), snapshot, SETTINGS, NOW)
+
+    again = plan(_body(job, _status(first)), snapshot, SETTINGS, NOW + timedelta(seconds=30))
+
+    assert _kinds(first) == ["status Running attempts=1 preemptions=0", "event Training"]
+    assert again == []
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [(None, ["suspend demo-a1 True"]), ("team-a", ["activate demo-a1-wl False"])],
+)
+def test_suspend_stops_the_pods_or_deactivates_the_kueue_workload(
+    job: dict[str, Any], queue: str | None, expected: list[str]
+) -> None:
+    running = _running()
+    running = Attempt(running.job, running.pods, WorkloadState("demo-a1-wl", "uid-a1", active=True, admitted=True))
+
+    actions = plan(
+        _body(job, _started(), suspend=True, queueName=queue),
+        Snapshot(**CHILDREN, attempts={1: running}),
+        SETTINGS,
+        NOW,
+    )
+
+    assert [a for a in _kinds(actions) if a.startswith(("suspend", "activate"))] == expected
+
+
+def test_the_operator_never_unsuspends_a_queued_job(job: dict[str, Any]) -> None:
+    waiting = Attempt(JobState(name="demo-a1", attempt=1, suspended=True))
+
+    actions = plan(
+        _body(job, _started(phase=Phase.QUEUED), queueName="team-a"),
+        Snapshot(**CHILDREN, attempts={1: waiting}),
+        SETTINGS,
+        NOW,
+    )
+
+    assert not any(isinstance(a, SetSuspend) for a in actions)
+    assert _status(actions).phase is Phase.QUEUED if any(isinstance(a, WriteStatus) for a in actions) else True
+
+
+def test_resuming_a_suspended_job(job: dict[str, Any]) -> None:
+    paused = Attempt(JobState(name="demo-a1", attempt=1, suspended=True))
+
+    actions = plan(
+        _body(job, _started(phase=Phase.SUSPENDED)), Snapshot(**CHILDREN, attempts={1: paused}), SETTINGS, NOW
+    )
+
+    assert "suspend demo-a1 False" in _kinds(actions)
+
+
+def test_the_deadline_counts_for_the_whole_job(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={2: _running(2)})
+
+    actions = plan(_body(job, _started(attempts=2), activeDeadlineSeconds=60), snapshot, SETTINGS, NOW)
+
+    assert _kinds(actions) == [
+        "delete Job demo-a2",
+        "status Failed attempts=2 preemptions=0",
+        "warning DeadlineExceeded",
+    ]
+
+
+def test_a_new_attempt_gets_what_is_left_of_the_deadline(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(**CHILDREN, attempts={1: _failed(1, 1, "TrainingFailed")})
+
+    actions = plan(_body(job, _started(), activeDeadlineSeconds=3600), snapshot, SETTINGS, NOW)
+
+    created = next(a.manifest for a in actions if isinstance(a, Create))
+    assert created["spec"]["activeDeadlineSeconds"] == 3600 - 300
+
+
+def test_children_go_when_the_ttl_runs_out_and_the_job_stays(job: dict[str, Any]) -> None:
+    finished = _started(phase=Phase.SUCCEEDED).model_copy(update={"completion_time": NOW - timedelta(seconds=100)})
+    snapshot = Snapshot(**CHILDREN, attempts={1: _running()})
+
+    early = plan(_body(job, finished, ttlSecondsAfterFinished=3600), snapshot, SETTINGS, NOW)
+    late = plan(_body(job, finished, ttlSecondsAfterFinished=60), snapshot, SETTINGS, NOW)
+
+    assert early == []
+    assert _kinds(late) == ["delete Job demo-a1", "delete ConfigMap demo-spec", "delete Service demo"]
+
+
+def test_an_invalid_spec_never_reaches_a_pod_and_is_reported_once(job: dict[str, Any]) -> None:
+    job["spec"]["method"] = {"type": "qlora", "quantization": {"bits": 4}}
+    job["spec"]["distributed"] = {"strategy": "fsdp"}
+
+    first = plan(_body(job), Snapshot(), SETTINGS, NOW)
+    again = plan(_body(job, _status(first)), Snapshot(), SETTINGS, NOW)
+
+    assert _kinds(first) == ["status Failed attempts=0 preemptions=0", "warning InvalidSpec"]
+    assert "spec." in _status(first).conditions[-1].message
+    assert again == []
+
+
+def test_a_job_fixed_after_being_refused_starts_afresh(job: dict[str, Any]) -> None:
+    job["spec"]["resources"] = {"image": "evil.example/miner:1"}
+    settings = Settings(allowed_images=("ghcr.io/kubetune/",))
+    refused = _status(plan(_body(job), Snapshot(), settings, NOW))
+    assert refused.phase is Phase.FAILED and refused.conditions[-1].reason == "NotAllowed"
+
+    job["spec"]["resources"] = {"image": "ghcr.io/kubetune/trainer:1"}
+    actions = plan(_body(job, refused), Snapshot(), settings, NOW)
+
+    assert _status(actions).phase is Phase.PENDING
+    assert "create Job demo-preflight" in _kinds(actions)
+
+
+def test_the_default_queue_applies_to_jobs_that_name_none(job: dict[str, Any]) -> None:
+    job["spec"]["dataset"]["preflight"] = False
+
+    actions = plan(_body(job), Snapshot(**CHILDREN), Settings(default_queue="shared"), NOW)
+
+    created = next(a.manifest for a in actions if isinstance(a, Create) and a.manifest["kind"] == "Job")
+    assert created["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "shared"
+    assert created["spec"]["suspend"] is True
+
+
+def test_auto_sized_jobs_get_accelerators_from_the_profiles(job: dict[str, Any]) -> None:
+    job["spec"]["dataset"]["preflight"] = False
+    job["spec"]["resources"] = {"accelerators": "auto"}
+    profiles = (
+        AcceleratorProfile("l4", "nvidia.com/gpu", 24, 4, {"gpu": "l4"}),
+        AcceleratorProfile("a100", "nvidia.com/gpu", 80, 8, {"gpu": "a100"}),
+    )
+
+    actions = plan(_body(job), Snapshot(**CHILDREN), Settings(accelerator_profiles=profiles), NOW)
+
+    created = next(a.manifest for a in actions if isinstance(a, Create) and a.manifest["kind"] == "Job")
+    pod = created["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"]["gpu"] == "a100"
+    assert "sized to 1 node(s) x 1 nvidia.com/gpu (a100)" in _status(actions).conditions[2].message
