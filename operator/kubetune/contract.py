@@ -46,6 +46,8 @@ class Env(enum.StrEnum):
     """Overrides the spec's output destination with a local folder (kubetune run --output)."""
     TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
     PROGRESS_PORT = "KUBETUNE_PROGRESS_PORT"
+    MODEL_CACHE = "KUBETUNE_MODEL_CACHE"
+    """Shared cache of downloaded models (the installation's model-cache claim); else in WORK."""
 
 
 DEFAULT_PATHS = {
@@ -55,6 +57,7 @@ DEFAULT_PATHS = {
     Env.SECRETS: "/var/run/secrets/kubetune",
     Env.WORK: "/mnt/kubetune/work",
     Env.TERMINATION_LOG: "/dev/termination-log",
+    Env.MODEL_CACHE: "/mnt/kubetune/model-cache",
 }
 
 DEFAULT_PROGRESS_PORT = 9090

@@ -72,10 +72,13 @@ def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, p
     fetches it, the others wait for its word, and every rank then loads from the folder."""
     if Path(source.location).is_dir():
         return source
-    cache = runtime.work / "hf-cache"
-    cache.mkdir(parents=True, exist_ok=True)
+    # The markers stay in the pod (another pod's old failure must not stop this one); the
+    # files go to the installation's shared cache when there is one.
+    markers = runtime.work / "hf-cache"
+    markers.mkdir(parents=True, exist_ok=True)
+    cache = runtime.model_cache or markers
     key = hashlib.sha256(f"{source.location}@{source.revision}".encode()).hexdigest()[:16]
-    ready, failed = cache / f".ready-{key}", cache / f".failed-{key}"
+    ready, failed = markers / f".ready-{key}", markers / f".failed-{key}"
     if runtime.local_rank == 0:
         from huggingface_hub import snapshot_download
 

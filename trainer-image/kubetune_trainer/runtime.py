@@ -29,6 +29,8 @@ class Runtime:
     termination_log: Path
     progress_port: int
     output_override: Path | None = None
+    model_cache: Path | None = None
+    """The installation's shared cache of downloaded models, when it has one."""
 
     @property
     def is_main(self) -> bool:
@@ -55,6 +57,7 @@ class Runtime:
             termination_log=path(Env.TERMINATION_LOG),
             progress_port=int(env.get(Env.PROGRESS_PORT, str(DEFAULT_PROGRESS_PORT))),
             output_override=Path(override) if override else None,
+            model_cache=Path(env[Env.MODEL_CACHE]) if env.get(Env.MODEL_CACHE) else None,
         )
 
     def claim_path(self, claim_name: str, path: str) -> Path:

@@ -264,7 +264,8 @@ def _pod(
         "containers": [container],
         "volumes": [],
     }
-    for modifier in [with_spec_file, with_scratch, with_references, with_scheduling, with_user_extras, *modifiers]:
+    common = [with_spec_file, with_scratch, with_model_cache, with_references, with_scheduling, with_user_extras]
+    for modifier in [*common, *modifiers]:
         modifier(context, pod)
     pod_labels = {**resources.pod_labels, **labels(context, **{ROLE_LABEL: role, ATTEMPT_LABEL: str(attempt)})}
     return {"metadata": {"labels": pod_labels, "annotations": dict(resources.pod_annotations)}, "spec": pod}
@@ -317,6 +318,16 @@ def with_spec_file(context: Context, pod: PodSpec) -> None:
 def with_scratch(context: Context, pod: PodSpec) -> None:
     _mount(pod, {"name": "work", "emptyDir": {}}, DEFAULT_PATHS[Env.WORK])
     _mount(pod, {"name": "tmp", "emptyDir": {}}, "/tmp")
+
+
+def with_model_cache(context: Context, pod: PodSpec) -> None:
+    """The installation's shared model cache: a Hub model is downloaded once per cluster,
+    not once per pod and attempt."""
+    claim = context.settings.model_cache_claim
+    if claim is None:
+        return
+    _mount(pod, {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}, DEFAULT_PATHS[Env.MODEL_CACHE])
+    _container(pod)["env"].append({"name": Env.MODEL_CACHE.value, "value": DEFAULT_PATHS[Env.MODEL_CACHE]})
 
 
 def with_references(context: Context, pod: PodSpec) -> None:

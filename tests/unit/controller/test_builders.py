@@ -192,7 +192,18 @@ def test_long_names_fit_every_limit(job: dict[str, Any]) -> None:
     assert len(f"{training['metadata']['name']}-9999") <= 63
     assert service["metadata"]["name"][0].isalpha() and len(service["metadata"]["name"]) <= 63
     assert names.attempt_job_name(context.name, 12) != names.attempt_job_name(context.name[:-1] + "y", 12)
+    assert len(training["metadata"]["labels"]["kubetune.io/finetunejob"]) <= 63
     kubernetes_validate.validate(training, KUBERNETES_VERSIONS[-1], strict=True)
+    kubernetes_validate.validate(service, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_the_installations_model_cache_is_shared_by_every_pod(job: dict[str, Any]) -> None:
+    training = build_training_job(_context(job, model_cache_claim="model-cache"), 1)
+
+    pod = _pod(training)
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}} in pod["volumes"]
+    assert _env(training)["KUBETUNE_MODEL_CACHE"] == "/mnt/kubetune/model-cache"
+    assert "KUBETUNE_MODEL_CACHE" not in _env(build_training_job(_context(job), 1))
 
 
 def test_automatic_sizing_must_happen_before_building(job: dict[str, Any]) -> None:

@@ -51,3 +51,24 @@ def _key() -> str:
     import hashlib
 
     return hashlib.sha256(f"{HUB.location}@{HUB.revision}".encode()).hexdigest()[:16]
+
+
+def test_the_installations_model_cache_holds_the_files_and_the_pod_keeps_the_markers(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    asked: dict[str, object] = {}
+
+    def download(repo: str, **options: object) -> str:
+        asked.update(options, repo=repo)
+        return str(tmp_path / "shared" / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    shared = dataclasses.replace(runtime, model_cache=tmp_path / "shared")
+
+    fetched = fetch_once(HUB, shared)
+
+    assert asked["cache_dir"] == str(tmp_path / "shared")
+    assert fetched.location == str(tmp_path / "shared" / "snapshot")
+    assert (runtime.work / "hf-cache" / f".ready-{_key()}").is_file()
