@@ -247,6 +247,175 @@ def make_tiny_model(folder: Path, corpus_files: tuple[Path, ...], architecture: 
     click.echo(f"made a tiny {architecture} model in {folder}")
 
 
+# ----------------------------------------------------------------------------- cluster commands
+
+
+def _cluster_options(command: Any) -> Any:
+    command = click.option("-n", "--namespace", help="Namespace (default: the kubeconfig context's).")(command)
+    return click.option("--context", "kube_context", help="kubeconfig context (default: the current one).")(command)
+
+
+def _remote(namespace: str | None, kube_context: str | None) -> Any:
+    from kubetune.remote import Remote, connect
+
+    try:
+        client, default_namespace = connect(kube_context)
+    except Exception as error:  # kubeconfig errors come in many types; the message says what
+        raise click.ClickException(f"cannot reach a cluster: {error}") from None
+    return Remote(client, namespace or default_namespace)
+
+
+def _api_errors(action: Any) -> Any:
+    """Cluster commands end with the API server's own message, never a traceback."""
+    import functools
+
+    @functools.wraps(action)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        from kubetune.remote import NotFound
+
+        try:
+            return action(*args, **kwargs)
+        except NotFound as error:
+            raise click.ClickException(str(error)) from None
+        except ApiException as error:
+            raise click.ClickException(_api_message(error)) from None
+
+    return guarded
+
+
+def _api_message(error: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"the API server answered {error.status} {error.reason}"
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_cluster_options
+@_api_errors
+def submit(path: Path, namespace: str | None, kube_context: str | None) -> None:
+    """Create or update the FineTuneJobs in PATH (and ConfigMaps written beside them)."""
+    jobs, _ = _valid_jobs(path)
+    documents = read_documents(path)
+    remote = _remote(namespace, kube_context)
+    for document in documents:
+        body = document.body
+        if not isinstance(body, dict) or body.get("kind") not in ("ConfigMap", "FineTuneJob"):
+            kind = body.get("kind") if isinstance(body, dict) else type(body).__name__
+            raise click.ClickException(
+                f"{document.label}: kubetune submit sends FineTuneJobs and their ConfigMaps; "
+                f"apply a {kind} with kubectl"
+            )
+    for document in documents:
+        body = document.body
+        what = remote.submit(body)
+        click.echo(f"{body['kind'].lower()}/{body['metadata']['name']} {what}")
+    if not jobs:
+        raise click.ClickException(f"{path}: no FineTuneJob in it")
+
+
+@cli.command(name="list")
+@_cluster_options
+@_api_errors
+def list_jobs(namespace: str | None, kube_context: str | None) -> None:
+    """FineTuneJobs with phase, method, progress, loss and age."""
+    from kubetune.remote import job_table
+
+    click.echo(job_table(_remote(namespace, kube_context).jobs()))
+
+
+@cli.command()
+@click.argument("name")
+@_cluster_options
+@_api_errors
+def status(name: str, namespace: str | None, kube_context: str | None) -> None:
+    """Conditions, progress, output and the last events of a FineTuneJob."""
+    from kubetune.remote import job_report
+
+    remote = _remote(namespace, kube_context)
+    click.echo(job_report(remote.job(name), remote.events(name)))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between reads.")
+@_cluster_options
+@_api_errors
+def watch(name: str, interval: float, namespace: str | None, kube_context: str | None) -> None:
+    """Follow a FineTuneJob's progress until it ends: exit 0 when it succeeds, 1 when it fails."""
+    import time
+
+    from kubetune.api import Phase
+    from kubetune.remote import failure_message, finished, progress_line
+
+    remote = _remote(namespace, kube_context)
+    shown = ""
+    while True:
+        job = remote.job(name)
+        status = job.get("status") or {}
+        line = f"{status.get('phase') or 'Pending'}  " + progress_line(status.get("progress") or {})
+        if line != shown:
+            click.echo(line)
+            shown = line
+        ended = finished(job)
+        if ended is Phase.SUCCEEDED:
+            location = (status.get("output") or {}).get("location")
+            click.echo(f"succeeded; output at {location}" if location else "succeeded")
+            return
+        if ended is Phase.FAILED:
+            click.echo(f"failed: {failure_message(job)}", err=True)
+            sys.exit(1)
+        time.sleep(interval)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the trainer writes.")
+@click.option("--rank", default=0, show_default=True, help="Node rank (pod index) of the newest attempt.")
+@_cluster_options
+@_api_errors
+def logs(name: str, follow: bool, rank: int, namespace: str | None, kube_context: str | None) -> None:
+    """The trainer's log of one node of a FineTuneJob's newest attempt."""
+    remote = _remote(namespace, kube_context)
+    for chunk in remote.logs(remote.rank_pod(name, rank), follow):
+        click.echo(chunk, nl=False)
+
+
+@cli.command()
+@click.argument("name")
+@_cluster_options
+@_api_errors
+def suspend(name: str, namespace: str | None, kube_context: str | None) -> None:
+    """Stop a FineTuneJob's pods; its newest checkpoint is kept."""
+    _remote(namespace, kube_context).set_suspend(name, True)
+    click.echo(f"finetunejob/{name} suspended")
+
+
+@cli.command()
+@click.argument("name")
+@_cluster_options
+@_api_errors
+def resume(name: str, namespace: str | None, kube_context: str | None) -> None:
+    """Resume a suspended FineTuneJob from its newest checkpoint."""
+    _remote(namespace, kube_context).set_suspend(name, False)
+    click.echo(f"finetunejob/{name} resumed")
+
+
+@cli.command()
+@click.argument("name")
+@_cluster_options
+@_api_errors
+def delete(name: str, namespace: str | None, kube_context: str | None) -> None:
+    """Delete a FineTuneJob; its Jobs, pods, ConfigMap and Service go with it."""
+    _remote(namespace, kube_context).delete(name)
+    click.echo(f"finetunejob/{name} deleted")
+
+
 @cli.command()
 def operator() -> None:
     """Run the operator: watch FineTuneJobs and train them (settings from KUBETUNE_* variables)."""

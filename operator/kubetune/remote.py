@@ -1,0 +1,234 @@
+"""The cluster commands (`kubetune submit|list|status|watch|logs|suspend|resume|delete`):
+their API calls in `Remote`, and what they print in pure functions over the objects read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api import Phase
+from kubetune.controller import names
+from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, ROLE_LABEL
+from kubetune.controller.cluster import KINDS, Rest
+from kubetune.controller.observe import pod_state
+
+Manifest = dict[str, Any]
+
+
+class NotFound(LookupError):
+    pass
+
+
+def connect(context: str | None = None) -> tuple[ApiClient, str]:
+    """A client for the kubeconfig's current (or named) context, and that context's namespace."""
+    from kubernetes import config
+
+    contexts, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    chosen = next((c for c in contexts if c["name"] == context), active) if context else active
+    client = config.new_client_from_config(context=context)  # type: ignore[no-untyped-call]
+    return client, (chosen or {}).get("context", {}).get("namespace") or "default"
+
+
+@dataclass
+class Remote:
+    client: ApiClient
+    namespace: str
+
+    @property
+    def rest(self) -> Rest:
+        return Rest(self.client)
+
+    # ------------------------------------------------------------------------- jobs
+
+    def submit(self, manifest: Manifest) -> str:
+        """Create the object, or replace what it says (its status stays). Returns what happened."""
+        kind = KINDS[manifest["kind"]]
+        name = manifest["metadata"]["name"]
+        try:
+            current = self.rest.call("GET", kind.path(self.namespace, name))
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            self.rest.call("POST", kind.path(self.namespace), body=_placed(manifest, self.namespace))
+            return "created"
+        if _same(current, manifest):
+            return "unchanged"
+        replacement = _placed(manifest, self.namespace)
+        replacement["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        self.rest.call("PUT", kind.path(self.namespace, name), body=replacement)
+        return "configured"
+
+    def jobs(self) -> list[Manifest]:
+        items: list[Manifest] = self.rest.call("GET", KINDS["FineTuneJob"].path(self.namespace)).get("items") or []
+        return sorted(items, key=lambda j: j["metadata"]["name"])
+
+    def job(self, name: str) -> Manifest:
+        try:
+            return self.rest.call("GET", KINDS["FineTuneJob"].path(self.namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(f"finetunejob {name} not found in namespace {self.namespace}") from None
+            raise
+
+    def events(self, name: str) -> list[Manifest]:
+        query = [("fieldSelector", f"involvedObject.name={name},involvedObject.kind=FineTuneJob")]
+        items = self.rest.call("GET", KINDS["Event"].path(self.namespace), query=query).get("items") or []
+        mine = [e for e in items if (e.get("involvedObject") or {}).get("name") == name]
+        return sorted(mine, key=lambda e: e.get("lastTimestamp") or e["metadata"].get("creationTimestamp") or "")
+
+    def set_suspend(self, name: str, suspend: bool) -> None:
+        self.job(name)
+        path = KINDS["FineTuneJob"].path(self.namespace, name)
+        self.rest.call("PATCH", path, body={"spec": {"suspend": suspend}}, content_type="application/merge-patch+json")
+
+    def delete(self, name: str) -> None:
+        self.job(name)
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        self.rest.call("DELETE", KINDS["FineTuneJob"].path(self.namespace, name), body=options)
+
+    # ------------------------------------------------------------------------- logs
+
+    def rank_pod(self, name: str, rank: int) -> str:
+        """The pod of the given node rank in the newest attempt (or the preflight before it)."""
+        status = self.job(name).get("status") or {}
+        attempt = int(status.get("attempts") or 0) + int(status.get("preemptions") or 0)
+        selector = f"{JOB_LABEL}={names.label_value(name)}," + (
+            f"{ATTEMPT_LABEL}={attempt},{ROLE_LABEL}=train" if attempt else f"{ROLE_LABEL}=preflight"
+        )
+        pods = self.rest.call("GET", KINDS["Pod"].path(self.namespace), query=[("labelSelector", selector)])
+        matching = [p for p in pods.get("items") or [] if pod_state(p).index == rank]
+        if not matching:
+            which = f"attempt {attempt}" if attempt else "the preflight"
+            raise NotFound(f"no pod of rank {rank} in {which} of {name} (yet)")
+        newest = max(matching, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return str(newest["metadata"]["name"])
+
+    def logs(self, pod: str, follow: bool) -> Iterator[bytes]:
+        query = [("container", "trainer")] + ([("follow", "true")] if follow else [])
+        serialized = self.client.param_serialize(
+            "GET",
+            KINDS["Pod"].path(self.namespace, pod, "log"),
+            query_params=query,
+            header_params={"Accept": "*/*"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*serialized, _request_timeout=None)
+        raw = response.response
+        if not 200 <= response.status <= 299:
+            response.read()  # type: ignore[no-untyped-call]
+            raise ApiException(http_resp=response)
+        yield from raw.stream(4096, decode_content=True)
+
+
+def _placed(manifest: Manifest, namespace: str) -> Manifest:
+    metadata = {**manifest["metadata"], "namespace": namespace}
+    return {**manifest, "metadata": metadata}
+
+
+def _same(current: Manifest, manifest: Manifest) -> bool:
+    keys = [k for k in manifest if k not in ("apiVersion", "kind", "metadata", "status")]
+    meta, wanted = current.get("metadata") or {}, manifest.get("metadata") or {}
+    return all(current.get(k) == manifest[k] for k in keys) and all(
+        (meta.get(k) or {}) == (wanted.get(k) or {}) for k in ("labels", "annotations")
+    )
+
+
+# ----------------------------------------------------------------------------- what is printed
+
+
+def age(created: str | None, now: datetime) -> str:
+    """Like kubectl: 45s, 12m, 3h, 5d."""
+    if not created:
+        return "-"
+    seconds = int((now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def job_table(jobs: Sequence[Manifest], now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    rows = [["NAME", "PHASE", "METHOD", "MODEL", "PROGRESS", "LOSS", "AGE"]]
+    for job in jobs:
+        status, spec = job.get("status") or {}, job.get("spec") or {}
+        progress = status.get("progress") or {}
+        percent, loss = progress.get("percent"), progress.get("loss")
+        rows.append(
+            [
+                job["metadata"]["name"],
+                status.get("phase") or "Pending",
+                (spec.get("method") or {}).get("type", "-"),
+                status.get("model") or "-",
+                f"{percent:.0f}%" if percent is not None else "-",
+                f"{loss:.4f}" if loss is not None else "-",
+                age(job["metadata"].get("creationTimestamp"), now),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def job_report(job: Manifest, events: Sequence[Manifest], now: datetime | None = None) -> str:
+    """`kubetune status NAME`: phase, conditions, progress, output and the last events."""
+    now = now or datetime.now(UTC)
+    status = job.get("status") or {}
+    lines = [
+        f"Name:      {job['metadata']['name']}",
+        f"Namespace: {job['metadata'].get('namespace', '')}",
+        f"Phase:     {status.get('phase') or 'Pending'}",
+        f"Model:     {status.get('model') or '-'}",
+        f"Attempts:  {status.get('attempts', 0)} (preemptions: {status.get('preemptions', 0)})",
+    ]
+    progress = status.get("progress")
+    if progress:
+        lines.append(f"Progress:  {progress_line(progress)}")
+    output = status.get("output")
+    if output:
+        lines.append(f"Output:    {output.get('location')} ({', '.join(output.get('formats') or [])})")
+    lines.append("Conditions:")
+    for condition in status.get("conditions") or []:
+        message = f" - {condition['message']}" if condition.get("message") else ""
+        lines.append(f"  {condition['type']:<10} {condition['status']:<6} {condition.get('reason', '')}{message}")
+    lines.append("Events:")
+    for event in list(events)[-10:]:
+        when = age(event.get("lastTimestamp") or event["metadata"].get("creationTimestamp"), now)
+        lines.append(f"  {when:>4} {event.get('type', ''):<8} {event.get('reason', ''):<18} {event.get('message', '')}")
+    if not events:
+        lines.append("  <none>")
+    return "\n".join(lines)
+
+
+def progress_line(progress: Manifest, width: int = 24) -> str:
+    """step/total as a bar, with loss, tokens/s and ETA."""
+    step, total = int(progress.get("step") or 0), progress.get("totalSteps")
+    parts = []
+    if total:
+        filled = int(width * min(step, total) / total)
+        parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total}")
+    else:
+        parts.append(f"step {step}")
+    for key, label, fmt in (("loss", "loss", ".4f"), ("evalLoss", "eval", ".4f"), ("tokensPerSecond", "tok/s", ".0f")):
+        if progress.get(key) is not None:
+            parts.append(f"{label} {progress[key]:{fmt}}")
+    if progress.get("eta"):
+        parts.append(f"eta {progress['eta']}")
+    return "  ".join(parts)
+
+
+def finished(job: Manifest) -> Phase | None:
+    phase = (job.get("status") or {}).get("phase")
+    return Phase(phase) if phase in (Phase.SUCCEEDED, Phase.FAILED) else None
+
+
+def failure_message(job: Manifest) -> str:
+    failed: Manifest = next(
+        (c for c in (job.get("status") or {}).get("conditions") or [] if c.get("type") == "Failed"), {}
+    )
+    return f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".rstrip(": ")

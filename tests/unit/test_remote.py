@@ -1,0 +1,79 @@
+"""What the cluster commands print, from FineTuneJobs and Events as the API returns them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune.api import Phase
+from kubetune.remote import age, failure_message, finished, job_report, job_table, progress_line
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def _job(name: str, phase: str | None = None, **status: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "namespace": "team", "creationTimestamp": "2026-11-28T11:00:00Z"},
+        "spec": {"method": {"type": "qlora"}},
+    }
+    if phase:
+        body["status"] = {"phase": phase, **status}
+    return body
+
+
+def test_the_table_reads_like_kubectl_get() -> None:
+    running = _job(
+        "big", "Running", model="phi-3-mini-4k-instruct", progress={"step": 5, "percent": 12.5, "loss": 1.23}
+    )
+
+    lines = job_table([running, _job("new")], NOW).splitlines()
+
+    assert lines[0].split() == ["NAME", "PHASE", "METHOD", "MODEL", "PROGRESS", "LOSS", "AGE"]
+    assert lines[1].split() == ["big", "Running", "qlora", "phi-3-mini-4k-instruct", "12%", "1.2300", "1h"]
+    assert lines[2].split() == ["new", "Pending", "qlora", "-", "-", "-", "1h"]
+
+
+def test_ages_are_short() -> None:
+    assert [age(t, NOW) for t in ("2026-11-28T11:59:15Z", "2026-11-28T11:48:00Z", "2026-11-25T12:00:00Z", None)] == [
+        "45s",
+        "12m",
+        "3d",
+        "-",
+    ]
+
+
+def test_progress_is_a_bar_with_the_figures_that_matter() -> None:
+    line = progress_line({"step": 30, "totalSteps": 40, "loss": 0.5, "tokensPerSecond": 1234.4, "eta": "12:30"}, 8)
+
+    assert line == "[######..] 30/40  loss 0.5000  tok/s 1234  eta 12:30"
+    assert progress_line({}) == "step 0"
+
+
+def test_status_shows_conditions_output_and_the_last_events() -> None:
+    job = _job(
+        "demo",
+        "Failed",
+        attempts=3,
+        conditions=[{"type": "Failed", "status": "True", "reason": "RetriesExhausted", "message": "3 attempts failed"}],
+        output={"location": "pvc://results/demo", "formats": ["adapter"]},
+    )
+    events = [
+        {
+            "metadata": {},
+            "lastTimestamp": "2026-11-28T11:58:00Z",
+            "type": "Warning",
+            "reason": "TrainingFailed",
+            "message": "pod demo-a3-0 exited with code 1",
+        },
+    ]
+
+    report = job_report(job, events, NOW)
+
+    assert "Phase:     Failed" in report
+    assert "Attempts:  3 (preemptions: 0)" in report
+    assert "Output:    pvc://results/demo (adapter)" in report
+    assert "Failed     True   RetriesExhausted - 3 attempts failed" in report
+    assert "2m Warning  TrainingFailed" in report
+    assert finished(job) is Phase.FAILED
+    assert failure_message(job) == "RetriesExhausted: 3 attempts failed"
+    assert finished(_job("x", "Running")) is None
