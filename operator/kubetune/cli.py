@@ -13,7 +13,8 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, InvalidSpec, parse_finetunejob
 from kubetune.catalog import presets
 from kubetune.controller.builders import Context, NotBuildable, build_children
-from kubetune.controller.settings import Settings
+from kubetune.controller.reconcile import effective_job
+from kubetune.controller.settings import Settings, SettingsError
 from kubetune.crd import render_crd
 from kubetune.manifests import ManifestError, iter_files, read_documents
 from kubetune.validate import validate_document
@@ -69,8 +70,10 @@ def render(path: Path, attempt: int) -> None:
         if not job.metadata.name:
             raise click.ClickException(f"{label}: metadata.name is required to name the children")
         try:
-            rendered += build_children(Context(job, Settings.from_env()), attempt)
-        except NotBuildable as error:
+            settings = Settings.from_env()
+            effective, _ = effective_job(job, settings)
+            rendered += build_children(Context(effective, settings), attempt)
+        except (NotBuildable, SettingsError) as error:
             raise click.ClickException(f"{label}: {error}") from None
     click.echo(yaml.safe_dump_all(rendered, sort_keys=False, width=120), nl=False)
 
@@ -419,8 +422,6 @@ def delete(name: str, namespace: str | None, kube_context: str | None) -> None:
 @cli.command()
 def operator() -> None:
     """Run the operator: watch FineTuneJobs and train them (settings from KUBETUNE_* variables)."""
-    from kubetune.controller.settings import SettingsError
-
     try:
         settings = Settings.from_env()
     except SettingsError as error:

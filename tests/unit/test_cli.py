@@ -69,3 +69,23 @@ def test_the_same_commands_work_as_a_kubectl_plugin() -> None:
     scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.value.startswith("kubetune.")}
 
     assert scripts == {"kubetune": "kubetune.cli:main", "kubectl-finetune": "kubetune.cli:main"}
+
+
+def test_render_shows_an_auto_sized_job_as_the_operator_would_create_it(
+    tmp_path: Path, job: dict[str, Any], monkeypatch: Any
+) -> None:
+    job["spec"]["resources"] = {"accelerators": "auto"}
+    profiles = '[{"name": "a100", "resource": "nvidia.com/gpu", "memoryGiB": 80, "perNode": 8}]'
+    monkeypatch.setenv("KUBETUNE_ACCELERATOR_PROFILES", profiles)
+    monkeypatch.setenv("KUBETUNE_DEFAULT_QUEUE", "shared")
+
+    result = CliRunner().invoke(cli, ["render", str(_write(tmp_path, job))])
+
+    assert result.exit_code == 0, result.output
+    training = next(d for d in yaml.safe_load_all(result.output) if d["metadata"]["name"] == "demo-a1")
+    assert training["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert training["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "shared"
+
+    monkeypatch.setenv("KUBETUNE_ACCELERATOR_PROFILES", "[{")
+    refused = CliRunner().invoke(cli, ["render", str(_write(tmp_path, job))])
+    assert refused.exit_code == 1 and "KUBETUNE_ACCELERATOR_PROFILES is not JSON" in refused.output

@@ -14,7 +14,6 @@ or `kopf run -m kubetune.controller.handlers`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -83,15 +82,39 @@ async def keep_job_true(namespace: str | None, name: str, memo: Any, stopped: ko
                     polled = time.monotonic()
             except ApiException as error:
                 state.metrics.api_errors.labels(status=str(error.status)).inc()
-                log.warning(
-                    "reconciling %s/%s: API answered %s %s; trying again", namespace, name, error.status, error.reason
-                )
+                if error.status == 409:
+                    # Someone wrote in between (Kopf's finalizer, another replica): read again now.
+                    log.debug("reconciling %s/%s: conflict; reading again", namespace, name)
+                    pause = 0.1
+                else:
+                    log.warning(
+                        "reconciling %s/%s: the API answered %s %s; trying again in %.0f s",
+                        namespace,
+                        name,
+                        error.status,
+                        error.reason,
+                        RETRY_AFTER_ERROR,
+                    )
+                    pause = RETRY_AFTER_ERROR
+            except Exception:  # a lost connection, or a bug: logged, and the next pass tries again
+                state.metrics.api_errors.labels(status="none").inc()
+                log.exception("reconciling %s/%s failed; trying again in %.0f s", namespace, name, RETRY_AFTER_ERROR)
                 pause = RETRY_AFTER_ERROR
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waker.wait(), timeout=pause)
+            await _sleep(waker, stopped, pause)
     finally:
         state.wakers.pop((namespace, names.label_value(name)), None)
         state.metrics.forget(namespace, name)
+
+
+async def _sleep(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Until a child changes, the operator stops, or the time is up."""
+    woken = asyncio.ensure_future(waker.wait())
+    stopping = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait([woken, stopping], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        stopping.cancel()
 
 
 async def reconcile(state: OperatorState, namespace: str, name: str, poll_progress: bool) -> bool:

@@ -135,20 +135,27 @@ def plan(
         job = parse_finetunejob(body)
     except InvalidSpec as error:
         return _refuse(previous, error.problems, "InvalidSpec", generation, now)
-    if settings.default_queue and job.spec.queue_name is None:
-        job = job.model_copy(update={"spec": job.spec.model_copy(update={"queue_name": settings.default_queue})})
     refused = admission_problems(job.spec, settings)
     if refused:
         return _refuse(previous, refused, "NotAllowed", generation, now)
     if previous.start_time is not None and previous.phase.finished:
         return _after_finish(job, snapshot, previous, now)
     try:
-        job, sized = size_job(job, settings)
+        job, sized = effective_job(job, settings)
     except NotBuildable as error:
         return _refuse(previous, [Problem("spec.resources.accelerators", str(error))], "DoesNotFit", generation, now)
     if previous.start_time is None:
         previous = FineTuneJobStatus()  # a job that was refused before and is valid now starts afresh
     return _Planner(Context(job, settings), snapshot, previous, generation, now, progress, sized).actions()
+
+
+def effective_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, str]:
+    """The job as this installation runs it: the default Kueue queue when it names none, and
+    accelerators chosen when it says auto (with the sentence saying what was chosen).
+    `kubetune render` shows the same."""
+    if settings.default_queue and job.spec.queue_name is None:
+        job = job.model_copy(update={"spec": job.spec.model_copy(update={"queue_name": settings.default_queue})})
+    return size_job(job, settings)
 
 
 def read_status(body: dict[str, Any]) -> FineTuneJobStatus:
