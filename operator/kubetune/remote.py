@@ -4,6 +4,7 @@ their API calls in `Remote`, and what they print in pure functions over the obje
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,9 +30,11 @@ def connect(context: str | None = None) -> tuple[ApiClient, str]:
     """A client for the kubeconfig's current (or named) context, and that context's namespace."""
     from kubernetes import config
 
-    contexts, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    # KUBECONFIG as it is now (the client library reads it once, when first imported).
+    path = os.environ.get("KUBECONFIG") or None
+    contexts, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
     chosen = next((c for c in contexts if c["name"] == context), active) if context else active
-    client = config.new_client_from_config(context=context)  # type: ignore[no-untyped-call]
+    client = config.new_client_from_config(config_file=path, context=context)  # type: ignore[no-untyped-call]
     return client, (chosen or {}).get("context", {}).get("namespace") or "default"
 
 
