@@ -148,4 +148,23 @@ def _walk_rules(schema: Schema, value: Any, old: Any, path: list[str | int]) -> 
 
 def crd_problems(obj: Any, old: Any = None) -> list[Problem]:
     """What the API server would refuse: schema problems first; CEL rules once the shape is right."""
+    obj = without_nulls(obj, crd_root_schema())
+    old = without_nulls(old, crd_root_schema()) if old is not None else None
     return schema_problems(obj) or cel_problems(obj, old)
+
+
+def without_nulls(obj: Any, schema: Schema | None) -> Any:
+    """The object as the API server validates it: a null in a field that is not nullable (and
+    has no default) is dropped first, as if it had not been written (`field: ~` in YAML)."""
+    if not isinstance(obj, dict) or schema is None:
+        return obj
+    properties, extra = schema.get("properties") or {}, schema.get("additionalProperties")
+    kept = {}
+    for key, value in obj.items():
+        field_schema = properties.get(key, extra if isinstance(extra, dict) else None)
+        if value is None and field_schema is not None and not field_schema.get("nullable"):
+            continue
+        if isinstance(value, list) and field_schema is not None:
+            value = [without_nulls(item, field_schema.get("items")) for item in value]
+        kept[key] = without_nulls(value, field_schema)
+    return kept
