@@ -1,0 +1,249 @@
+"""The real operator (Kopf, in process) against the emulated API server on loopback.
+
+The tests play the parts a cluster would (see actors.py): the Job controller and the
+kubelet, Kueue, and the trainer's rank 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from kubetune.controller.cluster import KINDS
+
+from .actors import (
+    FTJ,
+    MERGE,
+    NAMESPACE,
+    PODS,
+    SUCCESS,
+    Cluster,
+    Operator,
+    Progress,
+    _manifest,
+    _through_preflight,
+    eventually,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+# ----------------------------------------------------------------------------- the scenarios
+
+
+async def test_a_job_runs_from_creation_to_success(
+    operator: Operator, cluster: Cluster, progress: Progress, job: dict[str, Any]
+) -> None:
+    await cluster.submit(job)
+
+    await eventually(lambda: cluster.get(("", "v1", "configmaps"), "demo-spec"), "the spec ConfigMap")
+    await eventually(lambda: cluster.get(("", "v1", "services"), "demo"), "the rendezvous Service")
+    await _through_preflight(cluster)
+    assert cluster.status()["attempts"] == 1
+
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+    progress.report = {"step": 10, "totalSteps": 40, "loss": 1.25, "phase": "training", "tokensPerSecond": 900.0}
+    mirrored = await eventually(lambda: cluster.status().get("progress", {}).get("step") == 10, "progress mirrored")
+    assert mirrored and cluster.status()["progress"]["percent"] == 25.0
+
+    await cluster.finish("demo-a1", 0, SUCCESS)
+
+    await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded")
+    status = cluster.status()
+    assert status["output"]["location"] == "pvc://results/demo"
+    assert status["completionTime"] and status["startTime"]
+    assert cluster.reasons()[:2] == ["Preflight", "Creating"] and cluster.reasons()[-1] == "Completed"
+
+
+async def test_a_failed_attempt_is_retried_and_counted(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, maxRetries=1, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+
+    await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
+
+    await eventually(lambda: "demo-a2" in cluster.jobs() and "demo-a1" not in cluster.jobs(), "attempt 2 replaces 1")
+    assert cluster.status()["attempts"] == 2
+    await eventually(
+        lambda: not cluster.apiserver.emulator.list_objects(*PODS, NAMESPACE, {"kubetune.io/attempt": "1"}),
+        "the failed attempt's pods to go with it",
+    )
+
+    await cluster.start_pods("demo-a2")
+    await cluster.finish("demo-a2", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss again"})
+
+    await eventually(lambda: cluster.status().get("phase") == "Failed", "retries exhausted")
+    failed = next(c for c in cluster.status()["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RetriesExhausted" and "NaN loss again" in failed["message"]
+    assert "demo-a3" not in cluster.jobs()
+
+
+async def test_preemption_starts_again_without_counting(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, maxRetries=0, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+
+    interrupted = {"status": "Failed", "reason": "Interrupted", "message": "SIGTERM; checkpoint at step 12"}
+    await cluster.finish("demo-a1", 44, interrupted, DisruptionTarget="PreemptionByScheduler")
+
+    await eventually(lambda: "demo-a2" in cluster.jobs(), "the attempt after the preemption")
+    status = cluster.status()
+    assert (status["attempts"], status["preemptions"]) == (1, 1)
+    assert status["phase"] in ("Queued", "Pending")  # waiting for room again, not failed
+    assert "Preempted" in cluster.reasons()
+
+
+async def test_a_bad_dataset_fails_in_the_preflight_before_any_accelerator(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(job)
+    await eventually(lambda: "demo-preflight" in cluster.jobs(), "the preflight")
+    await cluster.start_pods("demo-preflight")
+
+    invalid = {"status": "Failed", "reason": "DatasetInvalid", "message": "train.jsonl line 3: no messages"}
+    await cluster.finish("demo-preflight", 42, invalid)
+
+    await eventually(lambda: cluster.status().get("phase") == "Failed", "phase Failed")
+    failed = next(c for c in cluster.status()["conditions"] if c["type"] == "Failed")
+    assert (failed["reason"], failed["message"]) == ("DatasetInvalid", "train.jsonl line 3: no messages")
+    assert set(cluster.jobs()) == {"demo-preflight"}
+    assert "DatasetInvalid" in cluster.reasons()
+
+
+async def test_an_invalid_spec_never_reaches_a_pod(operator: Operator, cluster: Cluster, job: dict[str, Any]) -> None:
+    await cluster.submit(_manifest(job, method={"type": "full", "lora": {"r": 8}}))
+
+    await eventually(lambda: cluster.status().get("phase") == "Failed", "phase Failed")
+    failed = next(c for c in cluster.status()["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec." in failed["message"]
+    assert cluster.jobs() == {}
+    assert cluster.get(("", "v1", "configmaps"), "demo-spec") is None
+
+
+async def test_suspend_and_resume(operator: Operator, cluster: Cluster, job: dict[str, Any]) -> None:
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+
+    await cluster.change_spec("demo", suspend=True)
+    await eventually(lambda: cluster.jobs()["demo-a1"]["spec"]["suspend"] is True, "the Job suspended")
+    await cluster.set_job("demo-a1", {"active": 0})
+    await eventually(lambda: cluster.status().get("phase") == "Suspended", "phase Suspended")
+
+    await cluster.change_spec("demo", suspend=False)
+    await eventually(lambda: cluster.jobs()["demo-a1"]["spec"]["suspend"] is False, "the Job resumed")
+    assert cluster.status()["attempts"] == 1
+
+
+async def test_kueue_admits_preempts_and_the_operator_deactivates_its_workload(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, queueName="team-a", dataset={**job["spec"]["dataset"], "preflight": False}))
+    created = await eventually(lambda: cluster.jobs().get("demo-a1"), "attempt 1")
+    assert created["spec"]["suspend"] is True
+    assert created["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    await eventually(lambda: cluster.status().get("phase") == "Queued", "phase Queued")
+    workload = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "Workload",
+        "metadata": {
+            "name": "job-demo-a1-1234",
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "demo-a1", "uid": created["metadata"]["uid"]}
+            ],
+        },
+        "spec": {"active": True, "queueName": "team-a"},
+    }
+    await cluster.call("POST", KINDS["Workload"].path(NAMESPACE), workload)
+
+    # Kueue admits: it unsuspends the Job.
+    await cluster.call("PATCH", KINDS["Job"].path(NAMESPACE, "demo-a1"), {"spec": {"suspend": False}}, MERGE)
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running once admitted")
+
+    # Kueue preempts: it suspends the Job again; the job waits in the queue, it has not failed.
+    await cluster.call("PATCH", KINDS["Job"].path(NAMESPACE, "demo-a1"), {"spec": {"suspend": True}}, MERGE)
+    await eventually(lambda: cluster.status().get("phase") == "Queued", "phase Queued after preemption")
+    assert cluster.jobs()["demo-a1"]["spec"]["suspend"] is True
+
+    # The user suspends: the operator deactivates the Workload and never touches the Job's suspend.
+    await cluster.change_spec("demo", suspend=True)
+    await eventually(
+        lambda: cluster.get(("kueue.x-k8s.io", "v1beta1", "workloads"), "job-demo-a1-1234")["spec"]["active"] is False,
+        "the Workload deactivated",
+    )
+    job_writes = [
+        w
+        for w in cluster.apiserver.emulator.writes
+        if w.plural == "jobs" and w.method == "PATCH" and w.subresource is None
+    ]
+    assert len(job_writes) == 2, "only Kueue (the test) patched the Job"
+
+
+async def test_a_restarted_operator_creates_nothing_twice(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await operator.halt()
+
+    await operator.start()
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running after the restart")
+    await operator.halt()
+    await operator.start()
+    await asyncio.sleep(1.0)  # the restarted daemon has reconciled a few times by now
+
+    creations = [
+        w
+        for w in cluster.apiserver.emulator.writes
+        if w.method == "POST" and w.plural in ("jobs", "configmaps", "services")
+    ]
+    assert sorted(w.plural for w in creations) == ["configmaps", "jobs", "services"]
+    assert cluster.status()["attempts"] == 1
+
+
+async def test_deleting_the_job_removes_its_children(operator: Operator, cluster: Cluster, job: dict[str, Any]) -> None:
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+
+    await cluster.call("DELETE", KINDS["FineTuneJob"].path(NAMESPACE, "demo"))
+
+    await eventually(lambda: cluster.get(FTJ, "demo") is None, "the FineTuneJob gone")
+    await eventually(lambda: not cluster.jobs(), "its Jobs collected")
+    assert not cluster.apiserver.emulator.list_objects(*PODS, NAMESPACE)
+    assert cluster.get(("", "v1", "configmaps"), "demo-spec") is None
+
+
+async def test_progress_is_written_at_most_once_per_interval(
+    operator: Operator, cluster: Cluster, progress: Progress, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+    writes = cluster.apiserver.emulator.writes
+    before, polls_before, started = len(writes), progress.requests, time.monotonic()
+
+    for step in range(1, 41):  # the trainer reports far more often than the interval
+        progress.report = {"step": step, "totalSteps": 40, "loss": 2.0 / step, "phase": "training"}
+        await asyncio.sleep(0.05)
+    await eventually(lambda: cluster.status().get("progress", {}).get("step") == 40, "the last figures")
+    elapsed = time.monotonic() - started
+
+    status_writes = [w for w in writes[before:] if w.plural == "finetunejobs" and w.subresource == "status"]
+    polls = progress.requests - polls_before
+    assert polls >= 2, "progress was polled while running"
+    assert len(status_writes) <= polls, "no more than one status write per poll of rank 0"
+    interval = operator.settings.progress_interval_seconds
+    assert polls <= 1 + elapsed / interval, "polls are spaced by the progress interval"
