@@ -1277,6 +1277,8 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
     writes: list[Write] = attrs.field(factory=list, init=False)
     _faults: list[Fault] = attrs.field(factory=list, init=False)
     _delay: float = attrs.field(default=0.0, init=False)
+    pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
+    """What GET .../pods/NAME/log answers, by namespace and pod (the kubelet's part)."""
 
     def __attrs_post_init__(self) -> None:
         # Only the scaffold's discovery routes: kmock's own object handlers never see a request.
@@ -1398,7 +1400,9 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
         needs_namespace = resource.namespaced and verb not in ("list", "watch")
         if (path.namespace is None and needs_namespace) or (path.namespace is not None and not resource.namespaced):
             raise unknown_path(resource)
-        allowed = ("status",) if resource.status_subresource and verb in STATUS_VERBS else ()
+        allowed: tuple[str, ...] = ("status",) if resource.status_subresource and verb in STATUS_VERBS else ()
+        if resource.plural == "pods" and resource.group == "" and verb == "get":
+            allowed += ("log",)
         if path.subresource is not None and path.subresource not in allowed:
             raise unknown_path(resource)
         return ApiCall(raw_request, path, resource, verb, body)
@@ -1444,6 +1448,10 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
     async def _serve(self, call: ApiCall) -> aiohttp.web.StreamResponse:
         if call.verb == "watch":
             return await self._handle_watch(call)
+        if call.path.subresource == "log":
+            self.store.get(call.resource, call.namespace, call.path.name or "")  # 404 for a pod that is not there
+            text = self.pod_logs.get((call.namespace or "", call.path.name or ""), "")
+            return aiohttp.web.Response(text=text, content_type="text/plain")
         serve = {
             "get": self._handle_get,
             "list": self._handle_list,

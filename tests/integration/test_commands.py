@@ -99,3 +99,24 @@ async def test_commands_end_with_a_message_not_a_traceback(
     assert missing.exit_code == 1 and "finetunejob nope not found in namespace default" in missing.output
     assert invalid.exit_code == 1 and "method.lora" in invalid.output
     assert "Traceback" not in missing.output + invalid.output
+
+
+async def test_logs_of_a_rank_of_the_newest_attempt(
+    operator: Operator, cluster: Cluster, apiserver: ApiServer, job: dict[str, Any], tmp_path: Path
+) -> None:
+    job["spec"]["dataset"]["preflight"] = False
+    job["spec"]["resources"] = {"nodes": 2}
+    job["spec"]["output"]["pvc"]["readWriteMany"] = True
+    assert (await kubetune("submit", _file(tmp_path, job))).exit_code == 0
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    rank0, rank1 = await cluster.start_pods("demo-a1")
+    apiserver.emulator.pod_logs[("default", rank0)] = "step 1 loss 2.0\nstep 2 loss 1.5\n"
+    apiserver.emulator.pod_logs[("default", rank1)] = "rank 1 waiting for rank 0\n"
+
+    first = await kubetune("logs", "demo")
+    second = await kubetune("logs", "demo", "--rank", "1")
+    missing = await kubetune("logs", "demo", "--rank", "5")
+
+    assert first.output == "step 1 loss 2.0\nstep 2 loss 1.5\n"
+    assert second.output == "rank 1 waiting for rank 0\n"
+    assert missing.exit_code == 1 and "no pod of rank 5 in attempt 1 of demo" in missing.output

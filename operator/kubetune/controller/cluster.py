@@ -22,6 +22,7 @@ from urllib.parse import quote
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from kubetune import __version__
 from kubetune.api import GROUP, VERSION
 from kubetune.api.resource import PLURAL
 from kubetune.api.status import FineTuneJobStatus
@@ -114,6 +115,7 @@ class Cluster:
     """What the operator reads and writes for one FineTuneJob at a time."""
 
     def __init__(self, client: ApiClient) -> None:
+        client.user_agent = f"kubetune-operator/{__version__}"  # the operator's calls, told apart in audit logs
         self.rest = Rest(client)
 
     # ------------------------------------------------------------------------- reading

@@ -55,20 +55,20 @@ CONTRACT_ENV = {
     "KUBETUNE_HEALTH_PORT",
 }
 
-# The API calls the operator makes: (API group, resource) -> verbs.
+# The API calls the operator makes: (API group, resource) -> verbs. tests/integration/test_rbac.py
+# records them from a whole job lifecycle against the emulated API server.
 NAMESPACED_RULES = {
     ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch"},
-    ("kubetune.io", "finetunejobs/status"): {"get", "patch", "update"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("kubetune.io", "finetunejobs/status"): {"patch"},
+    ("", "configmaps"): {"get", "create", "delete"},
+    ("", "services"): {"get", "create", "delete"},
+    ("batch", "jobs"): {"list", "watch", "create", "delete", "patch"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch", "patch"},
+    ("", "events"): {"create"},
+    ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
 }
-CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-CLUSTER_WIDE_RULES = {("", "namespaces"): {"get", "list", "watch"}}
+CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+CLUSTER_WIDE_RULES = {("", "namespaces"): {"list", "watch"}}
 
 # Volume types the restricted Pod Security Standard allows.
 RESTRICTED_VOLUMES = {
