@@ -215,7 +215,13 @@ async def progress() -> AsyncIterator[Progress]:
 
 @pytest_asyncio.fixture
 async def operator(apiserver: ApiServer, progress: Progress) -> AsyncIterator[Operator]:
-    settings = Settings(progress_port=progress.port, progress_interval_seconds=0.3, metrics_port=0, health_port=0)
+    settings = Settings(
+        progress_port=progress.port,
+        progress_interval_seconds=0.3,
+        metrics_port=0,
+        health_port=0,
+        error_backoff_seconds=0.2,
+    )
     running = Operator(settings, apiserver)
     await running.start()
     try:

@@ -1203,10 +1203,13 @@ class Fault:
     status: int
     times: int
     name: str | None = None
+    subresource: str | None = None
+    """Only requests to this subresource (e.g. status); None matches the object and its subresources."""
 
     def matches(self, call: ApiCall) -> bool:
         wanted = self.request == call.method if self.request.isupper() else self.request == call.verb
-        return wanted and self.plural == call.path.plural and self.name in (None, call.name)
+        where = self.subresource in (None, call.path.subresource)
+        return wanted and where and self.plural == call.path.plural and self.name in (None, call.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1290,14 +1293,26 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
 
     # -- test controls
 
-    def fail_next(self, request: str, plural: str, status: int = 500, times: int = 1, name: str | None = None) -> None:
+    def fail_next(
+        self,
+        request: str,
+        plural: str,
+        status: int = 500,
+        times: int = 1,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> None:
         """Answer the next `times` matching requests with an error status.
 
         `request` is a Kubernetes verb in lower case (create, get, list, watch, patch,
         update, delete) or an HTTP method in upper case (POST, GET, PATCH, PUT, DELETE).
         429 comes with `Retry-After: 1`, as the API server's rate limiting sends it.
         """
-        self._faults.append(Fault(request, plural, status, times, name))
+        self._faults.append(Fault(request, plural, status, times, name, subresource))
+
+    def clear_faults(self) -> None:
+        """Answer normally from now on."""
+        self._faults.clear()
 
     def drop_watches(self) -> int:
         """Cut every open watch stream without a proper end; return how many there were."""

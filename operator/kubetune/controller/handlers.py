@@ -37,8 +37,6 @@ from kubetune.controller.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_ERROR = 5.0
-
 
 @dataclass
 class OperatorState:
@@ -82,28 +80,36 @@ async def keep_job_true(namespace: str | None, name: str, memo: Any, stopped: ko
                     polled = time.monotonic()
             except ApiException as error:
                 state.metrics.api_errors.labels(status=str(error.status)).inc()
-                if error.status == 409:
-                    # Someone wrote in between (Kopf's finalizer, another replica): read again now.
-                    log.debug("reconciling %s/%s: conflict; reading again", namespace, name)
-                    pause = 0.1
-                else:
-                    log.warning(
-                        "reconciling %s/%s: the API answered %s %s; trying again in %.0f s",
-                        namespace,
-                        name,
-                        error.status,
-                        error.reason,
-                        RETRY_AFTER_ERROR,
-                    )
-                    pause = RETRY_AFTER_ERROR
+                pause = _backoff(error, state.settings.error_backoff_seconds)
+                log.log(
+                    logging.DEBUG if error.status == 409 else logging.WARNING,
+                    "reconciling %s/%s: the API answered %s %s; trying again in %.1f s",
+                    namespace,
+                    name,
+                    error.status,
+                    error.reason,
+                    pause,
+                )
             except Exception:  # a lost connection, or a bug: logged, and the next pass tries again
                 state.metrics.api_errors.labels(status="none").inc()
-                log.exception("reconciling %s/%s failed; trying again in %.0f s", namespace, name, RETRY_AFTER_ERROR)
-                pause = RETRY_AFTER_ERROR
+                pause = state.settings.error_backoff_seconds
+                log.exception("reconciling %s/%s failed; trying again in %.1f s", namespace, name, pause)
             await _sleep(waker, stopped, pause)
     finally:
         state.wakers.pop((namespace, names.label_value(name)), None)
         state.metrics.forget(namespace, name)
+
+
+def _backoff(error: ApiException, default: float) -> float:
+    """A conflict (someone wrote in between) is read again at once; an answer that says when
+    to come back (429, 503) is followed; anything else waits the default."""
+    if error.status == 409:
+        return 0.1
+    retry_after = (error.headers or {}).get("Retry-After")
+    try:
+        return max(0.1, float(retry_after)) if retry_after else default
+    except ValueError:
+        return default
 
 
 async def _sleep(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:

@@ -78,6 +78,8 @@ class Settings:
     log_format: str = "text"
     metrics_port: int = 8080
     health_port: int = 8081
+    error_backoff_seconds: float = 5.0
+    """Pause after a failed API call that names no Retry-After."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
