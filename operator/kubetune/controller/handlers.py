@@ -32,7 +32,7 @@ from kubetune.controller.builders import JOB_LABEL
 from kubetune.controller.cluster import KINDS, Cluster, fetch_progress
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.observe import progress_from_report
-from kubetune.controller.reconcile import WriteStatus, plan, read_status
+from kubetune.controller.reconcile import WriteStatus, plan, read_status, seconds_to_next_look
 from kubetune.controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,9 @@ async def keep_job_true(namespace: str | None, name: str, memo: Any, stopped: ko
         while not stopped:
             waker.clear()
             poll_progress = time.monotonic() - polled >= state.settings.progress_interval_seconds
-            pause = state.settings.progress_interval_seconds
             try:
-                if await reconcile(state, namespace, name, poll_progress):
+                did_poll, pause = await reconcile(state, namespace, name, poll_progress)
+                if did_poll:
                     polled = time.monotonic()
             except ApiException as error:
                 state.metrics.api_errors.labels(status=str(error.status)).inc()
@@ -123,15 +123,16 @@ async def _sleep(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: flo
         stopping.cancel()
 
 
-async def reconcile(state: OperatorState, namespace: str, name: str, poll_progress: bool) -> bool:
-    """One pass: read, plan, apply. True when it polled the trainer's progress."""
+async def reconcile(state: OperatorState, namespace: str, name: str, poll_progress: bool) -> tuple[bool, float]:
+    """One pass: read, plan, apply. Whether it polled the trainer's progress, and how long
+    the job may be left alone now."""
     started = time.monotonic()
     cluster = state.cluster
     try:
         body = await asyncio.to_thread(cluster.rest.call, "GET", KINDS["FineTuneJob"].path(namespace, name))
     except ApiException as error:
         if error.status == 404:
-            return False  # deleted; Kopf stops the daemon
+            return False, state.settings.resync_seconds  # deleted; Kopf stops the daemon
         raise
     spec = body.get("spec") or {}
     queued = bool(spec.get("queueName") or state.settings.default_queue)
@@ -148,7 +149,7 @@ async def reconcile(state: OperatorState, namespace: str, name: str, poll_progre
     await asyncio.to_thread(cluster.apply, body, actions)
     written = next((a.status for a in reversed(actions) if isinstance(a, WriteStatus)), previous)
     state.metrics.observe(namespace, name, written.phase, time.monotonic() - started)
-    return polled
+    return polled, seconds_to_next_look(body, written, state.settings, datetime.now(UTC))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetune.api import ConditionType, FineTuneJob, FineTuneJobStatus, InvalidSpec, parse_finetunejob
+from kubetune.api import ConditionType, FineTuneJob, FineTuneJobStatus, InvalidSpec, Phase, parse_finetunejob
 from kubetune.api.problems import Problem
 from kubetune.api.status import Progress
 from kubetune.controller import names
@@ -156,6 +156,22 @@ def effective_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, st
     if settings.default_queue and job.spec.queue_name is None:
         job = job.model_copy(update={"spec": job.spec.model_copy(update={"queue_name": settings.default_queue})})
     return size_job(job, settings)
+
+
+def seconds_to_next_look(body: dict[str, Any], status: FineTuneJobStatus, settings: Settings, now: datetime) -> float:
+    """How long a job may be left alone when none of its children changes: a running job
+    until its progress is due, others until their deadline or TTL runs out, at most the
+    resync period (a safety net; changes wake the operator at once)."""
+    if status.phase is Phase.RUNNING:
+        return settings.progress_interval_seconds
+    spec = body.get("spec") or {}
+    waits = [settings.resync_seconds]
+    deadline, ttl = spec.get("activeDeadlineSeconds"), spec.get("ttlSecondsAfterFinished")
+    if isinstance(deadline, int) and status.start_time is not None and not status.phase.finished:
+        waits.append((status.start_time + timedelta(seconds=deadline) - now).total_seconds())
+    if isinstance(ttl, int) and status.completion_time is not None and status.phase.finished:
+        waits.append((status.completion_time + timedelta(seconds=ttl) - now).total_seconds())
+    return max(0.1, min(waits))
 
 
 def read_status(body: dict[str, Any]) -> FineTuneJobStatus:

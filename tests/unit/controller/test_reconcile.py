@@ -360,3 +360,18 @@ def test_auto_sized_jobs_get_accelerators_from_the_profiles(job: dict[str, Any])
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"]["gpu"] == "a100"
     assert "sized to 1 node(s) x 1 nvidia.com/gpu (a100)" in _status(actions).conditions[2].message
+
+
+def test_jobs_are_looked_at_again_when_something_is_due(job: dict[str, Any]) -> None:
+    from kubetune.controller.reconcile import seconds_to_next_look
+
+    settings = Settings(progress_interval_seconds=10, resync_seconds=300)
+    finished = _started(phase=Phase.SUCCEEDED).model_copy(update={"completion_time": NOW - timedelta(seconds=30)})
+
+    assert seconds_to_next_look(_body(job), _started(), settings, NOW) == 10
+    assert seconds_to_next_look(_body(job), _started(phase=Phase.QUEUED), settings, NOW) == 300
+    assert (
+        seconds_to_next_look(_body(job, activeDeadlineSeconds=360), _started(phase=Phase.PENDING), settings, NOW) == 60
+    )
+    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=100), finished, settings, NOW) == 70
+    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=0), finished, settings, NOW) == 0.1
