@@ -96,9 +96,9 @@ async def test_the_job_converges_under_api_faults(
 # Where the operator stops: a request that keeps failing holds it there, as if it had died
 # at that point; then it stops, and a new one starts with nothing but what the cluster holds.
 CRASH_POINTS = {
+    "after counting the start": ("create", "configmaps", None, set()),
     "after the ConfigMap": ("create", "services", None, {"configmaps"}),
-    "after the Service": ("patch", "finetunejobs", "status", {"configmaps", "services"}),
-    "after the status, before the Job": ("create", "jobs", None, {"configmaps", "services"}),
+    "after the Service": ("create", "jobs", None, {"configmaps", "services"}),
 }
 
 

@@ -98,7 +98,7 @@ async def test_preemption_starts_again_without_counting(
     status = cluster.status()
     assert (status["attempts"], status["preemptions"]) == (1, 1)
     assert status["phase"] in ("Queued", "Pending")  # waiting for room again, not failed
-    assert "Preempted" in cluster.reasons()
+    await eventually(lambda: "Preempted" in cluster.reasons(), "the Preempted Event")
 
 
 async def test_a_bad_dataset_fails_in_the_preflight_before_any_accelerator(

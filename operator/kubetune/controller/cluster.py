@@ -147,12 +147,7 @@ class Cluster:
                 preflight = attempt
             elif role == "train":
                 attempts[int(meta["labels"].get(ATTEMPT_LABEL, "0"))] = attempt
-        return Snapshot(
-            config_map=self._exists("ConfigMap", namespace, names.config_map_name(name)),
-            service=self._exists("Service", namespace, names.service_name(name)),
-            preflight=preflight,
-            attempts=attempts,
-        )
+        return Snapshot(preflight=preflight, attempts=attempts)
 
     def rank0_address(self, namespace: str, name: str, attempt: int) -> str | None:
         """Pod IP of rank 0 of the attempt, once it has one."""
@@ -182,15 +177,6 @@ class Cluster:
                 return []
             raise
         return items
-
-    def _exists(self, kind: str, namespace: str, name: str) -> bool:
-        try:
-            self.rest.call("GET", KINDS[kind].path(namespace, name))
-        except ApiException as error:
-            if _absent(error):
-                return False
-            raise
-        return True
 
     # ------------------------------------------------------------------------- writing
 

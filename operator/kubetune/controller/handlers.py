@@ -14,9 +14,11 @@ or `kopf run -m kubetune.controller.handlers`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +34,7 @@ from kubetune.controller.builders import JOB_LABEL
 from kubetune.controller.cluster import KINDS, Cluster, fetch_progress
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.observe import progress_from_report
-from kubetune.controller.reconcile import WriteStatus, plan, read_status, seconds_to_next_look
+from kubetune.controller.reconcile import Snapshot, WriteStatus, plan, read_status, seconds_to_next_look
 from kubetune.controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ class OperatorState:
     metrics: Metrics = field(default_factory=Metrics)
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     """One per running daemon, keyed by namespace and the job's label value."""
+    generations: dict[tuple[str, str], int] = field(default_factory=dict)
+    """The spec generation each job's daemon last woke for."""
 
     def wake(self, namespace: str | None, label: str | None) -> None:
         waker = self.wakers.get((namespace or "", label or ""))
@@ -55,7 +59,10 @@ class OperatorState:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    # The API calls run in threads (the client blocks); one pool sized for many jobs at once.
+    workers = memo.state.settings.api_workers
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="kubetune-api"))
     # Kopf keeps its bookkeeping in status.kopf (the CRD preserves it): no annotations to write.
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.last-handled-configuration")
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
@@ -65,17 +72,23 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def keep_job_true(namespace: str | None, name: str, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def keep_job_true(
+    namespace: str | None, name: str, body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     state: OperatorState = memo.state
     namespace = namespace or "default"
     waker = state.wakers.setdefault((namespace, names.label_value(name)), asyncio.Event())
     polled = 0.0
+    # The first pass plans from the object Kopf just delivered; later ones read it afresh
+    # (Kopf's copy lags behind the operator's own writes).
+    delivered: dict[str, Any] | None = copy.deepcopy(dict(body))
     try:
         while not stopped:
             waker.clear()
             poll_progress = time.monotonic() - polled >= state.settings.progress_interval_seconds
             try:
-                did_poll, pause = await reconcile(state, namespace, name, poll_progress)
+                given, delivered = delivered, None  # a failed pass reads afresh
+                did_poll, pause = await reconcile(state, namespace, name, poll_progress, given)
                 if did_poll:
                     polled = time.monotonic()
             except ApiException as error:
@@ -97,6 +110,7 @@ async def keep_job_true(namespace: str | None, name: str, memo: Any, stopped: ko
             await _sleep(waker, stopped, pause)
     finally:
         state.wakers.pop((namespace, names.label_value(name)), None)
+        state.generations.pop((namespace, names.label_value(name)), None)
         state.metrics.forget(namespace, name)
 
 
@@ -123,22 +137,28 @@ async def _sleep(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: flo
         stopping.cancel()
 
 
-async def reconcile(state: OperatorState, namespace: str, name: str, poll_progress: bool) -> tuple[bool, float]:
+async def reconcile(
+    state: OperatorState, namespace: str, name: str, poll_progress: bool, body: dict[str, Any] | None = None
+) -> tuple[bool, float]:
     """One pass: read, plan, apply. Whether it polled the trainer's progress, and how long
     the job may be left alone now."""
     started = time.monotonic()
     cluster = state.cluster
-    try:
-        body = await asyncio.to_thread(cluster.rest.call, "GET", KINDS["FineTuneJob"].path(namespace, name))
-    except ApiException as error:
-        if error.status == 404:
-            return False, state.settings.resync_seconds  # deleted; Kopf stops the daemon
-        raise
+    if body is None:
+        try:
+            body = await asyncio.to_thread(cluster.rest.call, "GET", KINDS["FineTuneJob"].path(namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return False, state.settings.resync_seconds  # deleted; Kopf stops the daemon
+            raise
     spec = body.get("spec") or {}
     queued = bool(spec.get("queueName") or state.settings.default_queue)
-    snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name, queued)
-    progress, polled = None, False
     previous = read_status(body)
+    if previous.start_time is None:
+        snapshot = Snapshot()  # nothing is created before the status says the job started
+    else:
+        snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name, queued)
+    progress, polled = None, False
     current = previous.attempts + previous.preemptions
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
         address = await asyncio.to_thread(cluster.rank0_address, namespace, name, current)
@@ -153,9 +173,15 @@ async def reconcile(state: OperatorState, namespace: str, name: str, poll_progre
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def job_changed(namespace: str | None, name: str | None, memo: Any, **_: Any) -> None:
-    """A spec change (suspend, an edit before the start) is acted on at once."""
-    memo.state.wake(namespace, names.label_value(name or ""))
+def job_changed(namespace: str | None, name: str | None, meta: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """A spec change (suspend, an edit before the start) is acted on at once; the operator's
+    own status writes, which change no generation, wake nothing."""
+    state: OperatorState = memo.state
+    key = (namespace or "", names.label_value(name or ""))
+    generation = int(meta.get("generation") or 0)
+    if state.generations.get(key) != generation or meta.get("deletionTimestamp"):
+        state.generations[key] = generation
+        state.wake(*key)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})

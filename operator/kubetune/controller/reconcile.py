@@ -60,10 +60,9 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the operator read of a FineTuneJob's children."""
+    """What the operator read of a FineTuneJob's children. The ConfigMap and the Service are
+    not read: they are created (or found to exist) whenever a Job is about to be created."""
 
-    config_map: bool = False
-    service: bool = False
     preflight: Attempt | None = None
     attempts: dict[int, Attempt] = field(default_factory=dict)
     """Training attempts by number."""
@@ -146,7 +145,13 @@ def plan(
         return _refuse(previous, [Problem("spec.resources.accelerators", str(error))], "DoesNotFit", generation, now)
     if previous.start_time is None:
         previous = FineTuneJobStatus()  # a job that was refused before and is valid now starts afresh
-    return _Planner(Context(job, settings), snapshot, previous, generation, now, progress, sized).actions()
+    actions = _Planner(Context(job, settings), snapshot, previous, generation, now, progress, sized).actions()
+    return _events_last(actions)
+
+
+def _events_last(actions: list[Action]) -> list[Action]:
+    """Events tell a person what happened; they wait until it has (a Job is created sooner)."""
+    return [a for a in actions if not isinstance(a, Emit)] + [a for a in actions if isinstance(a, Emit)]
 
 
 def effective_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, str]:
@@ -203,15 +208,16 @@ def _after_finish(job: FineTuneJob, snapshot: Snapshot, previous: FineTuneJobSta
     ttl = job.spec.ttl_seconds_after_finished
     if ttl is None or previous.completion_time is None or now < previous.completion_time + timedelta(seconds=ttl):
         return []
-    name = job.metadata.name or ""
-    actions: list[Action] = [Delete("Job", attempt.job.name) for attempt in snapshot.attempts.values()]
+    jobs = [attempt.job.name for attempt in snapshot.attempts.values()]
     if snapshot.preflight is not None:
-        actions.append(Delete("Job", snapshot.preflight.job.name))
-    if snapshot.config_map:
-        actions.append(Delete("ConfigMap", names.config_map_name(name)))
-    if snapshot.service:
-        actions.append(Delete("Service", names.service_name(name)))
-    return actions
+        jobs.append(snapshot.preflight.job.name)
+    if not jobs:
+        return []  # cleaned up already
+    name = job.metadata.name or ""
+    # The ConfigMap and Service first: a restart between the deletions still finds a Job,
+    # and so deletes what is left.
+    shared = [Delete("ConfigMap", names.config_map_name(name)), Delete("Service", names.service_name(name))]
+    return [*shared, *(Delete("Job", job_name) for job_name in jobs)]
 
 
 @dataclass
@@ -231,7 +237,6 @@ class _Planner:
         return self.context.spec
 
     def actions(self) -> list[Action]:
-        self._shared_children()
         if self._deadline_passed():
             return self.planned
         current = self.previous.attempts + self.previous.preemptions
@@ -243,6 +248,7 @@ class _Planner:
         self._remove_earlier_attempts(current)
         attempt = self.snapshot.attempts.get(current)
         if attempt is None:  # counted, then the operator stopped before creating it; or deleted by hand
+            self._shared_children()
             self.planned.append(Create(self._training_job(current)))
             self._report(Assessment(Outcome.PENDING, "Creating", "creating the training Job"))
             return self.planned
@@ -260,10 +266,10 @@ class _Planner:
     # --------------------------------------------------------------------- pieces
 
     def _shared_children(self) -> None:
-        if not self.snapshot.config_map:
-            self.planned.append(Create(build_config_map(self.context)))
-        if not self.snapshot.service:
-            self.planned.append(Create(build_service(self.context)))
+        """The spec ConfigMap and the rendezvous Service, before any Job that needs them
+        (creating one that exists is a no-op)."""
+        self.planned.append(Create(build_config_map(self.context)))
+        self.planned.append(Create(build_service(self.context)))
 
     def _deadline_passed(self) -> bool:
         """activeDeadlineSeconds bounds the whole job, across attempts and suspensions (a Job's
@@ -292,6 +298,7 @@ class _Planner:
             self._report(
                 Assessment(Outcome.PREFLIGHT, "Preflight", "checking and tokenising the dataset on a CPU"), force=True
             )
+            self._shared_children()
             self.planned.append(Create(build_preflight_job(self.context)))
             return False
         self._follow_suspend(preflight)
@@ -338,6 +345,7 @@ class _Planner:
             message,
         )
         self._report(started, force=True)
+        self._shared_children()
         self.planned.append(Create(self._training_job(number)))
 
     def _training_job(self, number: int) -> Manifest:

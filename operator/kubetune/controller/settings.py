@@ -80,6 +80,8 @@ class Settings:
     health_port: int = 8081
     error_backoff_seconds: float = 5.0
     """Pause after a failed API call that names no Retry-After."""
+    api_workers: int = 32
+    """Threads for API calls (the client blocks), shared by every job."""
     resync_seconds: float = 300.0
     """Longest a job that is not running goes without a fresh look (changes wake it at once)."""
 

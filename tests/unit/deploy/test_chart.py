@@ -60,8 +60,8 @@ CONTRACT_ENV = {
 NAMESPACED_RULES = {
     ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch"},
     ("kubetune.io", "finetunejobs/status"): {"patch"},
-    ("", "configmaps"): {"get", "create", "delete"},
-    ("", "services"): {"get", "create", "delete"},
+    ("", "configmaps"): {"create", "delete"},
+    ("", "services"): {"create", "delete"},
     ("batch", "jobs"): {"list", "watch", "create", "delete", "patch"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},
