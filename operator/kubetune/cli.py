@@ -239,14 +239,22 @@ def _quantity_bytes(quantity: str) -> float:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Text files whose lines train the tokenizer (a dataset or a manifest will do).",
 )
-@click.option("--architecture", type=click.Choice(["phi3", "llama"]), default="phi3", show_default=True)
+@click.option(
+    "--architecture",
+    type=click.Choice(["phi3", "llama", "t5"]),
+    default="phi3",
+    show_default=True,
+    help="phi3 or llama (decoders, for causal-lm and classification), t5 (encoder-decoder, for seq2seq).",
+)
 def make_tiny_model(folder: Path, corpus_files: tuple[Path, ...], architecture: str) -> None:
     """Make a tiny model of a real architecture with random weights, for offline demos and
     tests: a tokenizer trained on the corpus and a model saved with save_pretrained."""
+    from kubetune_trainer.tiny import Architecture
     from kubetune_trainer.tiny import make_tiny_model as make
 
     lines = [line for file in corpus_files for line in file.read_text().splitlines() if line.strip()]
-    make(folder, lines, architecture="phi3" if architecture == "phi3" else "llama")
+    chosen: Architecture = "t5" if architecture == "t5" else "llama" if architecture == "llama" else "phi3"
+    make(folder, lines, architecture=chosen)
     click.echo(f"made a tiny {architecture} model in {folder}")
 
 

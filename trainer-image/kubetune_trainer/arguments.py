@@ -1,4 +1,5 @@
-"""The spec's training settings as transformers TrainingArguments: a pure translation."""
+"""The spec's training settings as transformers TrainingArguments (the task's kind of them): a
+pure translation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from kubetune.api import Precision
 from kubetune.api.enums import Optimizer, Scheduler
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.strategy import strategy_arguments
+from kubetune_trainer.tasks import task_for
 
 OPTIMIZERS = {
     Optimizer.ADAMW: "adamw_torch",
@@ -46,16 +48,19 @@ def training_arguments(
     checkpoint_dir: Path,
     has_eval: bool,
     run_name: str | None = None,
+    evaluate_first: bool = False,
+    task_arguments: dict[str, Any] | None = None,
 ) -> Any:
-    from transformers import TrainingArguments
-
+    """The task's TrainingArguments class, filled from the spec. `evaluate_first` measures the
+    evaluation split before the first step (the baseline the run is compared with);
+    `task_arguments` are the task's own (seq2seq: generate in evaluation)."""
     training = spec.training
     if training.warmup_steps is not None:
         warmup: float = training.warmup_steps
     else:
         warmup = training.warmup_ratio if training.warmup_ratio is not None else DEFAULT_WARMUP_RATIO
     evaluate = has_eval and training.eval_interval is not None
-    return TrainingArguments(
+    return task_for(spec.task).arguments_class()(
         output_dir=str(checkpoint_dir),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps or -1,
@@ -78,6 +83,8 @@ def training_arguments(
         logging_first_step=True,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=training.eval_interval if evaluate else None,
+        eval_on_start=has_eval and evaluate_first,
+        label_names=["labels"],
         save_strategy="steps",
         save_steps=spec.checkpoint.interval_steps,
         save_total_limit=spec.checkpoint.keep,
@@ -90,4 +97,5 @@ def training_arguments(
         # NCCL needs GPUs; gloo carries collectives between CPU processes.
         ddp_backend="gloo" if on_cpu and world_size > 1 else None,
         **strategy_arguments(spec, on_cpu),
+        **(task_arguments or {}),
     )

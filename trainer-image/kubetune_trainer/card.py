@@ -7,16 +7,19 @@ from typing import Any
 
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.arguments import learning_rate
+from kubetune_trainer.tasks import task_for
 
 
 def model_card(spec: FineTuneJobSpec, summary: dict[str, Any]) -> str:
     metrics, data, formats = summary["metrics"], summary["data"], summary["output"]["formats"]
     method = spec.method
+    model_class = task_for(spec.task).model_class_name
+    labels = summary.get("labels")
     lines: list[str | None] = [
         "---",
         f"base_model: {summary['model']}",
         "library_name: peft" if method.type.uses_adapter else "library_name: transformers",
-        "tags: [kubetune, " + method.type.value + "]",
+        f"tags: [kubetune, {method.type.value}, {spec.task.value}]",
         "---",
         "",
         f"# Fine-tuned {summary['model']}",
@@ -28,8 +31,10 @@ def model_card(spec: FineTuneJobSpec, summary: dict[str, Any]) -> str:
             else " (every weight)"
         )
         + (f" over a 4-bit {method.quantized.type.value} base" if method.quantized else "")
-        + ".",
+        + f", task **{spec.task.value}**.",
         "",
+        f"Labels, in id order: {', '.join(labels)} (also in `labels.json`)." if labels else None,
+        "" if labels else None,
         "## Data",
         "",
         f"- format: {data['format']}; examples: {data['examples']} read, {data['kept']} trained on",
@@ -49,16 +54,31 @@ def model_card(spec: FineTuneJobSpec, summary: dict[str, Any]) -> str:
         "",
         f"- final training loss: {_number(metrics.get('trainLoss'))}",
         f"- evaluation loss: {_number(metrics.get('evalLoss'))}; perplexity: {_number(metrics.get('perplexity'))}",
+        *_before_and_after(summary),
         f"- trained tokens per second: {_number(metrics.get('tokensPerSecond'))}",
         "",
         "## Files",
         "",
-        "- `adapter/`: load with `PeftModel.from_pretrained(base, 'adapter')`" if "adapter" in formats else None,
-        "- `merged/`: load with `AutoModelForCausalLM.from_pretrained('merged')`" if "merged" in formats else None,
+        f"- `adapter/`: load with `PeftModel.from_pretrained({model_class}.from_pretrained(base"
+        + (", num_labels=len(labels)" if labels else "")
+        + "), 'adapter')`"
+        if "adapter" in formats
+        else None,
+        f"- `merged/`: load with `{model_class}.from_pretrained('merged')`" if "merged" in formats else None,
         "- `metrics.jsonl`: the loss history; `summary.json`: everything above as JSON",
         "",
     ]
     return "\n".join(line for line in lines if line is not None)
+
+
+def _before_and_after(summary: dict[str, Any]) -> list[str]:
+    """One line per figure of the evaluation split: before the first step, and at the end."""
+    metrics = summary["metrics"]
+    return [
+        f"- {name}: {_number(before)} before training, {_number(metrics.get(name))} after"
+        for name, before in (summary.get("baseline") or {}).items()
+        if name not in ("evalLoss", "perplexity")
+    ]
 
 
 def _number(value: Any) -> str:

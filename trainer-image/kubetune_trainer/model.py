@@ -1,6 +1,8 @@
 """The base model and tokenizer, loaded from the spec's source, and the method applied to it.
 
-`apply_method` is the one place the method is dispatched.
+The task decides the model class (and so its head); `apply_method` is the one place the
+method is dispatched. A head the checkpoint lacks is new: it trains in full beside an
+adapter and is saved with it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from kubetune_trainer.engine import full_elements
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.tasks import task_for
 
 ALL_LINEAR = "all-linear"
 
@@ -127,11 +131,14 @@ def load_tokenizer(source: ModelSource, runtime: Runtime) -> Any:
     return tokenizer
 
 
-def quantization_config(quant: QuantizationSpec, storage: torch.dtype) -> Any:
+def quantization_config(quant: QuantizationSpec, storage: torch.dtype, keep: tuple[str, ...] = ()) -> Any:
+    """4-bit settings; the modules named in `keep` (a task's new head) stay in full precision,
+    since they train in full."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
+        llm_int8_skip_modules=list(keep) or None,
         bnb_4bit_quant_type=quant.type.value,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=DTYPES[Precision(quant.compute_dtype.value)],
@@ -141,19 +148,32 @@ def quantization_config(quant: QuantizationSpec, storage: torch.dtype) -> Any:
     )
 
 
-def load_model(spec: FineTuneJobSpec, source: ModelSource, precision: Precision, runtime: Runtime) -> Any:
-    """The base model in the dtype the method needs: adapters train over a base in the
-    compute dtype; full fine-tuning keeps fp32 master weights under mixed precision."""
-    from transformers import AutoModelForCausalLM
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any
+    new_modules: tuple[str, ...] = ()
+    """Modules whose weights the checkpoint lacks (a classification head): they start random."""
 
+
+def load_model(
+    spec: FineTuneJobSpec,
+    source: ModelSource,
+    precision: Precision,
+    runtime: Runtime,
+    task_settings: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """The base model with the task's head, in the dtype the method needs: adapters train over
+    a base in the compute dtype; full fine-tuning keeps fp32 master weights under mixed
+    precision. `task_settings` go to the model's config (a classifier's labels)."""
+    task = task_for(spec.task)
     compute = DTYPES[precision]
     dtype = torch.float32 if spec.method.type is MethodType.FULL else compute
     quant = spec.method.quantized
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(task_settings or {})
     if quant is not None:
-        kwargs["quantization_config"] = quantization_config(quant, storage=compute)
+        kwargs["quantization_config"] = quantization_config(quant, storage=compute, keep=task.head_names)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = task.model_class().from_pretrained(
             source.location,
             revision=source.revision,
             token=source.token,
@@ -161,14 +181,28 @@ def load_model(spec: FineTuneJobSpec, source: ModelSource, precision: Precision,
             dtype=dtype,
             attn_implementation="sdpa",
             cache_dir=_cache(runtime),
+            output_loading_info=True,
             **kwargs,
         )
     except OSError as error:
         raise InvalidSpec(f"cannot load model {source.display}: {error}") from None
+    except ValueError as error:  # transformers' word for a model without the task's head class
+        raise InvalidSpec(f"cannot load model {source.display} for {spec.task}: {error}") from None
     # No key/value cache in training: it costs memory, and its presence stops transformers
     # from isolating the examples of a packed sequence from each other.
     model.config.use_cache = False
-    return model
+    return LoadedModel(model, new_modules(model, info["missing_keys"]))
+
+
+def new_modules(model: Any, missing_keys: Iterable[str]) -> tuple[str, ...]:
+    """The smallest modules that hold every missing weight, by name ("classifier")."""
+    names = {name for name, _ in model.named_modules() if name}
+    found = set()
+    for key in missing_keys:
+        owner = key.rsplit(".", 1)[0]
+        if owner in names:
+            found.add(owner)
+    return tuple(sorted(found))
 
 
 def target_modules(lora: LoraSpec, preset: Preset | None) -> list[str] | str:
@@ -179,10 +213,13 @@ def target_modules(lora: LoraSpec, preset: Preset | None) -> list[str] | str:
     return list(preset.target_modules) if preset else ALL_LINEAR
 
 
-def apply_method(model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None = None) -> Any:
+def apply_method(
+    loaded: LoadedModel, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None = None
+) -> Any:
     """Make the model trainable as the method says: every weight, or adapters over a frozen
-    (possibly 4-bit) base. The only dispatch on the method."""
+    (possibly 4-bit) base with any new head trained in full. The only dispatch on the method."""
     method = spec.method
+    model = loaded.model
     match method.type:
         case MethodType.FULL:
             model.requires_grad_(True)
@@ -190,11 +227,13 @@ def apply_method(model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             return model
         case MethodType.LORA | MethodType.DORA | MethodType.QLORA:
-            return _with_adapter(model, spec, source, adapter_from)
+            return _with_adapter(model, spec, source, adapter_from, loaded.new_modules)
     raise AssertionError(f"unhandled method {method.type}")
 
 
-def _with_adapter(model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None) -> Any:
+def _with_adapter(
+    model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None, heads: tuple[str, ...]
+) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing = spec.training.gradient_checkpointing
@@ -208,19 +247,42 @@ def _with_adapter(model: Any, spec: FineTuneJobSpec, source: ModelSource, adapte
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if adapter_from is not None:
-        return PeftModel.from_pretrained(model, adapter_from, is_trainable=True)
+        return _trained_in_fp32(PeftModel.from_pretrained(model, adapter_from, is_trainable=True))
     lora = spec.method.adapter
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=target_modules(lora, source.preset),
-        modules_to_save=list(lora.modules_to_save) or None,
+        # A new head has nothing to adapt: it trains in full, and the adapter carries it.
+        exclude_modules=list(heads) or None,
+        modules_to_save=list(dict.fromkeys([*lora.modules_to_save, *heads])) or None,
         use_dora=spec.method.type is MethodType.DORA,
         use_rslora=lora.use_rslora,
-        task_type="CAUSAL_LM",
+        task_type=task_for(spec.task).peft_task_type,
     )
-    return get_peft_model(model, config)
+    return _trained_in_fp32(get_peft_model(model, config))
+
+
+def _trained_in_fp32(model: Any) -> Any:
+    """Modules trained in full beside the adapters (a new head) keep fp32 weights, as peft
+    keeps the adapters' (ZeRO-3 takes a single dtype for every trained weight), and, as the
+    adapters do, cast what comes in to their own dtype: DeepSpeed feeds them 16-bit states
+    without autocast."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for wrapper in model.modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper):
+            continue
+        for copy in wrapper.modules_to_save.values():
+            for parameter in copy.parameters():
+                parameter.data = parameter.data.float()
+            copy.register_forward_pre_hook(_inputs_to_fp32)
+    return model
+
+
+def _inputs_to_fp32(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:

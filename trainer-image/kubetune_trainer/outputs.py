@@ -17,6 +17,8 @@ from kubetune_trainer.hardware import DTYPES
 from kubetune_trainer.model import ModelSource
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.storage import Bucket
+from kubetune_trainer.tasks import task_for
+from kubetune_trainer.tasks.labels import LabelMap
 
 
 def check_formats(spec: FineTuneJobSpec) -> None:
@@ -36,9 +38,12 @@ def write_outputs(
     scratch: Path,
     runtime: Runtime,
     barrier: Callable[[], None],
+    task_settings: dict[str, Any] | None = None,
+    labels: LabelMap | None = None,
 ) -> list[OutputFormat]:
     """Every rank takes part in saving (ZeRO-3 and FSDP gather the shards); rank 0 alone
-    writes the tokenizer and does the merge, outside the training engine."""
+    writes the tokenizer and the label names beside each output, and does the merge,
+    outside the training engine. `task_settings` rebuild the task's head for the merge."""
     formats = spec.output.formats_for(spec.method.type)
     # A merge needs the adapter on disk even when the adapter itself is not asked for.
     adapter_dir = out / "adapter" if OutputFormat.ADAPTER in formats else scratch / "adapter-to-merge"
@@ -53,27 +58,42 @@ def write_outputs(
             tokenizer.save_pretrained(adapter_dir)
         if OutputFormat.MERGED in formats:
             if spec.method.type.uses_adapter:
-                _merge(source, adapter_dir, merged_dir, precision)
+                _merge(spec, source, adapter_dir, merged_dir, precision, task_settings or {})
             tokenizer.save_pretrained(merged_dir)
+        if labels is not None:
+            for folder in (out, adapter_dir, merged_dir):
+                if folder is out or folder.is_dir():
+                    labels.save(folder)
     barrier()
     return formats
 
 
-def _merge(source: ModelSource, adapter_dir: Path, merged_dir: Path, precision: Precision) -> None:
+def _merge(
+    spec: FineTuneJobSpec,
+    source: ModelSource,
+    adapter_dir: Path,
+    merged_dir: Path,
+    precision: Precision,
+    task_settings: dict[str, Any],
+) -> None:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     # While a ZeRO-3 config is registered, from_pretrained builds empty sharded weights.
     unset_hf_deepspeed_config()
     # fp16 merges lose precision in the added deltas; bf16 and fp32 keep them.
     dtype = DTYPES[precision if precision is not Precision.FP16 else Precision.FP32]
-    base = AutoModelForCausalLM.from_pretrained(
-        source.location,
-        revision=source.revision,
-        token=source.token,
-        trust_remote_code=source.trust_remote_code,
-        dtype=dtype,
+    base = (
+        task_for(spec.task)
+        .model_class()
+        .from_pretrained(
+            source.location,
+            revision=source.revision,
+            token=source.token,
+            trust_remote_code=source.trust_remote_code,
+            dtype=dtype,
+            **task_settings,
+        )
     )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(merged_dir, safe_serialization=True)

@@ -10,23 +10,26 @@ from pathlib import Path
 
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
-from kubetune_trainer.data.pipeline import read_dataset, tokenize_dataset
-from kubetune_trainer.data.tokenize import ensure_chat_template
+from kubetune_trainer.data.pipeline import label_map, read_dataset, tokenize_dataset
 from kubetune_trainer.errors import TrainerError
 from kubetune_trainer.model import load_tokenizer, resolve_source
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
+from kubetune_trainer.tasks import task_for
 
 log = logging.getLogger("kubetune_trainer.preflight")
 
 
 def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
     """The data summary of a dataset that passed, or a TrainerError saying why it did not."""
-    examples = read_dataset(spec.dataset, runtime, spec.training.seed)
+    examples = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
+    labels = label_map(examples, spec.dataset, spec.task)
     tokenizer = load_tokenizer(resolve_source(spec, runtime), runtime)
-    ensure_chat_template(tokenizer)
-    data = tokenize_dataset(examples, spec.dataset, tokenizer)
+    task_for(spec.task).prepare_tokenizer(tokenizer)
+    data = tokenize_dataset(examples, spec.dataset, tokenizer, spec.task, labels)
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
+    if labels is not None:
+        stats["labels"] = list(labels.names)
     return {
         "status": "Succeeded",
         "reason": "DataValid",

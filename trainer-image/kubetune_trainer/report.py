@@ -1,6 +1,6 @@
-"""The run report a person opens: report.html (self-contained, the plot embedded) and
-loss.png beside the outputs. Built from the summary alone, so the same report can be
-made again from summary.json."""
+"""The run report a person opens: report.html (self-contained, the plots embedded), loss.png
+and, for classification, confusion.png beside the outputs. Built from the summary alone, so
+the same report can be made again from summary.json."""
 
 from __future__ import annotations
 
@@ -52,6 +52,35 @@ def plot(history: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
+def plot_confusion(labels: list[str], matrix: list[list[int]]) -> bytes:
+    """The confusion matrix as PNG: true labels down, predicted labels across, counts in the
+    cells, each row shaded by its share so that rare classes read as clearly as common ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    shares = [[count / max(sum(row), 1) for count in row] for row in matrix]
+    size = min(4 + 0.45 * len(labels), 16)
+    figure, axes = pyplot.subplots(figsize=(size, size))
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if len(labels) <= 30:
+        for row, counts in enumerate(matrix):
+            for column, count in enumerate(counts):
+                dark = shares[row][column] > 0.5
+                axes.text(column, row, str(count), ha="center", va="center", color="white" if dark else "black")
+    axes.set_title("evaluation split after training")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    pyplot.close(figure)
+    return buffer.getvalue()
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_text(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
@@ -63,7 +92,32 @@ def _text(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
-def render_html(summary: dict[str, Any], spec: FineTuneJobSpec, png: bytes) -> str:
+def _before_and_after(summary: dict[str, Any]) -> str:
+    """The task's figures on the evaluation split, before the first step and at the end."""
+    baseline, metrics = summary.get("baseline") or {}, summary.get("metrics", {})
+    if not baseline:
+        return ""
+    cells = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{_text(before)}</td><td>{_text(metrics.get(name))}</td></tr>"
+        for name, before in baseline.items()
+    )
+    return (
+        "<h2>Evaluation before and after training</h2>\n"
+        f"<table><tr><th>figure</th><th>before</th><th>after</th></tr>{cells}</table>"
+    )
+
+
+def _confusion(summary: dict[str, Any], picture: bytes | None) -> str:
+    if picture is None:
+        return ""
+    image = base64.b64encode(picture).decode()
+    return (
+        "<h2>Confusion matrix</h2>\n"
+        f'<img alt="confusion matrix of the evaluation split" src="data:image/png;base64,{image}">'
+    )
+
+
+def render_html(summary: dict[str, Any], spec: FineTuneJobSpec, png: bytes, confusion: bytes | None = None) -> str:
     metrics, data = summary.get("metrics", {}), summary.get("data", {})
     samples = summary.get("samples", [])
     sample_rows = "".join(
@@ -85,12 +139,15 @@ th {{ background: #f3f3f3; }} pre {{ background: #f6f6f6; padding: 1rem; overflo
 </style></head><body>
 <h1>Fine-tuning report</h1>
 <p class="status">{html.escape(str(summary.get("status")))}: {html.escape(str(summary.get("message", "")))}</p>
-<p>{html.escape(str(summary.get("method", "")))} on {html.escape(str(summary.get("model", "")))};
+<p>{html.escape(str(summary.get("task", "causal-lm")))} with {html.escape(str(summary.get("method", "")))}
+on {html.escape(str(summary.get("model", "")))};
 output in <code>{html.escape(str(summary.get("output", {}).get("location", "")))}</code></p>
 <h2>Training curves</h2>
 <img alt="loss, learning rate and tokens per second by step" src="data:image/png;base64,{image}">
 <h2>Final metrics</h2>
 {_table(sorted(metrics.items()))}
+{_before_and_after(summary)}
+{_confusion(summary, confusion)}
 <h2>Data</h2>
 {_table(sorted(data.items()))}
 <h2>Answers before and after training</h2>
@@ -104,4 +161,8 @@ output in <code>{html.escape(str(summary.get("output", {}).get("location", "")))
 def write_report(summary: dict[str, Any], spec: FineTuneJobSpec, folder: Path) -> None:
     png = plot(summary.get("history", []))
     (folder / "loss.png").write_bytes(png)
-    (folder / "report.html").write_text(render_html(summary, spec, png))
+    confusion = None
+    if "confusion" in summary:
+        confusion = plot_confusion(summary["confusion"]["labels"], summary["confusion"]["matrix"])
+        (folder / "confusion.png").write_bytes(confusion)
+    (folder / "report.html").write_text(render_html(summary, spec, png, confusion))

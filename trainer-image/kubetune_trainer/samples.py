@@ -1,12 +1,15 @@
 """Sample answers before and after training, so a person sees what the run changed.
 
 Prompts come from the evaluation examples (else the training ones); each sample shows
-the expected answer, the base model's answer and the tuned model's answer.
+the expected answer, the base model's answer and the tuned model's answer. Each task picks
+its samples and answers them its own way (`kubetune_trainer.tasks`); the greedy generation
+here serves the tasks that write text.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +26,8 @@ class Sample:
     expected: str
     before: str = ""
     after: str = ""
+    example: Any = field(default=None, repr=False)
+    """The example the prompt shows, for answers that need more than its text."""
 
     def as_dict(self) -> dict[str, str]:
         return {"prompt": self.prompt, "expected": self.expected, "before": self.before, "after": self.after}
@@ -51,7 +56,12 @@ def answer(model: Any, tokenizer: Any, example_prompt: str, conversation: bool) 
         )
     else:
         text = example_prompt
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not conversation).to(model.device)
+    return generate(model, tokenizer, text, add_special_tokens=not conversation)
+
+
+def generate(model: Any, tokenizer: Any, text: str, add_special_tokens: bool = True) -> str:
+    """The greedy continuation of a text (for an encoder-decoder, what the decoder writes)."""
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=add_special_tokens).to(model.device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -63,9 +73,11 @@ def answer(model: Any, tokenizer: Any, example_prompt: str, conversation: bool) 
             use_cache=True,
         )
     model.train(was_training)
-    return str(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
+    written = output[0] if model.config.is_encoder_decoder else output[0, inputs["input_ids"].shape[1] :]
+    return str(tokenizer.decode(written, skip_special_tokens=True)).strip()
 
 
-def fill(samples: list[Sample], model: Any, tokenizer: Any, conversation: bool, field: str) -> None:
+def fill(samples: list[Sample], respond: Callable[[Sample], str], moment: str) -> None:
+    """Record each sample's answer as of `moment` (before or after)."""
     for sample in samples:
-        setattr(sample, field, answer(model, tokenizer, sample.prompt, conversation))
+        setattr(sample, moment, respond(sample))

@@ -3,15 +3,19 @@ trained on the spot: for tests, for the quickstart and for anyone without a Hub.
 
 They load through the same `from_pretrained` path as a real model on a volume. Large
 initial weights (initializer_range 0.2) let a LoRA memorise a small dataset quickly.
+Decoders (phi3, llama) serve causal-lm and the classification tasks; the encoder-decoder
+(t5) serves seq2seq.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-Architecture = Literal["phi3", "llama"]
+Architecture = Literal["phi3", "llama", "t5"]
+
+T5_SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 
@@ -36,28 +40,15 @@ def make_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Write a tokenizer trained on `corpus` and a randomly initialised model to `folder`."""
+    if architecture == "t5":
+        return _make_tiny_t5(folder, corpus, hidden_size, layers, vocab_size, seed)
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        Phi3Config,
-        Phi3ForCausalLM,
-        PreTrainedModel,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, PreTrainedModel
 
-    tokenizer_model = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer_model.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer_model.train_from_iterator(list(corpus), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer_model,
+    tokenizer = _bpe_tokenizer(
+        corpus,
+        vocab_size,
+        SPECIAL_TOKENS,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="<|endoftext|>",
@@ -89,3 +80,56 @@ def make_tiny_model(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _make_tiny_t5(
+    folder: Path, corpus: Iterable[str], hidden_size: int, layers: int, vocab_size: int, seed: int
+) -> Path:
+    """A T5 encoder-decoder whose tokenizer, like T5's own, ends every text with </s>."""
+    import torch
+    from tokenizers import processors
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = _bpe_tokenizer(
+        corpus, vocab_size, T5_SPECIAL_TOKENS, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    eos = tokenizer.eos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=hidden_size,
+        d_kv=hidden_size // 4,
+        d_ff=hidden_size * 2,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=4,
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+    )
+    config.decoder_start_token_id = tokenizer.pad_token_id  # as in every T5: the decoder starts from padding
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _bpe_tokenizer(corpus: Iterable[str], vocab_size: int, special: list[str], **roles: Any) -> Any:
+    """A byte-level BPE tokenizer trained on the corpus; `roles` name its special tokens
+    (unk_token, eos_token, ...) as transformers' tokenizers take them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer_model = Tokenizer(models.BPE(unk_token=roles.get("unk_token")))
+    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer_model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer_model.train_from_iterator(list(corpus), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer_model, **roles)

@@ -17,17 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
-from kubetune.api import DataFormat
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.catalog import Strategy
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
-from kubetune_trainer.data.collate import PackedCollator, PaddingCollator
-from kubetune_trainer.data.pipeline import read_dataset, tokenize_dataset
-from kubetune_trainer.data.tokenize import ensure_chat_template
+from kubetune_trainer.data.pipeline import label_map, read_dataset, tokenize_dataset
 from kubetune_trainer.engine import EngineCheck, engine_facts, record
 from kubetune_trainer.errors import Interrupted, InvalidSpec
 from kubetune_trainer.hardware import Hardware
@@ -50,35 +47,12 @@ from kubetune_trainer.outputs import (
 from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
-from kubetune_trainer.samples import fill, pick
+from kubetune_trainer.samples import SAMPLES, fill
+from kubetune_trainer.tasks import task_for
 from kubetune_trainer.tracking import tracking_environment
+from kubetune_trainer.trainers import ListDataset
 
 log = logging.getLogger(__name__)
-
-
-class ListDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    def __init__(self, items: Sequence[Any]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.items[index]
-
-
-class CountingTrainer(Trainer):
-    """A Trainer that counts trained (non-padding) tokens from the collator's figure."""
-
-    def __init__(self, *args: Any, meter: TokenMeter, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.meter = meter
-
-    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        tokens = inputs.pop("num_tokens", None)
-        if tokens is not None and model.training:
-            self.meter.tokens += int(tokens)
-        return super().compute_loss(model, inputs, *args, **kwargs)
 
 
 @dataclass
@@ -114,18 +88,21 @@ def train(
     hardware = Hardware.detect()
     precision = hardware.precision(spec.training.precision)
     check_formats(spec)
+    task = task_for(spec.task)
     out = output_folder(spec, runtime)
     checkpoint_dir = checkpoint_folder(spec, runtime, out)
-    examples = read_dataset(spec.dataset, runtime, spec.training.seed)
+    examples = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
+    labels = label_map(examples, spec.dataset, spec.task)
 
     source = fetch_once(resolve_source(spec, runtime), runtime)
     tokenizer = load_tokenizer(source, runtime)
-    default_template = ensure_chat_template(tokenizer)
-    data = tokenize_dataset(examples, spec.dataset, tokenizer)
+    default_template = task.prepare_tokenizer(tokenizer)
+    data = tokenize_dataset(examples, spec.dataset, tokenizer, spec.task, labels)
     log.info("data: %s", data.stats.as_dict())
 
     # The arguments come before the model: under ZeRO-3 they set up the process group and
     # make from_pretrained place each rank's shard straight away.
+    resume = newest_complete(checkpoint_dir)
     os.environ.update(tracking_environment(spec, runtime, out))
     args = training_arguments(
         spec,
@@ -135,10 +112,15 @@ def train(
         checkpoint_dir,
         bool(data.eval),
         run_name=runtime.job_name,
+        # A resumed run has no untrained model left to measure.
+        evaluate_first=resume is None,
+        task_arguments=task.arguments(data.eval, spec.dataset),
     )
     if args.deepspeed:
         _start_deepspeed(args, checkpoint_dir, runtime)
-    model = apply_method(load_model(spec, source, precision, runtime), spec, source, _warm_start(spec, runtime))
+    settings = task.model_kwargs(labels, tokenizer)
+    loaded = load_model(spec, source, precision, runtime, settings)
+    model = apply_method(loaded, spec, source, _warm_start(spec, runtime))
     trainable, total = trainable_parameters(model)
     log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
 
@@ -148,24 +130,26 @@ def train(
         meter, runtime.world_size, out / "metrics.jsonl" if runtime.is_main else None, list(listeners)
     )
     stopper = StopOnSignal()
-    collator = (PackedCollator if spec.dataset.packing else PaddingCollator)(tokenizer.pad_token_id)
-    trainer = CountingTrainer(
+    scorer = task.metrics(tokenizer, labels)
+    trainer = task.trainer_class()(
         model=model,
         args=args,
         train_dataset=ListDataset(data.train),
         eval_dataset=ListDataset(data.eval) if data.eval else None,
-        data_collator=collator,
+        data_collator=task.collator(tokenizer, spec.dataset),
         processing_class=tokenizer,
+        compute_metrics=scorer,
+        preprocess_logits_for_metrics=scorer.preprocess if scorer else None,
         callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, _barrier), stopper],
         meter=meter,
     )
-    conversation = data.format in (DataFormat.CHAT, DataFormat.INSTRUCTION)
-    chosen = pick(examples.eval or examples.train) if runtime.is_main and _whole_model(spec) else []
+    respond = task.answerer(model, tokenizer, labels, data.format)
+    shown = examples.eval or examples.train
+    chosen = task.pick(shown, labels, SAMPLES) if runtime.is_main and _whole_model(spec) else []
     if not spec.method.type.uses_adapter:
-        fill(chosen, model, tokenizer, conversation, "before")
+        fill(chosen, respond, "before")
     trainer.add_callback(EngineCheck(trainer, spec.distributed.strategy))
     trainer.remove_callback(PrinterCallback)  # the tracker logs each record, and listeners show progress
-    resume = newest_complete(checkpoint_dir)
     if resume is not None:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -183,17 +167,20 @@ def train(
         "precision": precision.value,
         "trainRuntimeSeconds": round(result.metrics.get("train_runtime", 0.0), 2),
     }
+    baseline: dict[str, float] = {}
     if data.eval:
-        evaluation = trainer.evaluate()
-        metrics["evalLoss"] = evaluation["eval_loss"]
-        metrics["perplexity"] = float(torch.exp(torch.tensor(evaluation["eval_loss"])))
+        metrics |= task.summary_figures(trainer.evaluate())
+        baseline = task.summary_figures(_evaluation_at_start(tracker.history))
     if spec.method.type.uses_adapter:
-        # The base model is the adapter switched off: no generation touches a 4-bit base
-        # before training (bitsandbytes repacks CPU weights on their first inference).
+        # The base model is the adapter switched off (and a new head as it was initialised):
+        # no generation touches a 4-bit base before training (bitsandbytes repacks CPU
+        # weights on their first inference).
         with model.disable_adapter():
-            fill(chosen, model, tokenizer, conversation, "before")
-    fill(chosen, model, tokenizer, conversation, "after")
-    formats = write_outputs(trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, _barrier)
+            fill(chosen, respond, "before")
+    fill(chosen, respond, "after")
+    formats = write_outputs(
+        trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, _barrier, settings, labels
+    )
     metrics["wallSeconds"] = round(time.monotonic() - started, 2)
     summary = {
         "status": "Succeeded",
@@ -205,9 +192,15 @@ def train(
         "data": data.stats.as_dict() | {"defaultChatTemplate": default_template},
         "model": source.display,
         "method": spec.method.type.value,
+        "task": spec.task.value,
+        "baseline": baseline,
         "history": tracker.history,
         "samples": [sample.as_dict() for sample in chosen],
     }
+    if labels is not None:
+        summary["labels"] = list(labels.names)
+    if scorer is not None:
+        summary |= scorer.details  # the final evaluation's confusion matrix, for classification
     if runtime.is_main:
         (out / "README.md").write_text(model_card(spec, summary))
         write_report(summary, spec, out)
@@ -245,6 +238,12 @@ def _whole_model(spec: FineTuneJobSpec) -> bool:
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def _evaluation_at_start(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The evaluation before the first step (the untrained model), or nothing when the run
+    did not start from step 0."""
+    return next((record for record in history if record.get("step") == 0 and "eval_loss" in record), {})
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float | None:

@@ -9,6 +9,7 @@ from kubetune.api.enums import (
     Phase,
     Precision,
     StrategyType,
+    TaskType,
     Truncation,
 )
 from kubetune.api.problems import InvalidSpec, Problem
@@ -45,6 +46,7 @@ __all__ = [
     "Problem",
     "Progress",
     "StrategyType",
+    "TaskType",
     "Truncation",
     "parse_finetunejob",
 ]

@@ -45,6 +45,36 @@ class DataFormat(enum.StrEnum):
     INSTRUCTION = "instruction"
     PROMPT_COMPLETION = "prompt-completion"
     TEXT = "text"
+    TEXT_LABEL = "text-label"
+    TOKENS_TAGS = "tokens-tags"
+    SOURCE_TARGET = "source-target"
+
+
+class TaskType(enum.StrEnum):
+    """What the model learns to do, which decides its head, its data and its metrics."""
+
+    CAUSAL_LM = "causal-lm"
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    TOKEN_CLASSIFICATION = "token-classification"
+    SEQ2SEQ = "seq2seq"
+
+    @property
+    def formats(self) -> tuple[DataFormat, ...]:
+        """The data formats the task reads, in the order `auto` tries them."""
+        return TASK_FORMATS[self]
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the task predicts one of a closed set of labels (and saves their names)."""
+        return self in {TaskType.SEQUENCE_CLASSIFICATION, TaskType.TOKEN_CLASSIFICATION}
+
+
+TASK_FORMATS: dict[TaskType, tuple[DataFormat, ...]] = {
+    TaskType.CAUSAL_LM: (DataFormat.CHAT, DataFormat.INSTRUCTION, DataFormat.PROMPT_COMPLETION, DataFormat.TEXT),
+    TaskType.SEQUENCE_CLASSIFICATION: (DataFormat.TEXT_LABEL,),
+    TaskType.TOKEN_CLASSIFICATION: (DataFormat.TOKENS_TAGS,),
+    TaskType.SEQ2SEQ: (DataFormat.SOURCE_TARGET, DataFormat.PROMPT_COMPLETION),
+}
 
 
 class Truncation(enum.StrEnum):

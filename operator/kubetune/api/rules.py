@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from kubetune.api.enums import MethodType, StrategyType, TrackingBackend
+from kubetune.api.enums import TASK_FORMATS, DataFormat, MethodType, StrategyType, TaskType, TrackingBackend
 from kubetune.api.problems import Problem
+from kubetune.api.tasks import task_row
 from kubetune.catalog import presets, support_row
 
 if TYPE_CHECKING:
@@ -177,6 +178,37 @@ def _dataset(spec: FineTuneJobSpec) -> Iterator[Problem]:
         yield Problem("dataset.evaluation", "set exactly one of: fraction, source")
 
 
+def _task(spec: FineTuneJobSpec) -> Iterator[Problem]:
+    task, dataset = spec.task, spec.dataset
+    if dataset.format is not DataFormat.AUTO and dataset.format not in task.formats:
+        readers = ", ".join(t.value for t, formats in TASK_FORMATS.items() if dataset.format in formats)
+        yield Problem(
+            "dataset.format",
+            f"task {task} reads {', '.join(f.value for f in task.formats)}; {dataset.format} is for {readers}",
+        )
+    if dataset.labels is not None:
+        if not task.has_labels:
+            yield Problem("dataset.labels", f"labels name the classes of a classification task; {task} has none")
+        elif len(set(dataset.labels)) != len(dataset.labels):
+            yield Problem("dataset.labels", "lists a label twice")
+    if task is TaskType.CAUSAL_LM:
+        return
+    if dataset.packing:
+        yield Problem("dataset.packing", f"packing joins examples of causal-lm; {task} takes one example per sequence")
+    preset = presets().get(spec.model.preset) if spec.model.preset else None
+    if task is TaskType.SEQ2SEQ and preset is not None and preset.architecture.endswith("ForCausalLM"):
+        yield Problem(
+            "task",
+            f"seq2seq needs an encoder-decoder model (T5, BART, ...); preset {spec.model.preset} is decoder-only "
+            "(use causal-lm with prompt-completion data instead)",
+        )
+    strategy = spec.matrix_strategy
+    row = task_row(task, strategy) if strategy is not None else None
+    if strategy is not None and (row is None or not row.supported):
+        reason = row.reason if row is not None and row.reason else "not in the support matrix"
+        yield Problem("distributed.strategy", f"{task} x {strategy} is not supported: {reason}")
+
+
 def _output(spec: FineTuneJobSpec) -> Iterator[Problem]:
     hub = spec.output.hugging_face
     if hub is not None and hub.token_secret is None:
@@ -202,6 +234,7 @@ RULES: tuple[Rule, ...] = (
     _storage,
     _training,
     _dataset,
+    _task,
     _output,
     _resources,
 )

@@ -37,6 +37,7 @@ from kubetune.api.enums import (
     QuantType,
     Scheduler,
     StrategyType,
+    TaskType,
     TrackingBackend,
     Truncation,
 )
@@ -201,17 +202,28 @@ class DatasetSpec(DatasetSource):
     """The training data: one source, its format, and how examples become sequences."""
 
     format: DataFormat = DataFormat.AUTO
-    """chat (OpenAI-style messages), instruction (instruction/input/output), prompt-completion,
-    text, or auto (detected from the first rows, and reported)."""
+    """For causal-lm: chat (OpenAI-style messages), instruction (instruction/input/output),
+    prompt-completion or text. For sequence-classification: text-label (text, an optional
+    text_pair, and label). For token-classification: tokens-tags (tokens and tags, lists of
+    equal length, one tag per word). For seq2seq: source-target (source and target) or
+    prompt-completion. auto: detected from the first row among the task's formats, and reported."""
+    labels: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=2, max_length=1024)]
+        | None
+    ) = None
+    """Label names in id order, for sequence- and token-classification (for BIO tags: O,
+    B-PER, I-PER, ...). Labels given as numbers in the data are ids into this list. Default:
+    the names found in the training data, sorted (numbers stand for themselves)."""
     max_seq_length: Annotated[int, Field(ge=16, le=1_048_576)] = 2048
-    """Longest sequence in tokens."""
+    """Longest sequence in tokens (for seq2seq: the source, and the target each)."""
     truncation: Truncation = Truncation.TRUNCATE
     """What to do with a longer example: truncate it, or drop it. Both are counted."""
     packing: bool = False
     """Pack several examples into each sequence (no attention across examples where the
-    model supports it) instead of padding."""
+    model supports it) instead of padding. causal-lm only."""
     completion_only_loss: bool = True
-    """Train only on assistant or completion tokens; false trains on the prompt as well."""
+    """Train only on assistant or completion tokens; false trains on the prompt as well.
+    causal-lm only (the other tasks learn only their labels or targets)."""
     evaluation: EvaluationSpec | None = None
     """Evaluation split: a fraction of the data or a separate source. Default: none."""
     preflight: bool = True
@@ -481,6 +493,13 @@ class OutputSpec(OneOf):
 class FineTuneJobSpec(ApiModel):
     """A fine-tuning run: model, data, method, compute, and where the result goes."""
 
+    task: TaskType = TaskType.CAUSAL_LM
+    """What the model learns. causal-lm: to continue text (chat, instructions, completions,
+    plain text). sequence-classification: one label per text (reports accuracy and macro-F1).
+    token-classification: one tag per word, e.g. BIO entity tags (reports entity-level
+    precision, recall and F1). seq2seq: an encoder-decoder model (T5, BART) writes a target
+    from a source, e.g. translation or summarisation (reports BLEU). A classification head is
+    new, so it trains in full beside the adapter and is saved with it."""
     model: ModelSpec
     """The base model."""
     dataset: DatasetSpec

@@ -208,6 +208,62 @@ CASES: list[tuple[str, Callable[[Manifest], None], str, str]] = [
         "spec.training.tracking.credentialsSecret",
         "WANDB_API_KEY",
     ),
+    ("unknown task", _set("spec.task", "image-classification"), "spec.task", "sequence-classification"),
+    (
+        "chat data for a classifier",
+        _set("spec.task", "sequence-classification"),
+        "spec.dataset.format",
+        "task sequence-classification reads text-label; instruction is for causal-lm",
+    ),
+    (
+        "classification data for a language model",
+        _set("spec.dataset.format", "tokens-tags"),
+        "spec.dataset.format",
+        "tokens-tags is for token-classification",
+    ),
+    (
+        "labels for a generation task",
+        _set("spec.dataset.labels", ["yes", "no"]),
+        "spec.dataset.labels",
+        "causal-lm has none",
+    ),
+    (
+        "a label named twice",
+        _all(
+            _set("spec.task", "sequence-classification"),
+            _set("spec.dataset.format", "text-label"),
+            _set("spec.dataset.labels", ["yes", "no", "yes"]),
+        ),
+        "spec.dataset.labels",
+        "twice",
+    ),
+    (
+        "packed classification examples",
+        _all(
+            _set("spec.task", "sequence-classification"),
+            _set("spec.dataset.format", "auto"),
+            _set("spec.dataset.packing", True),
+        ),
+        "spec.dataset.packing",
+        "one example per sequence",
+    ),
+    (
+        "a task on a strategy the task rows refuse",
+        _all(
+            _set("spec.task", "sequence-classification"),
+            _set("spec.dataset.format", "text-label"),
+            _set("spec.resources.accelerators", 2),
+            _set("spec.distributed.strategy", "fsdp"),
+        ),
+        "spec.distributed.strategy",
+        "sequence-classification x fsdp is not supported: FSDP has not been checked with this task on GPUs yet",
+    ),
+    (
+        "seq2seq on a decoder-only preset",
+        _all(_set("spec.task", "seq2seq"), _set("spec.dataset.format", "source-target")),
+        "spec.task",
+        "encoder-decoder",
+    ),
 ]
 
 

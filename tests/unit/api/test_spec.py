@@ -2,15 +2,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.api import FineTuneJob, FineTuneJobSpec, MethodType, OutputFormat, parse_finetunejob
+from kubetune.api import DataFormat, FineTuneJob, FineTuneJobSpec, MethodType, OutputFormat, TaskType, parse_finetunejob
 from kubetune.api.enums import QuantType, StrategyType
 from kubetune.api.resource import dump_spec
+from kubetune.api.tasks import task_row, task_rows
 from kubetune.catalog import Strategy
 
 
 def test_minimal_manifest_gets_the_defaults_a_person_expects(job: dict[str, Any]) -> None:
     spec = parse_finetunejob(job).spec
 
+    assert spec.task is TaskType.CAUSAL_LM
     assert spec.method.type is MethodType.LORA
     assert (spec.method.adapter.r, spec.method.adapter.alpha) == (16, 32)
     assert spec.method.quantized is None
@@ -106,3 +108,39 @@ def test_dumped_spec_reads_back_equal_with_its_defaults(job: dict[str, Any]) -> 
 
     assert again == spec
     assert '"epochs"' not in dump_spec(spec)
+
+
+def test_each_task_reads_its_own_formats_and_auto_tries_them_in_order() -> None:
+    assert TaskType.CAUSAL_LM.formats[0] is DataFormat.CHAT
+    assert TaskType.SEQUENCE_CLASSIFICATION.formats == (DataFormat.TEXT_LABEL,)
+    assert TaskType.TOKEN_CLASSIFICATION.formats == (DataFormat.TOKENS_TAGS,)
+    assert TaskType.SEQ2SEQ.formats == (DataFormat.SOURCE_TARGET, DataFormat.PROMPT_COMPLETION)
+    every = {fmt for task in TaskType for fmt in task.formats}
+    assert every == set(DataFormat) - {DataFormat.AUTO}
+
+
+def test_classification_job_with_its_labels_is_valid(job: dict[str, Any]) -> None:
+    job["spec"]["task"] = "token-classification"
+    job["spec"]["model"] = {"huggingFace": {"repo": "sentence-transformers/all-MiniLM-L6-v2"}}
+    job["spec"]["dataset"] = {
+        "configMap": {"name": "ner", "key": "train.jsonl"},
+        "format": "tokens-tags",
+        "labels": ["O", "B-PER", "I-PER"],
+    }
+
+    spec = parse_finetunejob(job).spec
+
+    assert spec.task is TaskType.TOKEN_CLASSIFICATION
+    assert spec.dataset.labels == ["O", "B-PER", "I-PER"]
+    assert '"task": "token-classification"' in dump_spec(spec)
+
+
+def test_task_rows_cover_every_task_beyond_causal_lm_and_every_strategy() -> None:
+    rows = task_rows()
+
+    assert {(r.task, r.strategy) for r in rows} == {
+        (task, strategy) for task in TaskType if task is not TaskType.CAUSAL_LM for strategy in Strategy
+    }
+    assert all(r.supported == (r.strategy is not Strategy.FSDP) for r in rows)
+    assert all(r.asserts for r in rows if r.supported)
+    assert task_row(TaskType.CAUSAL_LM, Strategy.DDP) is None

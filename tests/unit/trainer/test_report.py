@@ -32,3 +32,32 @@ def test_report_escapes_what_the_model_said() -> None:
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<th>evalLoss</th><td>1.5</td>" in page
+
+
+def test_classification_report_shows_figures_before_and_after_and_the_confusion_matrix() -> None:
+    from kubetune_trainer.report import plot_confusion
+
+    summary = {
+        "status": "Succeeded",
+        "task": "sequence-classification",
+        "method": "lora",
+        "metrics": {"evalAccuracy": 0.9, "evalLoss": 0.3},
+        "baseline": {"evalAccuracy": 0.25, "evalLoss": 1.4},
+        "confusion": {"labels": ["no", "yes"], "matrix": [[4, 1], [0, 5]]},
+    }
+    picture = plot_confusion(summary["confusion"]["labels"], summary["confusion"]["matrix"])
+
+    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY), picture)
+
+    assert picture[:4] == b"\x89PNG"
+    assert "<tr><th>evalAccuracy</th><td>0.25</td><td>0.9</td></tr>" in page
+    assert '<img alt="confusion matrix of the evaluation split"' in page
+    assert "<p>sequence-classification with lora" in page
+
+
+def test_a_run_without_evaluation_shows_no_comparison() -> None:
+    summary = {"status": "Succeeded", "metrics": {"steps": 1}, "baseline": {}}
+
+    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY))
+
+    assert "Evaluation before and after" not in page and "Confusion matrix" not in page

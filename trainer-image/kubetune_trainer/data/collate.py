@@ -1,4 +1,5 @@
-"""Batches for the model: padded, or packed into full sequences.
+"""Batches for the model: padded, or packed into full sequences; one label per text for
+classification; a source and a target of their own lengths for seq2seq.
 
 Padding is never trained on (its labels are ignored). Each batch also carries
 `num_tokens`, its count of real tokens, for the tokens-per-second figure. Packed sequences carry position
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kubetune_trainer.data.tokenize import IGNORE_INDEX, TokenizedExample
+from kubetune_trainer.data.tokenize import IGNORE_INDEX, ClassifiedExample, TokenizedExample
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,7 @@ class PaddingCollator:
 
     def __call__(self, batch: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
         ids, labels, width = _padded(batch, self.pad_token_id, self.multiple_of)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, example in enumerate(batch):
-            mask[row, : len(example.input_ids)] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_tokens": _count(batch)}
+        return {"input_ids": ids, "labels": labels, "attention_mask": _mask(batch, width), "num_tokens": _count(batch)}
 
 
 @dataclass(frozen=True)
@@ -91,21 +89,71 @@ class PackedCollator:
         return {"input_ids": ids, "labels": labels, "position_ids": positions, "num_tokens": _count(batch)}
 
 
+@dataclass(frozen=True)
+class ClassificationCollator:
+    """Padded texts with an attention mask, and one class id per text."""
+
+    pad_token_id: int
+    multiple_of: int = 8
+
+    def __call__(self, batch: Sequence[ClassifiedExample]) -> dict[str, torch.Tensor]:
+        width = _round_up(max(len(item.input_ids) for item in batch), self.multiple_of)
+        out = {
+            "input_ids": _pad([item.input_ids for item in batch], self.pad_token_id, width),
+            "attention_mask": _mask(batch, width),
+            "labels": torch.tensor([item.label for item in batch], dtype=torch.long),
+            "num_tokens": _count(batch),
+        }
+        if all(item.token_type_ids is not None for item in batch):
+            out["token_type_ids"] = _pad([item.token_type_ids or [] for item in batch], 0, width)
+        return out
+
+
+@dataclass(frozen=True)
+class Seq2SeqCollator:
+    """Sources padded for the encoder, targets padded (and ignored there) as labels; the
+    model makes its decoder inputs from the labels, shifted right."""
+
+    pad_token_id: int
+    multiple_of: int = 8
+
+    def __call__(self, batch: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+        source = _round_up(max(len(item.input_ids) for item in batch), self.multiple_of)
+        target = _round_up(max(len(item.labels) for item in batch), self.multiple_of)
+        return {
+            "input_ids": _pad([item.input_ids for item in batch], self.pad_token_id, source),
+            "attention_mask": _mask(batch, source),
+            "labels": _pad([item.labels for item in batch], IGNORE_INDEX, target),
+            "num_tokens": torch.tensor(sum(len(item.input_ids) + len(item.labels) for item in batch)),
+        }
+
+
 def _padded(
     batch: Sequence[TokenizedExample | Packed], pad_token_id: int, multiple_of: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Token ids and labels of a batch, right-padded; padding is never a target."""
     width = _round_up(max(len(item.input_ids) for item in batch), multiple_of)
-    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    for row, item in enumerate(batch):
-        n = len(item.input_ids)
-        ids[row, :n] = torch.tensor(item.input_ids)
-        labels[row, :n] = torch.tensor(item.labels)
+    ids = _pad([item.input_ids for item in batch], pad_token_id, width)
+    labels = _pad([item.labels for item in batch], IGNORE_INDEX, width)
     return ids, labels, width
 
 
-def _count(batch: Sequence[TokenizedExample | Packed]) -> torch.Tensor:
+def _pad(rows: Sequence[Sequence[int]], value: int, width: int) -> torch.Tensor:
+    """Rows right-padded with `value` to `width` columns."""
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def _mask(batch: Sequence[TokenizedExample | ClassifiedExample], width: int) -> torch.Tensor:
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        mask[row, : len(item.input_ids)] = 1
+    return mask
+
+
+def _count(batch: Sequence[TokenizedExample | Packed | ClassifiedExample]) -> torch.Tensor:
     return torch.tensor(sum(len(item.input_ids) for item in batch))
 
 

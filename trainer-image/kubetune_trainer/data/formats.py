@@ -1,17 +1,21 @@
 """Dataset formats: recognise them, check each row, and turn rows into examples.
 
-Three kinds of example come out, whatever the format went in:
+Five kinds of example come out, whatever the format went in:
 - Conversation: chat and instruction rows, rendered later with the tokenizer's chat template;
-- Completion: a prompt and a completion, trained on the completion;
-- Text: plain text, trained on all of it.
+- Completion: a prompt and a completion, trained on the completion (for seq2seq, a source
+  and its target);
+- Text: plain text, trained on all of it;
+- LabelledText: a text (or a pair of texts) and its class;
+- TaggedWords: words, each with its tag.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api import DataFormat
+from kubetune.api import DataFormat, TaskType
 from kubetune_trainer.data.readers import Row
 from kubetune_trainer.errors import InvalidData
 
@@ -40,23 +44,46 @@ class Text:
     text: str
 
 
-Example = Conversation | Completion | Text
+@dataclass(frozen=True)
+class LabelledText:
+    text: str
+    label: str | int
+    """A class name, or its id."""
+    text_pair: str | None = None
+    """A second text classified together with the first (entailment, relevance, ...)."""
+    where: str = field(default="", compare=False)
 
-# The columns that identify each format, in the order auto-detection tries them.
-SIGNATURES: tuple[tuple[DataFormat, frozenset[str]], ...] = (
-    (DataFormat.CHAT, frozenset({"messages"})),
-    (DataFormat.INSTRUCTION, frozenset({"instruction", "output"})),
-    (DataFormat.PROMPT_COMPLETION, frozenset({"prompt", "completion"})),
-    (DataFormat.TEXT, frozenset({"text"})),
-)
+
+@dataclass(frozen=True)
+class TaggedWords:
+    tokens: tuple[str, ...]
+    tags: tuple[str | int, ...]
+    """One tag name (or id) per word."""
+    where: str = field(default="", compare=False)
 
 
-def detect_format(row: Row) -> DataFormat:
-    """The format a row's columns announce. Raises InvalidData naming the columns found."""
-    for fmt, columns in SIGNATURES:
-        if columns <= row.values.keys():
+Example = Conversation | Completion | Text | LabelledText | TaggedWords
+Generation = Conversation | Completion | Text
+"""The examples a language model learns to continue."""
+
+# The columns that identify each format. Auto-detection tries a task's formats in its order.
+SIGNATURES: dict[DataFormat, frozenset[str]] = {
+    DataFormat.CHAT: frozenset({"messages"}),
+    DataFormat.INSTRUCTION: frozenset({"instruction", "output"}),
+    DataFormat.PROMPT_COMPLETION: frozenset({"prompt", "completion"}),
+    DataFormat.TEXT: frozenset({"text"}),
+    DataFormat.TEXT_LABEL: frozenset({"text", "label"}),
+    DataFormat.TOKENS_TAGS: frozenset({"tokens", "tags"}),
+    DataFormat.SOURCE_TARGET: frozenset({"source", "target"}),
+}
+
+
+def detect_format(row: Row, formats: Sequence[DataFormat] = TaskType.CAUSAL_LM.formats) -> DataFormat:
+    """The first of `formats` whose columns the row has. Raises InvalidData naming the columns found."""
+    for fmt in formats:
+        if SIGNATURES[fmt] <= row.values.keys():
             return fmt
-    expected = "; ".join(f"{fmt.value}: {', '.join(sorted(cols))}" for fmt, cols in SIGNATURES)
+    expected = "; ".join(f"{fmt.value}: {', '.join(sorted(SIGNATURES[fmt]))}" for fmt in formats)
     found = ", ".join(sorted(row.values)) or "none"
     raise InvalidData(f"{row.where}: cannot tell the format from the columns ({found}); expected {expected}")
 
@@ -72,6 +99,12 @@ def to_example(fmt: DataFormat, row: Row) -> Example:
             return Completion(_text(row, "prompt"), _text(row, "completion", allow_empty=False))
         case DataFormat.TEXT:
             return Text(_text(row, "text", allow_empty=False))
+        case DataFormat.TEXT_LABEL:
+            return _text_label(row)
+        case DataFormat.TOKENS_TAGS:
+            return _tokens_tags(row)
+        case DataFormat.SOURCE_TARGET:
+            return Completion(_text(row, "source", allow_empty=False), _text(row, "target", allow_empty=False))
     raise InvalidData(f"{row.where}: format {fmt} must be resolved before rows are read")
 
 
@@ -109,6 +142,51 @@ def _instruction(row: Row) -> Conversation:
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     output = _text(row, "output", allow_empty=False)
     return Conversation((Message("user", prompt), Message("assistant", output)))
+
+
+def _text_label(row: Row) -> LabelledText:
+    pair = row.values.get("text_pair")
+    if pair is not None and not isinstance(pair, str):
+        raise InvalidData(f"{row.where}: text_pair must be a string")
+    label = _label(row.values.get("label"), row.where)
+    return LabelledText(_text(row, "text", allow_empty=False), label, pair, row.where)
+
+
+def _tokens_tags(row: Row) -> TaggedWords:
+    tokens, tags = _words(row, "tokens"), _words(row, "tags")
+    if not tokens:
+        raise InvalidData(f"{row.where}: tokens is empty")
+    if len(tokens) != len(tags):
+        raise InvalidData(f"{row.where}: {len(tokens)} tokens but {len(tags)} tags; give one tag per token")
+    for index, token in enumerate(tokens):
+        if not isinstance(token, str) or not token.strip():
+            raise InvalidData(f"{row.where}: tokens[{index}] must be a non-empty string")
+    where = row.where
+    return TaggedWords(tuple(tokens), tuple(_label(tag, f"{where}: tags[{i}]") for i, tag in enumerate(tags)), where)
+
+
+def _words(row: Row, column: str) -> list[Any]:
+    """A list, or a string of whitespace-separated words (the form a CSV cell can hold)."""
+    value = row.values.get(column)
+    if value is None:
+        raise InvalidData(f"{row.where}: missing {column}")
+    if isinstance(value, str):
+        return value.split()
+    if not isinstance(value, list):
+        raise InvalidData(f"{row.where}: {column} must be a list or a string of words separated by spaces")
+    return value
+
+
+def _label(value: Any, where: str) -> str | int:
+    if value is None:
+        raise InvalidData(f"{where}: missing label")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidData(f"{where}: a label is a name or a whole-number id, found {type(value).__name__}")
+    if isinstance(value, int) and value < 0:
+        raise InvalidData(f"{where}: label id {value} is negative")
+    if isinstance(value, str) and not value.strip():
+        raise InvalidData(f"{where}: label is empty")
+    return value
 
 
 def _text(row: Row, column: str, allow_empty: bool = True) -> str:

@@ -9,30 +9,35 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api import DataFormat
+from kubetune.api import DataFormat, TaskType
 from kubetune.api.spec import DatasetSource, DatasetSpec
-from kubetune_trainer.data.collate import Packed, pack
 from kubetune_trainer.data.formats import Example, detect_format, to_example
 from kubetune_trainer.data.sources import source_rows
-from kubetune_trainer.data.tokenize import DataStats, TokenizedExample, tokenize_example
+from kubetune_trainer.data.tokenize import DataStats
 from kubetune_trainer.errors import InvalidData
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.tasks import task_for
+from kubetune_trainer.tasks.labels import LabelMap, build_label_map
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    train: list[TokenizedExample] | list[Packed]
-    eval: list[TokenizedExample]
+    train: list[Any]
+    """What the task trains on: token ids with their targets (for causal-lm, maybe packed)."""
+    eval: list[Any]
     stats: DataStats
     format: DataFormat
 
 
-def read_examples(source: DatasetSource, fmt: DataFormat, runtime: Runtime) -> tuple[list[Example], DataFormat]:
-    """Every row of a source checked and converted; `auto` resolved from the first row."""
+def read_examples(
+    source: DatasetSource, fmt: DataFormat, runtime: Runtime, task: TaskType = TaskType.CAUSAL_LM
+) -> tuple[list[Example], DataFormat]:
+    """Every row of a source checked and converted; `auto` resolved from the first row among
+    the task's formats."""
     examples: list[Example] = []
     for row in source_rows(source, runtime):
         if fmt is DataFormat.AUTO:
-            fmt = detect_format(row)
+            fmt = detect_format(row, task.formats)
         examples.append(to_example(fmt, row))
     if not examples:
         raise InvalidData(f"the {source.kind} dataset has no examples")
@@ -60,44 +65,53 @@ class ExampleSets:
     format: DataFormat
 
 
-def read_dataset(dataset: DatasetSpec, runtime: Runtime, seed: int) -> ExampleSets:
+def read_dataset(dataset: DatasetSpec, runtime: Runtime, seed: int, task: TaskType = TaskType.CAUSAL_LM) -> ExampleSets:
     """Read and check every row, and split off the evaluation examples. Needs no model."""
-    examples, fmt = read_examples(dataset, dataset.format, runtime)
+    examples, fmt = read_examples(dataset, dataset.format, runtime, task)
     held_out: list[Example] = []
     evaluation = dataset.evaluation
     if evaluation is not None and evaluation.fraction is not None:
         examples, held_out = split_for_evaluation(examples, evaluation.fraction, seed)
     elif evaluation is not None and evaluation.source is not None:
-        held_out, _ = read_examples(evaluation.source, fmt, runtime)
+        held_out, _ = read_examples(evaluation.source, fmt, runtime, task)
     return ExampleSets(examples, held_out, fmt)
 
 
-def tokenize_dataset(sets: ExampleSets, dataset: DatasetSpec, tokenizer: Any) -> PreparedData:
+def label_map(sets: ExampleSets, dataset: DatasetSpec, task: TaskType) -> LabelMap | None:
+    """The label names of a classification task (None for the others), checked against every
+    example. Needs no model: the model's head is built to their number."""
+    if not task.has_labels:
+        return None
+    values = task_for(task).label_values
+    return build_label_map(values(sets.train), values(sets.eval), dataset.labels)
+
+
+def tokenize_dataset(
+    sets: ExampleSets,
+    dataset: DatasetSpec,
+    tokenizer: Any,
+    task: TaskType = TaskType.CAUSAL_LM,
+    labels: LabelMap | None = None,
+) -> PreparedData:
     stats = DataStats(detected_format=sets.format.value)
-    train = _tokenize_all(sets.train, tokenizer, dataset, stats)
+    train = _tokenize_all(sets.train, tokenizer, dataset, task, labels, stats)
     if not train:
         raise InvalidData(
             f"no example is left to train on: {stats.dropped_too_long} longer than maxSeqLength "
             f"{dataset.max_seq_length}, {stats.dropped_nothing_to_learn} with nothing to learn"
         )
-    eval_set = _tokenize_all(sets.eval, tokenizer, dataset, DataStats())
-    train_set: list[TokenizedExample] | list[Packed] = pack(train, dataset.max_seq_length) if dataset.packing else train
-    return PreparedData(train_set, eval_set, stats, sets.format)
+    eval_set = _tokenize_all(sets.eval, tokenizer, dataset, task, labels, DataStats())
+    return PreparedData(task_for(task).arrange(train, dataset), eval_set, stats, sets.format)
 
 
 def _tokenize_all(
-    examples: list[Example], tokenizer: Any, dataset: DatasetSpec, stats: DataStats
-) -> list[TokenizedExample]:
-    out = []
-    for example in examples:
-        tokenized = tokenize_example(
-            example,
-            tokenizer,
-            max_length=dataset.max_seq_length,
-            truncation=dataset.truncation,
-            completion_only=dataset.completion_only_loss,
-            stats=stats,
-        )
-        if tokenized is not None:
-            out.append(tokenized)
-    return out
+    examples: list[Example],
+    tokenizer: Any,
+    dataset: DatasetSpec,
+    task: TaskType,
+    labels: LabelMap | None,
+    stats: DataStats,
+) -> list[Any]:
+    encode = task_for(task).encode
+    encoded = (encode(example, tokenizer, dataset, labels, stats) for example in examples)
+    return [item for item in encoded if item is not None]

@@ -9,12 +9,12 @@ conversation as an extension of a shorter one works.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import Truncation
-from kubetune_trainer.data.formats import Completion, Conversation, Example, Text
+from kubetune_trainer.data.formats import Completion, Conversation, Generation, Text
 from kubetune_trainer.errors import InvalidSpec
 
 IGNORE_INDEX = -100
@@ -37,8 +37,21 @@ class Segment:
 
 @dataclass(frozen=True)
 class TokenizedExample:
+    """Token ids and a label per token (IGNORE_INDEX where nothing is learnt). For seq2seq the
+    labels are the target's own tokens, of their own length."""
+
     input_ids: list[int]
     labels: list[int]
+
+
+@dataclass(frozen=True)
+class ClassifiedExample:
+    """Token ids of a text (or a pair of texts) and the id of its class."""
+
+    input_ids: list[int]
+    label: int
+    token_type_ids: list[int] | None = None
+    """Which text of a pair each token belongs to, for models that tell them apart (BERT)."""
 
 
 @dataclass
@@ -54,6 +67,12 @@ class DataStats:
     trainable_tokens: int = 0
     longest: int = 0
     detected_format: str = ""
+
+    def keep(self, tokens: int, trainable: int) -> None:
+        """Count an example that goes to training, with its tokens and those it learns from."""
+        self.kept += 1
+        self.tokens += tokens
+        self.trainable_tokens += trainable
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,7 +96,7 @@ def ensure_chat_template(tokenizer: Any) -> bool:
     return True
 
 
-def segments(example: Example, tokenizer: Any, completion_only: bool) -> list[Segment]:
+def segments(example: Generation, tokenizer: Any, completion_only: bool) -> list[Segment]:
     match example:
         case Conversation():
             parts = _conversation_segments(example, tokenizer)
@@ -128,7 +147,7 @@ def _conversation_segments(conversation: Conversation, tokenizer: Any) -> list[S
 
 
 def tokenize_example(
-    example: Example,
+    example: Generation,
     tokenizer: Any,
     *,
     max_length: int,
@@ -162,6 +181,35 @@ def tokenize_example(
     stats.tokens += len(ids)
     stats.trainable_tokens += sum(trainable)
     return TokenizedExample(ids, labels)
+
+
+def length_limit(max_seq_length: int, tokenizer: Any) -> int:
+    """maxSeqLength, or less where the model has fewer positions (BERT-like encoders: 512);
+    tokenizers that know no limit say so with a huge number."""
+    known = getattr(tokenizer, "model_max_length", None)
+    return min(max_seq_length, known) if isinstance(known, int) and known < 1_000_000 else max_seq_length
+
+
+def truncating(truncate: bool, max_length: int) -> dict[str, Any]:
+    """Tokenizer settings that truncate to max_length, or that never truncate."""
+    return {"truncation": True, "max_length": max_length} if truncate else {"truncation": False}
+
+
+def fit(encode: Callable[[bool], Any], max_length: int, truncation: Truncation, stats: DataStats) -> Any | None:
+    """Encode an example whole (`encode(False)`); when it is longer than max_length, drop it or
+    encode it again truncated (`encode(True)`: the tokenizer keeps its special tokens), and
+    count either. The length is the longer of input_ids and labels (a seq2seq target)."""
+    stats.examples += 1
+    encoded = encode(False)
+    length = max(len(encoded["input_ids"]), len(encoded.get("labels") or []))
+    stats.longest = max(stats.longest, length)
+    if length <= max_length:
+        return encoded
+    if truncation is Truncation.DROP:
+        stats.dropped_too_long += 1
+        return None
+    stats.truncated += 1
+    return encode(True)
 
 
 def _common_prefix_length(a: str, b: str) -> int:

@@ -2,8 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kubetune_trainer.data.collate import PackedCollator, PaddingCollator, pack
-from kubetune_trainer.data.tokenize import IGNORE_INDEX, TokenizedExample
+from kubetune_trainer.data.collate import (
+    ClassificationCollator,
+    PackedCollator,
+    PaddingCollator,
+    Seq2SeqCollator,
+    pack,
+)
+from kubetune_trainer.data.tokenize import IGNORE_INDEX, ClassifiedExample, TokenizedExample
 
 
 def _example(n: int, start: int = 10) -> TokenizedExample:
@@ -62,3 +68,26 @@ def test_packed_examples_do_not_attend_to_each_other(volumes: Path) -> None:
 
     # pack() lays the longer example first, so the second one occupies positions 6..10.
     assert torch.allclose(packed_logits[0, 6:11], alone[0], atol=1e-4)
+
+
+def test_classification_batches_carry_one_label_per_text_and_the_pair_segments() -> None:
+    batch = ClassificationCollator(pad_token_id=0, multiple_of=4)(
+        [ClassifiedExample([5, 6, 7], 2, [0, 0, 1]), ClassifiedExample([5, 6, 7, 8, 9], 0, [0, 0, 0, 1, 1])]
+    )
+
+    assert batch["labels"].tolist() == [2, 0]
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 0, 0, 0]]
+    assert batch["attention_mask"].sum(dim=1).tolist() == [3, 5]
+    assert batch["token_type_ids"][1].tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    assert batch["num_tokens"].item() == 8
+
+
+def test_seq2seq_batches_pad_sources_and_targets_apart() -> None:
+    batch = Seq2SeqCollator(pad_token_id=0, multiple_of=1)(
+        [TokenizedExample([4, 5, 6], [7, 1]), TokenizedExample([4], [7, 8, 9, 1])]
+    )
+
+    assert batch["input_ids"].tolist() == [[4, 5, 6], [4, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[7, 1, IGNORE_INDEX, IGNORE_INDEX], [7, 8, 9, 1]]
+    assert batch["num_tokens"].item() == 10

@@ -4,8 +4,17 @@ from typing import Any
 
 import pytest
 
-from kubetune.api import DataFormat
-from kubetune_trainer.data.formats import Completion, Conversation, Message, Text, detect_format, to_example
+from kubetune.api import DataFormat, TaskType
+from kubetune_trainer.data.formats import (
+    Completion,
+    Conversation,
+    LabelledText,
+    Message,
+    TaggedWords,
+    Text,
+    detect_format,
+    to_example,
+)
 from kubetune_trainer.data.readers import Row
 from kubetune_trainer.errors import InvalidData
 
@@ -79,3 +88,74 @@ def test_each_format_becomes_its_example() -> None:
 def test_bad_rows_are_located_and_explained(fmt: DataFormat, values: dict[str, Any], expected: str) -> None:
     with pytest.raises(InvalidData, match=f"^train.jsonl line 7: .*{expected}"):
         to_example(fmt, _row(values))
+
+
+@pytest.mark.parametrize(
+    ("values", "task", "fmt"),
+    [
+        ({"text": "great", "label": "positive"}, TaskType.SEQUENCE_CLASSIFICATION, DataFormat.TEXT_LABEL),
+        ({"text": "great", "label": "positive"}, TaskType.CAUSAL_LM, DataFormat.TEXT),
+        ({"tokens": ["Ada"], "tags": ["B-PER"]}, TaskType.TOKEN_CLASSIFICATION, DataFormat.TOKENS_TAGS),
+        ({"source": "hello", "target": "bonjour"}, TaskType.SEQ2SEQ, DataFormat.SOURCE_TARGET),
+        ({"prompt": "hello", "completion": "bonjour"}, TaskType.SEQ2SEQ, DataFormat.PROMPT_COMPLETION),
+    ],
+)
+def test_auto_detection_tries_only_the_tasks_formats(values: dict[str, Any], task: TaskType, fmt: DataFormat) -> None:
+    assert detect_format(_row(values), task.formats) is fmt
+
+
+def test_a_row_without_the_tasks_columns_names_what_the_task_reads() -> None:
+    with pytest.raises(InvalidData, match=r"expected text-label: label, text"):
+        detect_format(_row({"text": "no label"}), TaskType.SEQUENCE_CLASSIFICATION.formats)
+
+
+def test_text_label_rows_keep_a_pair_and_a_numeric_label() -> None:
+    example = to_example(
+        DataFormat.TEXT_LABEL, _row({"text": "A man sleeps.", "text_pair": "A man rests.", "label": 0})
+    )
+
+    assert example == LabelledText("A man sleeps.", 0, "A man rests.")
+    assert isinstance(example, LabelledText) and example.where == "train.jsonl line 7"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"text": "x"}, "missing label"),
+        ({"text": "x", "label": True}, "a label is a name or a whole-number id, found bool"),
+        ({"text": "x", "label": -1}, "label id -1 is negative"),
+        ({"text": "x", "label": " "}, "label is empty"),
+        ({"text": "x", "label": "a", "text_pair": 3}, "text_pair must be a string"),
+    ],
+)
+def test_bad_text_label_rows_say_what_is_wrong(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidData, match=f"train.jsonl line 7: {message}"):
+        to_example(DataFormat.TEXT_LABEL, _row(values))
+
+
+def test_tokens_and_tags_may_be_lists_or_strings_of_words() -> None:
+    listed = to_example(DataFormat.TOKENS_TAGS, _row({"tokens": ["Ada", "wrote"], "tags": ["B-PER", "O"]}))
+    spaced = to_example(DataFormat.TOKENS_TAGS, _row({"tokens": "Ada wrote", "tags": "B-PER O"}))
+
+    assert listed == spaced == TaggedWords(("Ada", "wrote"), ("B-PER", "O"))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tokens": "Ada wrote code", "tags": "B-PER O"}, "3 tokens but 2 tags; give one tag per token"),
+        ({"tokens": [], "tags": []}, "tokens is empty"),
+        ({"tokens": ["Ada", ""], "tags": ["B-PER", "O"]}, r"tokens\[1\] must be a non-empty string"),
+        ({"tokens": ["Ada"], "tags": [1.5]}, r"tags\[0\]: a label is a name or a whole-number id, found float"),
+        ({"tokens": {"a": 1}, "tags": ["O"]}, "tokens must be a list or a string of words"),
+    ],
+)
+def test_bad_tokens_tags_rows_say_what_is_wrong(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidData, match=f"train.jsonl line 7: {message}"):
+        to_example(DataFormat.TOKENS_TAGS, _row(values))
+
+
+def test_source_target_rows_become_completions() -> None:
+    example = to_example(DataFormat.SOURCE_TARGET, _row({"source": "hello", "target": "bonjour"}))
+
+    assert example == Completion("hello", "bonjour")
