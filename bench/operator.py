@@ -33,7 +33,6 @@ import kmock
 import psutil
 import yaml
 from aiohttp import ClientSession, web
-
 from tests.integration.conftest import kubeconfig_for
 from tests.integration.emulator import StrictKubernetesEmulator
 
