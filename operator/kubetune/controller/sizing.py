@@ -53,9 +53,15 @@ def size_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, str]:
                     return job.model_copy(update={"spec": candidate}), why
         tried.append(profile.name)
     largest = max(settings.accelerator_profiles, key=lambda p: p.memory_gib * p.per_node)
+    world = MAX_NODES * largest.per_node
+    best = min(
+        estimate(_with_size(spec, largest, MAX_NODES, largest.per_node, d), model, world).total
+        for d in _strategies(spec.distributed, world)
+    )
     raise NotBuildable(
         f"{spec.model.preset} with method {spec.method.type} fits none of the accelerator profiles "
-        f"({', '.join(tried)}), even on {MAX_NODES} nodes of {largest.per_node} x {largest.name}; "
+        f"({', '.join(tried)}): even on {MAX_NODES} nodes of {largest.per_node} x {largest.name} it needs "
+        f"{best / GIB:.1f} GiB per device of {largest.memory_gib:g} GiB; "
         "try qlora, DeepSpeed offload, or a shorter maxSeqLength"
     )
 

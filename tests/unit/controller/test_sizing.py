@@ -51,7 +51,7 @@ def test_the_job_keeps_its_own_node_selector_over_the_profiles(job: dict[str, An
         (
             Settings(accelerator_profiles=(AcceleratorProfile("tiny", "nvidia.com/gpu", 4, 1),)),
             {"preset": "phi-3-mini-4k-instruct"},
-            "fits none of the accelerator profiles (tiny)",
+            "fits none of the accelerator profiles (tiny): even on 8 nodes of 1 x tiny it needs",
         ),
     ],
 )
