@@ -32,8 +32,8 @@ quickstart: $(INSTALLED) ## The main job: validate the examples, then fine-tune 
 	$(BIN)/kubetune run examples/quickstart.yaml --volumes $(QUICKSTART)/volumes
 
 lint: $(INSTALLED) ## ruff lint and format check
-	$(BIN)/ruff check operator trainer-image tests
-	$(BIN)/ruff format --check operator trainer-image tests
+	$(BIN)/ruff check operator trainer-image tests bench
+	$(BIN)/ruff format --check operator trainer-image tests bench
 
 typecheck: $(INSTALLED) ## mypy (strict) on the package
 	$(BIN)/mypy
