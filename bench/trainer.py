@@ -1,0 +1,327 @@
+"""The trainer benchmark: kubetune's trainer against TRL's SFTTrainer on the same work.
+
+    python -m bench.trainer                 # the CPU configuration (a few minutes)
+    python -m bench.trainer --size gpu      # Phi-3-mini-shaped, on one GPU
+    python -m bench.trainer --size smoke    # tiny, for the test suite
+
+For each setting (method and precision) every contender trains the same model on the
+same examples, in its own process, round after round in a rotated order; the harness
+measures each from outside, evaluates each result with one function, and prints one
+table per setting. JSON goes to bench/results/ (a timestamped file and latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.contenders import (
+    CONTENDERS,
+    DESCRIPTIONS,
+    KUBETUNE,
+    ROW_BATCHED,
+    TRL_BEST,
+    TRL_KAITO,
+    TRL_PADDING_FREE,
+    RunSpec,
+)
+from bench.measure import Measured, eval_loss, flops, matmul_rate, run_contender, wait_for_quiet
+from bench.report import BUSY_SHARE, DEFAULT_TOLERANCE, Run, SettingReport, render
+from bench.workload import SIZES, Prepared, Setting, Workload, prepare
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_CONTENDERS = (KUBETUNE, TRL_KAITO, *TRL_BEST)
+
+
+def run_spec(workload: Workload, setting: Setting, prepared: Prepared, contender: str, accelerators: int) -> RunSpec:
+    """The same work for every contender; only the per-device batch is the trainer's own."""
+    batch = {KUBETUNE: workload.kubetune_batch, TRL_KAITO: 1, TRL_PADDING_FREE: workload.best_batch}.get(
+        contender, workload.best_batch
+    )
+    if contender in ROW_BATCHED:
+        # Rows of max_length, as many per step as the others' examples fill (packing leaves ~5% empty).
+        batch = max(1, round(prepared.train_tokens / 0.95 / workload.steps / workload.max_length))
+    return RunSpec(
+        contender=contender,
+        method=setting.method,
+        precision=setting.precision,
+        zero3=setting.zero3,
+        model=str(prepared.model),
+        train=str(prepared.train),
+        steps=workload.steps,
+        effective_batch=batch if contender in ROW_BATCHED else workload.effective_batch,
+        per_device_batch=batch,
+        learning_rate=workload.learning_rate[setting.method],
+        warmup_steps=workload.warmup_steps,
+        lora_r=workload.lora_r,
+        lora_alpha=workload.lora_alpha,
+        max_length=workload.max_length,
+        seed=workload.seed,
+        accelerators=accelerators,
+    )
+
+
+def flops_formula(setting: Setting) -> str:
+    linear = "4N + 6n (N frozen weights, n LoRA weights)" if setting.uses_adapter else "6N (N weights)"
+    return (
+        f"{linear} per token + 12 x hidden x layers per causal (query, key) pair, "
+        "on the trained tokens only (weights: every projection and the output head)"
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    rounds: int | None
+    """Rounds of every setting (default: the setting's own)."""
+    timeout: float
+    tolerance: float
+    quiet: float
+    """Seconds to wait, before each run, for other work on the machine to stop."""
+    retries: int
+    """Runs again (CPU only) when other work took the CPUs from a training loop."""
+
+
+def bench_setting(
+    workload: Workload, setting: Setting, prepared: Prepared, contenders: Sequence[str], scratch: Path, options: Options
+) -> SettingReport:
+    """Every contender, round after round in a rotated order, on one setting."""
+    import torch
+
+    on_cpu = not torch.cuda.is_available()
+    rounds = options.rounds or setting.rounds
+    report = SettingReport(
+        setting=setting,
+        title=title(workload, prepared, rounds),
+        steps=workload.steps,
+        tokens=prepared.train_tokens,
+        flops_formula=flops_formula(setting),
+        tolerance=options.tolerance,
+    )
+    model_flops = flops(workload.shape, setting, prepared.train_lengths, workload.lora_r)
+    held_out = [json.loads(line) for line in prepared.eval.read_text().splitlines()]
+    for index in range(rounds):
+        if index == 1:
+            contenders = fastest_of_best(report, contenders)
+        wait_for_quiet(options.quiet)
+        ceiling = matmul_rate(workload.shape, setting.precision, workload.kubetune_batch * workload.max_length)
+        shift = index % len(contenders)
+        for contender in [*contenders[shift:], *contenders[:shift]]:
+            run = run_spec(workload, setting, prepared, contender, accelerators=0 if on_cpu else 1)
+            folder = scratch / setting.name / f"round-{index}" / contender
+            measured, busy, attempts = measure_quietly(run, folder, options, retry=on_cpu)
+            result = measured.result
+            loss = eval_loss(run.model, result["checkpoint"], setting.uses_adapter, held_out, setting.precision)
+            for checkpoints in folder.glob("attempt-*/output"):
+                shutil.rmtree(checkpoints, ignore_errors=True)  # large; the logs stay
+            report.runs.append(
+                Run(
+                    contender=contender,
+                    round=index,
+                    wall_seconds=measured.wall_seconds,
+                    train_seconds=measured.train_seconds,
+                    tokens=prepared.train_tokens,
+                    steps=result["steps"],
+                    peak_rss_mib=measured.peak_rss_mib,
+                    cpu_share=measured.cpu_share,
+                    busy_before=busy,
+                    attempts=attempts,
+                    eval_loss=loss,
+                    model_flops=model_flops,
+                    matmul_flops_per_second=ceiling,
+                    tokens_counted=result["tokens"],
+                    accelerator_peak_mib=result["acceleratorPeakMiB"],
+                )
+            )
+            print(
+                f"  {setting.name} round {index + 1}/{rounds} {contender}: {measured.train_seconds:.1f} s "
+                f"training, {prepared.train_tokens / measured.train_seconds:,.0f} tokens/s, eval loss {loss:.4f}",
+                file=sys.stderr,
+            )
+    return report
+
+
+def fastest_of_best(report: SettingReport, contenders: Sequence[str]) -> list[str]:
+    """The contenders without the slower of TRL's two best configurations, by the first round."""
+    candidates = [c for c in TRL_BEST if c in contenders]
+    if len(candidates) < 2:
+        return list(contenders)
+    slower = min(candidates, key=lambda c: report.spread(c, lambda run: run.tokens_per_second).median)
+    return [c for c in contenders if c != slower]
+
+
+def measure_quietly(run: RunSpec, folder: Path, options: Options, retry: bool) -> tuple[Measured, float, int]:
+    """One run, measured; run again while other work took the CPUs from its training loop,
+    keeping the attempt that had most of them. Returns it, the busy share seen before it,
+    and the attempts made."""
+    best: tuple[Measured, float] | None = None
+    attempts = 1 + (options.retries if retry else 0)
+    for attempt in range(attempts):
+        busy = wait_for_quiet(options.quiet)
+        measured = run_contender(run, folder / f"attempt-{attempt + 1}", options.timeout)
+        if best is None or measured.cpu_share > best[0].cpu_share:
+            best = (measured, busy)
+        if not retry or measured.cpu_share >= BUSY_SHARE:
+            return (*best, attempt + 1)
+    assert best is not None
+    return (*best, attempts)
+
+
+def title(workload: Workload, prepared: Prepared, rounds: int) -> str:
+    shape = workload.shape
+    return (
+        f"{shape.architecture}, {shape.linear_parameters() / 1e6:.1f}M weights in its matrices (hidden "
+        f"{shape.hidden}, {shape.layers} layers), {workload.train_examples} chats = {prepared.train_tokens:,} "
+        f"tokens, {workload.steps} steps of {workload.effective_batch}, max length {workload.max_length}, "
+        f"{rounds} round(s)"
+    )
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    facts: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torchThreads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "versions": {
+            name: _version(name) for name in ("kubetune", "torch", "transformers", "peft", "trl", "accelerate")
+        },
+    }
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    else:
+        facts["bf16MatrixInstructions"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def write_results(document: dict[str, Any], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(document, indent=2) + "\n"
+    stamped = folder / f"{document['started'].replace(':', '').replace('-', '')}-{document['size']}.json"
+    stamped.write_text(text)
+    (folder / "latest.json").write_text(text)
+    return stamped
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="cpu", help="workload and settings (default: cpu)")
+    parser.add_argument("--settings", help="comma-separated settings to run, e.g. lora-bf16,full-fp32 (default: all)")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(DEFAULT_CONTENDERS),
+        help=f"comma-separated, from {', '.join(CONTENDERS)} (default: %(default)s)",
+    )
+    parser.add_argument("--rounds", type=int, help="alternating rounds of every setting (default: the setting's)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes (default: bench/results)")
+    parser.add_argument("--keep", type=Path, help="keep the prepared data and each run's logs in this folder")
+    parser.add_argument(
+        "--show", type=Path, metavar="JSON", help="print the tables of an earlier run's results, and stop"
+    )
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds one contender's run may take")
+    parser.add_argument(
+        "--wait-for-quiet",
+        type=float,
+        default=30,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other work on the machine to stop (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="on a CPU, runs again while other work takes over a fifth of a training loop's CPU time",
+    )
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="eval loss agreement (fraction)")
+    return parser.parse_args(argv)
+
+
+def chosen(workload: Workload, args: argparse.Namespace) -> tuple[list[Setting], list[str]]:
+    settings = list(workload.settings)
+    if args.settings:
+        names = args.settings.split(",")
+        unknown = set(names) - {s.name for s in settings}
+        if unknown:
+            raise SystemExit(
+                f"unknown setting(s) {', '.join(sorted(unknown))}; the {workload.size} size has "
+                f"{', '.join(s.name for s in settings)}"
+            )
+        settings = [s for s in settings if s.name in names]
+    contenders = args.contenders.split(",")
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}; choose from {', '.join(CONTENDERS)}")
+    return settings, contenders
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_arguments(argv)
+    if args.show:
+        document: dict[str, Any] = json.loads(args.show.read_text())
+        for setting in document["settings"]:
+            print(render(SettingReport.from_dict(setting)) + "\n")
+        return document
+    workload = SIZES[args.size]
+    settings, contenders = chosen(workload, args)
+    options = Options(args.rounds, args.timeout, args.tolerance, args.wait_for_quiet, args.retries)
+    started = datetime.now(UTC).replace(microsecond=0)
+    clock = time.monotonic()
+    scratch = args.keep or Path(tempfile.mkdtemp(prefix="kubetune-bench-"))
+    try:
+        prepared = prepare(workload, scratch / "prepared")
+        reports = []
+        for setting in settings:
+            report = bench_setting(workload, setting, prepared, contenders, scratch / "runs", options)
+            reports.append(report)
+            print(render(report) + "\n", flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    document = {
+        "benchmark": "trainer",
+        "size": workload.size,
+        "started": started.isoformat().replace("+00:00", "Z"),
+        "seconds": round(time.monotonic() - clock, 1),
+        "machine": machine(),
+        "workload": dataclasses.asdict(workload) | {"steps": workload.steps, "trainedTokens": prepared.train_tokens},
+        "contenders": {name: DESCRIPTIONS[name] for name in contenders},
+        "settings": [report.as_dict() for report in reports],
+    }
+    path = write_results(document, args.results)
+    print(f"results: {path} ({document['seconds']:.0f} s)")
+    return document
+
+
+if __name__ == "__main__":
+    main()
