@@ -47,7 +47,7 @@ DESCRIPTIONS = {
 
 # What the benchmark's ZeRO-3 runs use with TRL: transformers' documented ZeRO-3 config,
 # every size left to "auto" so the training arguments fill it.
-ZERO3 = {
+ZERO3: dict[str, Any] = {
     "zero_optimization": {
         "stage": 3,
         "overlap_comm": True,
@@ -276,14 +276,16 @@ def trl_arguments(run: RunSpec, folder: Path) -> dict[str, Any]:
     """SFTConfig keywords for a contender (plain data, so they can be checked without a GPU)."""
     import torch
 
-    variant = {
+    variants: dict[str, dict[str, Any]] = {
         TRL_KAITO: {"packing": False, "padding_free": False, "max_length": run.max_length},
         # Every example already fits max_length, and TRL enforces no length when padding-free.
         TRL_PADDING_FREE: {"packing": False, "padding_free": True, "max_length": None},
         TRL_PACKING: {"packing": True, "packing_strategy": "bfd", "max_length": run.max_length},
-    }[run.contender]
+    }
     # Packed rows cannot be counted out to exactly the steps of the others: one epoch instead.
-    steps = {"max_steps": -1, "num_train_epochs": 1} if run.contender in ROW_BATCHED else {"max_steps": run.steps}
+    steps: dict[str, Any] = (
+        {"max_steps": -1, "num_train_epochs": 1} if run.contender in ROW_BATCHED else {"max_steps": run.steps}
+    )
     return {
         "output_dir": str(folder / "output" / "checkpoints"),
         **steps,
@@ -308,8 +310,8 @@ def trl_arguments(run: RunSpec, folder: Path) -> dict[str, Any]:
         "report_to": "none",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
-        **({"deepspeed": ZERO3} if run.zero3 else {}),
-        **variant,
+        **({"deepspeed": dict(ZERO3)} if run.zero3 else {}),
+        **variants[run.contender],
     }
 
 
@@ -318,9 +320,10 @@ def run_trl(run: RunSpec, folder: Path) -> None:
     from datasets import Dataset
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
-    class Timed(TrainerCallback):  # type: ignore[misc]
+    class Timed(TrainerCallback):
         def __init__(self, clock: Clock) -> None:
             self.clock = clock
 
@@ -330,7 +333,7 @@ def run_trl(run: RunSpec, folder: Path) -> None:
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.clock.end(state.global_step, getattr(trainer, "_total_train_tokens", None))
 
-    class EmptyCache(TrainerCallback):  # type: ignore[misc]
+    class EmptyCache(TrainerCallback):
         """Kaito's tuning image empties the CUDA cache after every step."""
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -131,7 +131,7 @@ class SettingReport:
         out = []
         for run in self.runs:
             # Whole packed rows make a step count near the others', within a quarter.
-            slack = self.steps // 4 if run.contender in ROW_BATCHED else 0
+            slack = max(1, self.steps // 4) if run.contender in ROW_BATCHED else 0
             if abs(run.steps - self.steps) > slack:
                 out.append(f"{run.contender} round {run.round} ran {run.steps} optimizer steps, not {self.steps}")
             if run.tokens_counted is not None and run.tokens_counted != self.tokens:

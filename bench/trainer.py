@@ -52,8 +52,7 @@ def run_spec(workload: Workload, setting: Setting, prepared: Prepared, contender
         contender, workload.best_batch
     )
     if contender in ROW_BATCHED:
-        # Rows of max_length, as many per step as the others' examples fill (packing leaves ~5% empty).
-        batch = max(1, round(prepared.train_tokens / 0.95 / workload.steps / workload.max_length))
+        batch = rows_per_step(packed_rows(prepared.train_lengths, workload.max_length), workload.steps)
     return RunSpec(
         contender=contender,
         method=setting.method,
@@ -72,6 +71,25 @@ def run_spec(workload: Workload, setting: Setting, prepared: Prepared, contender
         seed=workload.seed,
         accelerators=accelerators,
     )
+
+
+def packed_rows(lengths: Sequence[int], max_length: int) -> int:
+    """Rows of `max_length` that first-fit-decreasing packing fills (TRL's best-fit packing
+    fills as many, give or take one)."""
+    room: list[int] = []
+    for length in sorted(lengths, reverse=True):
+        fits = next((index for index, free in enumerate(room) if length <= free), None)
+        if fits is None:
+            room.append(max_length - length)
+        else:
+            room[fits] -= length
+    return len(room)
+
+
+def rows_per_step(rows: int, steps: int) -> int:
+    """Packed rows per optimizer step that make one epoch's step count nearest `steps`."""
+    low = max(1, rows // steps)
+    return min((low, low + 1), key=lambda per_step: abs(-(-rows // per_step) - steps))
 
 
 def flops_formula(setting: Setting) -> str:

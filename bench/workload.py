@@ -210,7 +210,9 @@ def corpus(seed: int, sentences: int = 2000) -> Iterator[str]:
         yield " ".join(language.sentence(rng, rng.randint(5, 40)))
 
 
-def chats(count: int, max_length: int, median_fraction: float, tokenizer: Any, seed: int, stream: int) -> list[dict]:
+def chats(
+    count: int, max_length: int, median_fraction: float, tokenizer: Any, seed: int, stream: int
+) -> list[dict[str, Any]]:
     """`count` chat examples whose token lengths (chat template included) spread log-normally
     from about a dozen tokens up to `max_length`. `stream` picks an independent sequence of
     examples from the same language (training and evaluation use different streams)."""
@@ -219,7 +221,7 @@ def chats(count: int, max_length: int, median_fraction: float, tokenizer: Any, s
     costs = {word: len(tokenizer.encode(" " + word, add_special_tokens=False)) for word in language.words}
     overhead = len(_encode(tokenizer, _messages("", "", None)))
     median = max_length * median_fraction
-    out = []
+    out: list[dict[str, Any]] = []
     while len(out) < count:
         target = min(max_length, max(overhead + 4, round(rng.lognormvariate(math.log(median), 0.9))))
         budget = target - overhead
@@ -248,7 +250,7 @@ def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
 
-def token_lengths(rows: list[dict], tokenizer: Any) -> list[int]:
+def token_lengths(rows: list[dict[str, Any]], tokenizer: Any) -> list[int]:
     """Length in tokens of each chat as every contender tokenises it (the model's chat template)."""
     return [len(_encode(tokenizer, row["messages"])) for row in rows]
 
@@ -296,7 +298,7 @@ def prepare(workload: Workload, folder: Path) -> Prepared:
 def make_model(shape: ModelShape, folder: Path, seed: int) -> Any:
     """A randomly initialised model of `shape` with kubetune's tiny tokenizer, saved to `folder`."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Phi3Config
 
     from kubetune_trainer.tiny import make_tiny_model
 
@@ -322,7 +324,7 @@ def make_model(shape: ModelShape, folder: Path, seed: int) -> Any:
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a 3.8B model initialises in seconds there
     with torch.device(device):
-        model = (LlamaForCausalLM if shape.architecture == "llama" else Phi3ForCausalLM)(config)
+        model: Any = AutoModelForCausalLM.from_config(config)
     if shape.hidden >= 2048:
         model = model.to(torch.bfloat16)  # the released Phi-3 weights are bf16 too
     model.generation_config.pad_token_id = tokenizer.pad_token_id
