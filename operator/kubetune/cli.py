@@ -12,6 +12,7 @@ import yaml
 from kubetune import __version__
 from kubetune.api import FineTuneJob, InvalidSpec, parse_finetunejob
 from kubetune.catalog import presets
+from kubetune.contract import Network, parse_networks
 from kubetune.controller.builders import Context, NotBuildable, build_children
 from kubetune.controller.reconcile import effective_job
 from kubetune.controller.settings import Settings, SettingsError
@@ -101,7 +102,24 @@ def render(path: Path, attempt: int) -> None:
     help="Scratch folder (downloads, caches). Default: <volumes>/.work/<name>.",
 )
 @click.option("--nproc", default=1, show_default=True, help="Training processes (through torchrun when above 1).")
-def run(path: Path, volumes: Path, output: Path | None, secrets: Path, work: Path | None, nproc: int) -> None:
+@click.option(
+    "--allow-network",
+    "allowed_networks",
+    multiple=True,
+    metavar="CIDR",
+    callback=lambda context, parameter, values: _networks(values),
+    help="A private network dataset URLs may reach, e.g. 192.168.1.0/24 for a local mirror (repeatable). "
+    "Cloud metadata addresses stay refused.",
+)
+def run(
+    path: Path,
+    volumes: Path,
+    output: Path | None,
+    secrets: Path,
+    work: Path | None,
+    nproc: int,
+    allowed_networks: tuple[Network, ...],
+) -> None:
     """Train the FineTuneJob in PATH on this machine. Ctrl-C stops after a checkpoint; the
     same command again resumes from it."""
     from kubetune_trainer.local import LocalPlan, ProgressLine, run_local
@@ -116,6 +134,7 @@ def run(path: Path, volumes: Path, output: Path | None, secrets: Path, work: Pat
         output.resolve() if output else None,
         nproc,
         config_maps,
+        allowed_networks,
     )
     click.echo(f"training {name}: {job.spec.method.type} on {job.spec.model.display}, {nproc} process(es)", err=True)
     code, summary = run_local(plan, ProgressLine())
@@ -123,6 +142,13 @@ def run(path: Path, volumes: Path, output: Path | None, secrets: Path, work: Pat
     _report(summary)
     if code:
         sys.exit(int(code))
+
+
+def _networks(values: tuple[str, ...]) -> tuple[Network, ...]:
+    try:
+        return parse_networks(",".join(values))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--allow-network") from None
 
 
 def _valid_jobs(path: Path) -> tuple[list[tuple[str, FineTuneJob]], dict[str, dict[str, str]]]:

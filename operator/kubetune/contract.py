@@ -7,12 +7,16 @@ Both sides import this module, so a path or a code is written once.
 from __future__ import annotations
 
 import enum
+import ipaddress
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ExitCode(enum.IntEnum):
     """The trainer's exit status. The operator's podFailurePolicy reads these: invalid
-    input and out-of-memory are not retried (the next attempt would fail the same way);
-    anything else is, from the newest checkpoint."""
+    input, out-of-memory and a full disk are not retried (the next attempt would fail the
+    same way, after redoing the steps since the newest checkpoint); anything else is, from
+    the newest checkpoint."""
 
     OK = 0
     FAILED = 1
@@ -21,6 +25,8 @@ class ExitCode(enum.IntEnum):
     OUT_OF_MEMORY = 43
     INTERRUPTED = 44
     """Stopped by SIGTERM (preemption, eviction, suspend) after writing a checkpoint."""
+    DISK_FULL = 45
+    """A write found no space (ENOSPC) or an exhausted quota (EDQUOT): a person must make room."""
 
     @property
     def retryable(self) -> bool:
@@ -48,6 +54,9 @@ class Env(enum.StrEnum):
     PROGRESS_PORT = "KUBETUNE_PROGRESS_PORT"
     MODEL_CACHE = "KUBETUNE_MODEL_CACHE"
     """Shared cache of downloaded models (the installation's model-cache claim); else in WORK."""
+    DATASET_ALLOWED_NETWORKS = "KUBETUNE_DATASET_ALLOWED_NETWORKS"
+    """Networks (comma-separated CIDRs) dataset URLs may reach although they are private;
+    the operator passes its own setting of the same name."""
 
 
 DEFAULT_PATHS = {
@@ -63,3 +72,17 @@ DEFAULT_PATHS = {
 DEFAULT_PROGRESS_PORT = 9090
 TERMINATION_MESSAGE_LIMIT = 4096
 """Kubernetes keeps at most this many bytes of a container's termination message."""
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated CIDRs (a bare address is a network of one address). Raises ValueError
+    naming the entry that is not one."""
+    networks = []
+    for entry in (item.strip() for item in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError as error:
+            raise ValueError(f"{entry!r} is not a network in CIDR notation ({error})") from None
+    return tuple(networks)

@@ -89,3 +89,42 @@ def test_render_shows_an_auto_sized_job_as_the_operator_would_create_it(
     monkeypatch.setenv("KUBETUNE_ACCELERATOR_PROFILES", "[{")
     refused = CliRunner().invoke(cli, ["render", str(_write(tmp_path, job))])
     assert refused.exit_code == 1 and "KUBETUNE_ACCELERATOR_PROFILES is not JSON" in refused.output
+
+
+def _url_job(tmp_path: Path, job: dict[str, Any], url: str) -> Path:
+    job["spec"]["model"] = {"pvc": {"claimName": "models", "path": "none"}}
+    job["spec"]["dataset"] = {"urls": [{"url": url}], "format": "instruction"}
+    job["spec"]["resources"] = {"accelerators": 0}
+    return _write(tmp_path, job)
+
+
+def test_run_refuses_a_dataset_url_on_a_private_network(tmp_path: Path, job: dict[str, Any]) -> None:
+    manifest = _url_job(tmp_path, job, "https://10.255.255.1/train.jsonl")
+
+    result = CliRunner().invoke(cli, ["run", str(manifest), "--volumes", str(tmp_path / "volumes")])
+
+    assert result.exit_code == 42, result.output
+    assert "DatasetInvalid: https://10.255.255.1/train.jsonl: refused" in result.output
+    assert "a private address (in 10.0.0.0/8)" in result.output
+    assert "--allow-network" in result.output
+
+
+def test_run_allow_network_lets_the_trainer_reach_a_listed_network(tmp_path: Path, job: dict[str, Any]) -> None:
+    # Port 1 on loopback: nothing listens, so once allowed the download fails at once.
+    manifest = _url_job(tmp_path, job, "https://127.0.0.1:1/train.jsonl")
+    args = ["run", str(manifest), "--volumes", str(tmp_path / "volumes")]
+
+    refused = CliRunner().invoke(cli, args)
+    allowed = CliRunner().invoke(cli, [*args, "--allow-network", "10.0.0.0/8", "--allow-network", "127.0.0.0/8"])
+
+    assert "127.0.0.1, a loopback address" in refused.output
+    assert allowed.exit_code == 42, allowed.output
+    assert "https://127.0.0.1:1/train.jsonl: cannot fetch:" in allowed.output
+    assert "refused," not in allowed.output
+
+
+def test_run_refuses_an_allowed_network_that_is_not_one(tmp_path: Path, job: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli, ["run", str(_write(tmp_path, job)), "--allow-network", "minio.local"])
+
+    assert result.exit_code == 2
+    assert "--allow-network" in result.output and "'minio.local' is not a network in CIDR notation" in result.output

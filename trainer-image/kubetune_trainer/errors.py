@@ -38,3 +38,18 @@ class Interrupted(TrainerError):
 
     exit_code = ExitCode.INTERRUPTED
     reason = "Interrupted"
+
+
+class DiskFull(TrainerError):
+    """A write found the disk full or the quota spent: says where, and how much space is left."""
+
+    exit_code = ExitCode.DISK_FULL
+    reason = "DiskFull"
+
+
+class UnsafeCheckpoint(TrainerError):
+    """A checkpoint holds pickled objects that a weights-only load refuses: it is not loaded,
+    since unpickling it could run code."""
+
+    exit_code = ExitCode.INVALID_SPEC
+    reason = "UnsafeCheckpoint"

@@ -19,7 +19,7 @@ from typing import Any
 
 from kubetune.api import FineTuneJob
 from kubetune.api.resource import dump_spec
-from kubetune.contract import ExitCode
+from kubetune.contract import Env, ExitCode, Network
 from kubetune_trainer.progress import Progress
 from kubetune_trainer.runtime import Runtime
 
@@ -33,6 +33,8 @@ class LocalPlan:
     output: Path | None
     processes: int
     config_maps: dict[str, dict[str, str]]
+    allowed_networks: tuple[Network, ...] = ()
+    """Private networks dataset URLs may reach (--allow-network)."""
 
     def runtime(self) -> Runtime:
         return Runtime(
@@ -48,6 +50,7 @@ class LocalPlan:
             termination_log=self.work / "termination-log",
             progress_port=0,
             output_override=self.output,
+            allowed_networks=self.allowed_networks,
         )
 
 
@@ -111,6 +114,8 @@ def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, dict[str, Any]]:
     }
     if plan.output is not None:
         env["KUBETUNE_OUTPUT"] = str(plan.output)
+    if plan.allowed_networks:
+        env[Env.DATASET_ALLOWED_NETWORKS] = ",".join(str(network) for network in plan.allowed_networks)
     command = [
         sys.executable,
         "-m",

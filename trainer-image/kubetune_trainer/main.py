@@ -1,7 +1,8 @@
 """The trainer's entry point: read the spec and the runtime, train, report the outcome.
 
 Every failure ends in a classified summary (reason, message) in the termination-message
-file and an exit code the operator acts on; nothing ends in an unexplained traceback.
+file and an exit code the operator acts on; nothing ends in an unexplained traceback. A
+full disk is recognised whichever library's write ran into it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.problems import problems_from_validation_error
 from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
+from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidSpec, OutOfMemory, TrainerError
 from kubetune_trainer.progress import Progress, ProgressServer
 from kubetune_trainer.runtime import Runtime
@@ -54,11 +56,28 @@ def run(
     except torch.OutOfMemoryError as error:
         oom = OutOfMemory(f"{_memory_figures()}: {error}")
         summary, code = _failure(oom.reason, str(oom)), oom.exit_code
+    except Exception as error:  # a full disk speaks through many libraries' exception types
+        full = disk_full(error, _written_folders(spec, runtime))
+        if full is None:
+            raise
+        summary, code = _failure(full.reason, str(full)), full.exit_code
     if runtime.is_main:
         write_summary(summary, runtime.termination_log)
     if code is not ExitCode.OK:
         log.error("%s: %s", summary["reason"], summary["message"])
     return code, summary
+
+
+def _written_folders(spec: FineTuneJobSpec, runtime: Runtime) -> list[Path]:
+    """Where the trainer writes, the likeliest to fill first: checkpoints, outputs, scratch."""
+    from kubetune_trainer.outputs import checkpoint_folder, output_folder
+
+    try:
+        out = output_folder(spec, runtime)
+        folders = [checkpoint_folder(spec, runtime, out), out]
+    except TrainerError:
+        folders = []
+    return [*folders, runtime.work, *([runtime.model_cache] if runtime.model_cache else [])]
 
 
 def _failure(reason: str, message: str) -> dict[str, Any]:
@@ -80,11 +99,12 @@ def _memory_figures() -> str:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runtime = Runtime.from_env()
     try:
+        runtime = Runtime.from_env()
         spec = read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC])))
     except InvalidSpec as error:
-        write_summary(_failure(error.reason, str(error)), runtime.termination_log)
+        termination_log = Path(os.environ.get(Env.TERMINATION_LOG, DEFAULT_PATHS[Env.TERMINATION_LOG]))
+        write_summary(_failure(error.reason, str(error)), termination_log)
         log.error("%s", error)
         sys.exit(error.exit_code)
     progress = Progress()

@@ -21,6 +21,7 @@ import torch
 from kubetune.api import MethodType, Precision
 from kubetune.api.spec import FineTuneJobSpec, LoraSpec, QuantizationSpec
 from kubetune.catalog import Preset, presets
+from kubetune_trainer.disk import disk_full
 from kubetune_trainer.engine import full_elements
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
@@ -64,11 +65,29 @@ def resolve_source(spec: FineTuneJobSpec, runtime: Runtime) -> ModelSource:
     folder = runtime.claim_path(model.pvc.claim_name, model.pvc.path)
     if not (folder / "config.json").is_file():
         raise InvalidSpec(f"no model at {model.pvc.claim_name}:{model.pvc.path} (no config.json in {folder})")
+    refuse_pickled_weights(folder, f"model {model.pvc.claim_name}:{model.pvc.path}")
     return ModelSource(str(folder), None, None, model.trust_remote_code, None)
 
 
-# Files a training run never reads; leaving them out saves much of a large repository.
-SKIPPED_FILES = ["original/*", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot", "*.pth"]
+SAFE_WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def refuse_pickled_weights(folder: Path, what: str) -> None:
+    """Weights are read from safetensors only: a pickle can carry code that runs as it loads."""
+    if any(next(folder.glob(pattern), None) for pattern in SAFE_WEIGHTS):
+        return
+    pickles = sorted(p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern))
+    found = f" (it holds {', '.join(pickles)})" if pickles else ""
+    raise InvalidSpec(
+        f"{what} has no safetensors weights{found}; pickle checkpoints are refused because loading them "
+        "can run code: convert the weights to safetensors (save_pretrained writes them by default)"
+    )
+
+
+# Files a training run never reads (pickled weights are refused); leaving them out saves
+# much of a large repository.
+SKIPPED_FILES = ["original/*", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot", "*.pth", "pytorch_model*.bin"]
 
 
 def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, pause: float = 2.0) -> ModelSource:
@@ -96,7 +115,7 @@ def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, p
             )
         except Exception as error:  # the Hub client raises many types; the message is what matters
             write_marker(failed, str(error))
-            raise InvalidSpec(f"cannot download model {source.display}: {error}") from None
+            raise disk_full(error, [cache]) or InvalidSpec(f"cannot download model {source.display}: {error}") from None
         write_marker(ready, folder)
     else:
         deadline = time.monotonic() + timeout
@@ -119,13 +138,16 @@ def write_marker(marker: Path, text: str) -> None:
 def load_tokenizer(source: ModelSource, runtime: Runtime) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        source.location,
-        revision=source.revision,
-        token=source.token,
-        trust_remote_code=source.trust_remote_code,
-        cache_dir=_cache(runtime),
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.location,
+            revision=source.revision,
+            token=source.token,
+            trust_remote_code=source.trust_remote_code,
+            cache_dir=_cache(runtime),
+        )
+    except (OSError, ValueError) as error:  # ValueError: among others, code the spec does not trust
+        raise InvalidSpec(f"cannot load the tokenizer of model {source.display}: {error}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -172,12 +194,15 @@ def load_model(
     kwargs: dict[str, Any] = dict(task_settings or {})
     if quant is not None:
         kwargs["quantization_config"] = quantization_config(quant, storage=compute, keep=task.head_names)
+    if Path(source.location).is_dir():
+        refuse_pickled_weights(Path(source.location), f"model {source.display}")
     try:
         model, info = task.model_class().from_pretrained(
             source.location,
             revision=source.revision,
             token=source.token,
             trust_remote_code=source.trust_remote_code,
+            use_safetensors=True,
             dtype=dtype,
             attn_implementation="sdpa",
             cache_dir=_cache(runtime),
@@ -247,6 +272,7 @@ def _with_adapter(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if adapter_from is not None:
+        refuse_pickled_weights(Path(adapter_from), f"the warm-start adapter at {adapter_from}")
         return _trained_in_fp32(PeftModel.from_pretrained(model, adapter_from, is_trainable=True))
     lora = spec.method.adapter
     config = LoraConfig(

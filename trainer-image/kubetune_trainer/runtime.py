@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.contract import DEFAULT_PATHS, DEFAULT_PROGRESS_PORT, Env
+from kubetune.contract import DEFAULT_PATHS, DEFAULT_PROGRESS_PORT, Env, Network, parse_networks
 from kubetune_trainer.errors import InvalidSpec
 
 
@@ -31,6 +31,8 @@ class Runtime:
     output_override: Path | None = None
     model_cache: Path | None = None
     """The installation's shared cache of downloaded models, when it has one."""
+    allowed_networks: tuple[Network, ...] = ()
+    """Private networks dataset URLs may reach, as the installation (or kubetune run) allows."""
 
     @property
     def is_main(self) -> bool:
@@ -58,6 +60,7 @@ class Runtime:
             progress_port=int(env.get(Env.PROGRESS_PORT, str(DEFAULT_PROGRESS_PORT))),
             output_override=Path(override) if override else None,
             model_cache=Path(env[Env.MODEL_CACHE]) if env.get(Env.MODEL_CACHE) else None,
+            allowed_networks=_networks(env.get(Env.DATASET_ALLOWED_NETWORKS, "")),
         )
 
     def claim_path(self, claim_name: str, path: str) -> Path:
@@ -71,3 +74,10 @@ class Runtime:
             return file.read_text().strip()
         except OSError as error:
             raise InvalidSpec(f"Secret {name} key {key} is not mounted at {file} ({error.strerror})") from None
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as error:
+        raise InvalidSpec(f"{Env.DATASET_ALLOWED_NETWORKS.value}: {error}") from None

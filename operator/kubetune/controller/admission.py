@@ -1,11 +1,13 @@
 """What this installation allows a FineTuneJob to ask for. Creating a FineTuneJob creates
 pods, so the chart's allowlists of trainer images and service accounts bound what a
-user who may create FineTuneJobs can run, and with which identity."""
+user who may create FineTuneJobs can run, and with which identity; and the networks
+dataset URLs may reach are the installation's to say, not the job's."""
 
 from __future__ import annotations
 
 from kubetune.api.problems import Problem
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.contract import Env
 from kubetune.controller.settings import Settings
 
 
@@ -42,4 +44,18 @@ def admission_problems(spec: FineTuneJobSpec, settings: Settings) -> list[Proble
                 f"service account {account} is not allowed for trainer pods; allowed: {allowed}",
             )
         )
+    problems += _installation_env(spec)
     return problems
+
+
+def _installation_env(spec: FineTuneJobSpec) -> list[Problem]:
+    """A job's extra environment comes after the operator's in the pod, so it would win."""
+    reserved = Env.DATASET_ALLOWED_NETWORKS.value
+    return [
+        Problem(
+            f"spec.resources.env[{index}]",
+            f"{reserved} is set by the installation (operator setting {reserved}), not by a FineTuneJob",
+        )
+        for index, variable in enumerate(spec.resources.env)
+        if variable.get("name") == reserved
+    ]

@@ -30,7 +30,7 @@ JOB_LABEL = "kubetune.io/finetunejob"
 ATTEMPT_LABEL = "kubetune.io/attempt"
 ROLE_LABEL = "kubetune.io/role"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-NON_RETRYABLE = (ExitCode.INVALID_SPEC, ExitCode.INVALID_DATA, ExitCode.OUT_OF_MEMORY)
+NON_RETRYABLE = tuple(code for code in ExitCode if code is not ExitCode.OK and not code.retryable)
 PREFLIGHT_RESOURCES = {"cpu": "1", "memory": "4Gi"}
 
 
@@ -201,9 +201,9 @@ def build_preflight_job(context: Context) -> Manifest:
 
 def _failure_policy() -> Manifest:
     """Preemption, eviction and node drains fail the attempt as disruptions (the operator
-    reports Preempted and does not count it); bad spec, bad data and out-of-memory fail it
-    for good. backoffLimit 0 fails the attempt on any other pod failure: one lost rank
-    would otherwise leave the others waiting."""
+    reports Preempted and does not count it); bad spec, bad data, out-of-memory and a full
+    disk fail it for good. backoffLimit 0 fails the attempt on any other pod failure: one
+    lost rank would otherwise leave the others waiting."""
     return {
         "rules": [
             {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -264,7 +264,15 @@ def _pod(
         "containers": [container],
         "volumes": [],
     }
-    common = [with_spec_file, with_scratch, with_model_cache, with_references, with_scheduling, with_user_extras]
+    common = [
+        with_spec_file,
+        with_scratch,
+        with_model_cache,
+        with_dataset_networks,
+        with_references,
+        with_scheduling,
+        with_user_extras,
+    ]
     for modifier in [*common, *modifiers]:
         modifier(context, pod)
     pod_labels = {**resources.pod_labels, **labels(context, **{ROLE_LABEL: role, ATTEMPT_LABEL: str(attempt)})}
@@ -328,6 +336,15 @@ def with_model_cache(context: Context, pod: PodSpec) -> None:
         return
     _mount(pod, {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}, DEFAULT_PATHS[Env.MODEL_CACHE])
     _container(pod)["env"].append({"name": Env.MODEL_CACHE.value, "value": DEFAULT_PATHS[Env.MODEL_CACHE]})
+
+
+def with_dataset_networks(context: Context, pod: PodSpec) -> None:
+    """The private networks the installation lets dataset URLs reach (the trainer refuses
+    private addresses otherwise)."""
+    allowed = context.settings.dataset_allowed_networks
+    if allowed:
+        value = ",".join(str(network) for network in allowed)
+        _container(pod)["env"].append({"name": Env.DATASET_ALLOWED_NETWORKS.value, "value": value})
 
 
 def with_references(context: Context, pod: PodSpec) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune import __version__
-from kubetune.contract import DEFAULT_PROGRESS_PORT
+from kubetune.contract import DEFAULT_PROGRESS_PORT, Env, Network, parse_networks
 
 RENDEZVOUS_PORT = 29500
 
@@ -74,6 +74,8 @@ class Settings:
     """PersistentVolumeClaim mounted in trainer pods as the shared cache of downloaded models."""
     default_queue: str | None = None
     """Kueue LocalQueue for jobs that name none."""
+    dataset_allowed_networks: tuple[Network, ...] = ()
+    """Private networks dataset URLs may reach (an in-cluster mirror); empty refuses them all."""
     log_level: str = "info"
     log_format: str = "text"
     metrics_port: int = 8080
@@ -115,6 +117,7 @@ class Settings:
             accelerator_profiles=_profiles(env.get("KUBETUNE_ACCELERATOR_PROFILES", "")),
             model_cache_claim=env.get("KUBETUNE_MODEL_CACHE_PVC") or None,
             default_queue=env.get("KUBETUNE_DEFAULT_QUEUE") or None,
+            dataset_allowed_networks=_networks(env.get(Env.DATASET_ALLOWED_NETWORKS, "")),
             log_level=env.get("KUBETUNE_LOG_LEVEL", defaults.log_level).lower(),
             log_format=env.get("KUBETUNE_LOG_FORMAT", defaults.log_format).lower(),
             metrics_port=number("KUBETUNE_METRICS_PORT", defaults.metrics_port, int),
@@ -132,3 +135,10 @@ def _profiles(text: str) -> tuple[AcceleratorProfile, ...]:
     if not isinstance(items, list):
         raise SettingsError("KUBETUNE_ACCELERATOR_PROFILES: expected a JSON list of profiles")
     return tuple(AcceleratorProfile.parse(item, f"KUBETUNE_ACCELERATOR_PROFILES[{i}]") for i, item in enumerate(items))
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as error:
+        raise SettingsError(f"{Env.DATASET_ALLOWED_NETWORKS.value}: {error}") from None

@@ -35,6 +35,20 @@ def test_jobs_asking_for_what_is_not_allowed_are_refused_by_field(job: dict[str,
     assert "allowed: trainer" in problems[1].message
 
 
+def test_a_job_cannot_widen_the_networks_its_dataset_urls_may_reach(job: dict[str, Any]) -> None:
+    job["spec"]["resources"] = {
+        "env": [
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "KUBETUNE_DATASET_ALLOWED_NETWORKS", "value": "0.0.0.0/0"},
+        ]
+    }
+
+    problems = admission_problems(parse_finetunejob(job).spec, Settings())
+
+    assert [p.path for p in problems] == ["spec.resources.env[1]"]
+    assert "set by the installation" in problems[0].message
+
+
 def test_defaults_need_no_allowlist(job: dict[str, Any]) -> None:
     assert admission_problems(parse_finetunejob(job).spec, Settings()) == []
 

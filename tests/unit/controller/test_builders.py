@@ -78,7 +78,12 @@ def test_failure_policy_separates_disruption_and_hopeless_failures(job: dict[str
     rules = build_training_job(_context(job), 1)["spec"]["podFailurePolicy"]["rules"]
 
     assert rules[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
-    assert rules[1]["onExitCodes"]["values"] == [ExitCode.INVALID_SPEC, ExitCode.INVALID_DATA, ExitCode.OUT_OF_MEMORY]
+    assert rules[1]["onExitCodes"]["values"] == [
+        ExitCode.INVALID_SPEC,
+        ExitCode.INVALID_DATA,
+        ExitCode.OUT_OF_MEMORY,
+        ExitCode.DISK_FULL,
+    ]
 
 
 def test_pods_are_locked_down(job: dict[str, Any]) -> None:
@@ -204,6 +209,16 @@ def test_the_installations_model_cache_is_shared_by_every_pod(job: dict[str, Any
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}} in pod["volumes"]
     assert _env(training)["KUBETUNE_MODEL_CACHE"] == "/mnt/kubetune/model-cache"
     assert "KUBETUNE_MODEL_CACHE" not in _env(build_training_job(_context(job), 1))
+
+
+def test_the_installations_allowed_dataset_networks_reach_training_and_preflight_pods(job: dict[str, Any]) -> None:
+    networks = Settings.from_env({"KUBETUNE_DATASET_ALLOWED_NETWORKS": "10.20.0.0/16,fd00:1234::/48"})
+    context = Context(parse_finetunejob(job), networks)
+
+    for built in (build_training_job(context, 1), build_preflight_job(context)):
+        assert _env(built)["KUBETUNE_DATASET_ALLOWED_NETWORKS"] == "10.20.0.0/16,fd00:1234::/48"
+        kubernetes_validate.validate(built, KUBERNETES_VERSIONS[-1], strict=True)
+    assert "KUBETUNE_DATASET_ALLOWED_NETWORKS" not in _env(build_training_job(_context(job), 1))
 
 
 def test_automatic_sizing_must_happen_before_building(job: dict[str, Any]) -> None:

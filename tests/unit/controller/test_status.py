@@ -206,6 +206,24 @@ ATTEMPT_CASES: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]], dict
         "79.1 GiB",
     ),
     (
+        "disk full",
+        _job(failed=("PodFailurePolicy", "exit code 45")),
+        [
+            _pod(
+                0,
+                "Failed",
+                exit_code=45,
+                message=_summary(
+                    "DiskFull", "no space left on /mnt/kubetune/volumes/results/demo: 0 B free of 20.0 GiB"
+                ),
+            )
+        ],
+        {},
+        Outcome.FAILED,
+        "DiskFull",
+        "0 B free of 20.0 GiB",
+    ),
+    (
         "killed by the kernel",
         _job(failed=("BackoffLimitExceeded", "")),
         [_pod(1, "Failed", exit_code=137, reason="OOMKilled")],

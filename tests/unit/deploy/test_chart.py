@@ -42,6 +42,7 @@ CONTRACT_ENV = {
     "KUBETUNE_NAMESPACES",
     "KUBETUNE_ALLOWED_IMAGES",
     "KUBETUNE_ALLOWED_SERVICE_ACCOUNTS",
+    "KUBETUNE_DATASET_ALLOWED_NETWORKS",
     "KUBETUNE_ACCELERATOR_PROFILES",
     "KUBETUNE_PROGRESS_PORT",
     "KUBETUNE_PROGRESS_INTERVAL",
@@ -262,6 +263,7 @@ def test_default_settings_reach_the_operator() -> None:
     assert settings.trainer_cpu_image == "ghcr.io/kubetune/trainer:0.1.0-cpu"
     assert settings.progress_port == 9090
     assert settings.allowed_images == () and settings.allowed_service_accounts == ()
+    assert settings.dataset_allowed_networks == ()
 
 
 def test_every_value_reaches_the_operator() -> None:
@@ -275,6 +277,7 @@ def test_every_value_reaches_the_operator() -> None:
     assert settings.trainer_cpu_image == "registry.example.com/ml/trainer:0.1.0-cpu"
     assert settings.allowed_images == ("registry.example.com/ml/",)
     assert settings.allowed_service_accounts == ("trainer-s3",)
+    assert [str(n) for n in settings.dataset_allowed_networks] == values["trainer"]["allowedDatasetNetworks"]
     assert json.loads(env["KUBETUNE_ACCELERATOR_PROFILES"]) == values["acceleratorProfiles"]
     assert [p.name for p in settings.accelerator_profiles] == ["a100-80gb", "l4"]
     assert settings.progress_port == 9191
@@ -382,6 +385,7 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
         ("trainer.defaultResources.memory=lots", "/trainer/defaultResources/memory"),
         ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
         ("acceleratorProfiles[0].name=a100", "/acceleratorProfiles/0"),
+        ("trainer.allowedDatasetNetworks[0]=minio.storage.svc", "/trainer/allowedDatasetNetworks/0"),
     ],
 )
 def test_bad_values_fail_at_install_citing_the_value(flag: str, cited: str) -> None:

@@ -2,9 +2,13 @@
 
 A FineTuneJob names URLs that the trainer fetches from inside the cluster, so a URL must
 not reach what a pod can but a person should not: loopback, link-local addresses (where
-cloud metadata services answer) and other special ranges are refused, every redirect is
-checked again, the connection goes to the address that was checked (no second DNS
-answer), the size is capped and a given SHA-256 is verified before the file is used.
+cloud metadata services answer), private networks (the cluster's own services) and other
+special ranges are refused, every redirect is checked again, the connection goes to the
+address that was checked (no second DNS answer), the size is capped and a given SHA-256
+is verified before the file is used.
+
+A cluster administrator may allow networks (an in-cluster MinIO or HTTP mirror); cloud
+metadata addresses stay refused inside them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import http.client
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from kubetune.contract import Env, Network
+from kubetune_trainer.disk import WHAT, no_space
 from kubetune_trainer.errors import InvalidData
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -28,29 +34,67 @@ METADATA_ADDRESSES = {
     ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
     ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
 }
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+"""RFC 1918, carrier-grade NAT (RFC 6598) and IPv6 unique-local: where a cluster's pods,
+services and nodes live."""
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 MAX_REDIRECTS = 5
 CHUNK = 1 << 20
+METADATA = "a cloud metadata address, refused even inside an allowed network"
+HOW_TO_ALLOW = (
+    f"a cluster administrator can allow a network with the operator setting {Env.DATASET_ALLOWED_NETWORKS.value} "
+    "(chart value trainer.allowedDatasetNetworks); kubetune run takes --allow-network CIDR"
+)
 
 
-def refusal(address: Address) -> str | None:
-    """Why a pod must not fetch from this address, or None when it may."""
+def refusal(address: Address, allowed: Sequence[Network] = ()) -> str | None:
+    """Why a pod must not fetch from this address, or None when it may. An IPv6 address that
+    carries an IPv4 one (mapped, 6to4, NAT64) is judged by the IPv4 address it reaches."""
+    address = _embedded_ipv4(address) or address
     if address in METADATA_ADDRESSES:
-        return "a cloud metadata address"
+        return METADATA
+    if any(address in network for network in allowed if network.version == address.version):
+        return None
     if address.is_loopback:
         return "a loopback address"
     if address.is_link_local:
         return "a link-local address"
-    if address.is_unspecified or address.is_multicast or address.is_reserved:
+    private = next((n for n in PRIVATE_NETWORKS if n.version == address.version and address in n), None)
+    if private is not None:
+        return f"a private address (in {private})"
+    if address.is_unspecified or address.is_multicast or not address.is_global:
         return "a special-purpose address"
     return None
+
+
+def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses DNS gives for a host (raises OSError when there are none)."""
+    return [str(answer[4][0]) for answer in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
     max_bytes: int = 64 * 1024**3
     timeout_seconds: float = 60.0
-    refuse: Callable[[Address], str | None] = refusal
+    allowed_networks: tuple[Network, ...] = ()
+    """Networks the cluster allows despite the default refusals (never a metadata address)."""
     tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)
+    resolver: Callable[[str, int], Sequence[str]] = resolve
 
 
 def fetch(url: str, destination: Path, sha256: str | None = None, policy: FetchPolicy | None = None) -> Path:
@@ -70,6 +114,8 @@ def fetch(url: str, destination: Path, sha256: str | None = None, policy: FetchP
                 digest.update(chunk)
                 handle.write(chunk)
     except OSError as error:
+        if error.errno in WHAT:
+            raise no_space([partial], error.errno, error) from None
         raise InvalidData(f"{url}: download failed: {error}") from None
     finally:
         connection.close()
@@ -108,16 +154,25 @@ def _open(url: str, policy: FetchPolicy) -> tuple[http.client.HTTPResponse, http
 
 
 def _vetted_addresses(host: str, port: int, policy: FetchPolicy, url: str) -> list[str]:
+    """Every address the host has, each checked: one refused address refuses the host, as the
+    connection could go to any of them."""
     try:
-        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        raise InvalidData(f"{url}: cannot resolve {host}: {error.strerror}") from None
-    addresses = [ipaddress.ip_address(answer[4][0]) for answer in answers]
-    for address in addresses:
-        reason = policy.refuse(address)
+        answers = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            answers = [ipaddress.ip_address(answer) for answer in policy.resolver(host, port)]
+        except OSError as error:
+            raise InvalidData(f"{url}: cannot resolve {host}: {error.strerror or error}") from None
+    if not answers:
+        raise InvalidData(f"{url}: cannot resolve {host}: no address")
+    for address in answers:
+        reason = refusal(address, policy.allowed_networks)
         if reason is not None:
-            raise InvalidData(f"{url}: refused, {host} resolves to {address}, {reason}")
-    return [str(address) for address in dict.fromkeys(addresses)]
+            embedded = _embedded_ipv4(address)
+            reaches = f" ({embedded})" if embedded else ""
+            hint = "" if reason == METADATA else f"; {HOW_TO_ALLOW}"
+            raise InvalidData(f"{url}: refused, {host} resolves to {address}{reaches}, {reason}{hint}")
+    return [str(address) for address in dict.fromkeys(answers)]
 
 
 class _PinnedConnection(http.client.HTTPSConnection):

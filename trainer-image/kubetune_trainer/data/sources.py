@@ -7,14 +7,40 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from kubetune.api.spec import DatasetSource
-from kubetune_trainer.data.fetch import fetch
+from kubetune_trainer.data.fetch import FetchPolicy, fetch
 from kubetune_trainer.data.readers import SUFFIXES, Row, read_rows
+from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.storage import Bucket
 
 
 def source_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
+    """Every row of the source, in order. Raises InvalidData naming the source when it has none."""
+    empty = True
+    for row in _rows(source, runtime):
+        empty = False
+        yield row
+    if empty:
+        raise InvalidData(f"{_describe(source)} holds no rows; a dataset needs at least one example")
+
+
+def _describe(source: DatasetSource) -> str:
+    match source.kind:
+        case "pvc" if source.pvc is not None:
+            return f"{source.pvc.claim_name}:{source.pvc.path}"
+        case "configMap" if source.config_map is not None:
+            return f"ConfigMap {source.config_map.name} key {source.config_map.key}"
+        case "huggingFace" if source.hugging_face is not None:
+            return f"Hugging Face dataset {source.hugging_face.name} ({source.hugging_face.split})"
+        case "s3" if source.s3 is not None:
+            return source.s3.uri
+        case "urls" if source.urls:
+            return source.urls[0].url if len(source.urls) == 1 else f"the {len(source.urls)} URLs"
+    return f"the {source.kind} dataset"
+
+
+def _rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
     match source.kind:
         case "pvc":
             assert source.pvc is not None
@@ -38,9 +64,11 @@ def source_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
                 yield from read_rows(file)
         case "urls":
             assert source.urls is not None
+            policy = FetchPolicy(allowed_networks=runtime.allowed_networks)
             for index, item in enumerate(source.urls):
                 name = PurePosixPath(urlsplit(item.url).path).name or "data.jsonl"
-                yield from read_rows(fetch(item.url, runtime.work / "downloads" / f"{index:03d}-{name}", item.sha256))
+                file = runtime.work / "downloads" / f"{index:03d}-{name}"
+                yield from read_rows(fetch(item.url, file, item.sha256, policy))
         case kind:
             raise InvalidSpec(f"dataset source {kind} is not available in this trainer build yet")
 
@@ -66,6 +94,7 @@ def _hub_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
     try:
         table = datasets.load_dataset(hub.name, hub.config, split=hub.split, revision=hub.revision, token=token)
     except Exception as error:  # the Hub client raises many types; the message is what matters
-        raise InvalidData(f"Hugging Face dataset {hub.name} ({hub.split}): cannot load: {error}") from None
+        problem = InvalidData(f"Hugging Face dataset {hub.name} ({hub.split}): cannot load: {error}")
+        raise disk_full(error, [runtime.work]) or problem from None
     for index, values in enumerate(table):
         yield Row(dict(values), f"{hub.name} row {index}")

@@ -76,6 +76,18 @@ def test_a_folder_with_no_data_is_refused(tokenizer: Any, runtime: Runtime) -> N
         prepare(spec, tokenizer, runtime, seed=1)
 
 
+@pytest.mark.parametrize(
+    ("name", "content"), [("blank.jsonl", "\n \n"), ("empty.json", "[]"), ("header-only.csv", "text\n")]
+)
+def test_a_source_without_rows_is_refused_by_name(runtime: Runtime, tmp_path: Path, name: str, content: str) -> None:
+    (tmp_path / "claims" / "data").mkdir(parents=True)
+    (tmp_path / "claims" / "data" / name).write_text(content)
+    spec = DatasetSpec.model_validate({"pvc": {"claimName": "data", "path": name}})
+
+    with pytest.raises(InvalidData, match=rf"^data:{name} holds no rows; a dataset needs at least one example$"):
+        read_dataset(spec, dataclasses.replace(runtime, volumes=tmp_path / "claims"), seed=1)
+
+
 def test_bad_data_fails_before_the_model_loads_with_a_termination_message(runtime: Runtime, tmp_path: Path) -> None:
     claims = tmp_path / "claims"
     write_jsonl(claims / "data" / "train.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])

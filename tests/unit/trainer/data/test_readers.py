@@ -57,3 +57,40 @@ def test_csv_and_json_and_parquet_read_as_rows(tmp_path: Path) -> None:
     assert csv_rows[0].values == {"prompt": "hi", "completion": "there"}
     assert json_rows[0].values == {"text": "x"}
     assert [r.where for r in parquet_rows] == ["a.parquet row 0", "a.parquet row 1"]
+
+
+# Found by the dataset fuzzing (test_fuzz_datasets.py): each raised something other than
+# InvalidData.
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("deep.jsonl", '{"text": "a"}\n' + "[" * 100_000 + "\n", r"^deep.jsonl line 2: JSON nested too deep to parse$"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, r"^deep.json: JSON nested too deep to parse$"),
+        ("digits.jsonl", '{"text": "a"}\n{"n": ' + "9" * 5000 + "}\n", r"^digits.jsonl line 2: a number of more"),
+        ("digits.json", '[\n{"text": "a"},\n{"n": ' + "9" * 5000 + "}]", r"^digits.json line 3: a number of more than"),
+    ],
+)
+def test_json_beyond_what_python_parses_is_reported_where_it_is(
+    tmp_path: Path, name: str, content: str, expected: str
+) -> None:
+    with pytest.raises(InvalidData, match=expected):
+        list(read_rows(_write(tmp_path, name, content)))
+
+
+def test_a_parquet_value_python_cannot_hold_is_reported_by_row_and_column(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    days = pa.array([0, 1, 3_000_000], pa.int32()).cast(pa.date32())  # the last is in the year 10183
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "written": days}), tmp_path / "dates.parquet")
+
+    with pytest.raises(InvalidData, match=r"^dates.parquet row 2: column written cannot be read: "):
+        list(read_rows(tmp_path / "dates.parquet"))
+
+
+def test_a_long_document_in_a_csv_cell_is_read_as_from_jsonl(tmp_path: Path) -> None:
+    text = "word " * 60_000  # 300 KB, over the csv module's default field limit of 128 KiB
+
+    rows = list(read_rows(_write(tmp_path, "long.csv", f'text\n"{text}"\n')))
+
+    assert rows[0].values == {"text": text}
