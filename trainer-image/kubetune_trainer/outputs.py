@@ -14,7 +14,9 @@ from kubetune.api import OutputFormat, Precision
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
+from kubetune_trainer.hub import HubRepo, hub_location
 from kubetune_trainer.model import ModelSource
+from kubetune_trainer.oci import ImageName, Registry, adapter_image
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.storage import Bucket
 from kubetune_trainer.tasks import task_for
@@ -23,9 +25,10 @@ from kubetune_trainer.tasks.labels import LabelMap
 
 def check_formats(spec: FineTuneJobSpec) -> None:
     """Refuse, before training, a format this trainer cannot write."""
-    for fmt in spec.output.formats_for(spec.method.type):
-        if fmt is OutputFormat.ONNX:
-            raise InvalidSpec("output format onnx is not available in this trainer build yet; use adapter or merged")
+    if OutputFormat.ONNX in spec.output.formats_for(spec.method.type):
+        from kubetune_trainer.onnx_export import require_causal_lm
+
+        require_causal_lm(spec.task)
 
 
 def write_outputs(
@@ -43,28 +46,41 @@ def write_outputs(
 ) -> list[OutputFormat]:
     """Every rank takes part in saving (ZeRO-3 and FSDP gather the shards); rank 0 alone
     writes the tokenizer and the label names beside each output, and does the merge,
-    outside the training engine. `task_settings` rebuild the task's head for the merge."""
+    outside the training engine, and the ONNX export of the merged model. `task_settings`
+    rebuild the task's head for the merge."""
     formats = spec.output.formats_for(spec.method.type)
-    # A merge needs the adapter on disk even when the adapter itself is not asked for.
+    # A merge needs the adapter on disk even when the adapter itself is not asked for, and
+    # an ONNX export needs the merged model.
     adapter_dir = out / "adapter" if OutputFormat.ADAPTER in formats else scratch / "adapter-to-merge"
-    merged_dir = out / "merged"
+    merged_dir = out / "merged" if OutputFormat.MERGED in formats else scratch / "merged-for-onnx"
+    merge = OutputFormat.MERGED in formats or OutputFormat.ONNX in formats
     if spec.method.type.uses_adapter:
         trainer.save_model(str(adapter_dir))
-    elif OutputFormat.MERGED in formats:
+    elif merge:
         trainer.model.config.use_cache = True  # turned off for training; serving wants it
         trainer.save_model(str(merged_dir))
+    failure: Exception | None = None
     if runtime.is_main:
-        if spec.method.type.uses_adapter:
-            tokenizer.save_pretrained(adapter_dir)
-        if OutputFormat.MERGED in formats:
+        try:
             if spec.method.type.uses_adapter:
-                _merge(spec, source, adapter_dir, merged_dir, precision, task_settings or {})
-            tokenizer.save_pretrained(merged_dir)
-        if labels is not None:
-            for folder in (out, adapter_dir, merged_dir):
-                if folder is out or folder.is_dir():
-                    labels.save(folder)
+                tokenizer.save_pretrained(adapter_dir)
+            if merge:
+                if spec.method.type.uses_adapter:
+                    _merge(spec, source, adapter_dir, merged_dir, precision, task_settings or {})
+                tokenizer.save_pretrained(merged_dir)
+            if OutputFormat.ONNX in formats:
+                from kubetune_trainer.onnx_export import export_onnx
+
+                export_onnx(merged_dir, out / "onnx")
+            if labels is not None:
+                for folder in (out, adapter_dir, merged_dir):
+                    if folder is out or folder.is_dir():
+                        labels.save(folder)
+        except Exception as error:  # the other ranks wait at the barrier: release them first
+            failure = error
     barrier()
+    if failure is not None:
+        raise failure
     return formats
 
 
@@ -105,25 +121,54 @@ def output_folder(spec: FineTuneJobSpec, runtime: Runtime) -> Path:
         return runtime.output_override
     if spec.output.pvc is not None:
         return runtime.claim_path(spec.output.pvc.claim_name, spec.output.pvc.path)
-    if spec.output.s3 is not None:
-        return runtime.work / "output"
-    raise InvalidSpec(f"output destination {spec.output.kind} is not available in this trainer build yet")
+    return runtime.work / "output"
 
 
 def output_location(spec: FineTuneJobSpec, runtime: Runtime, folder: Path) -> str:
     """Where the result lives for the person reading status: a URI, or a local path."""
+    output = spec.output
     if runtime.output_override is not None:
         return str(folder)
-    if spec.output.pvc is not None:
-        return f"pvc://{spec.output.pvc.claim_name}/{spec.output.pvc.path.strip('/')}"
-    assert spec.output.s3 is not None
-    return spec.output.s3.uri
+    if output.pvc is not None:
+        return f"pvc://{output.pvc.claim_name}/{output.pvc.path.strip('/')}"
+    if output.s3 is not None:
+        return output.s3.uri
+    if output.oci is not None:
+        return f"oci://{ImageName.parse(output.oci.reference)}"
+    assert output.hugging_face is not None, "exactly one destination is set (checked by the one-of rule)"
+    return hub_location(output.hugging_face)
 
 
-def publish(spec: FineTuneJobSpec, runtime: Runtime, folder: Path) -> None:
-    """Send a remote destination its copy (checkpoints stay behind). Rank 0 only."""
-    if runtime.output_override is None and spec.output.s3 is not None:
-        Bucket.open(spec.output.s3, runtime).upload(folder, skip=("checkpoints",))
+def check_destination(spec: FineTuneJobSpec, runtime: Runtime) -> None:
+    """Refuse, before training, a remote destination whose credentials are not mounted or
+    cannot be read, rather than find out with the result in hand."""
+    output = spec.output
+    if runtime.output_override is not None:
+        return
+    if output.oci is not None:
+        Registry.open(output.oci, runtime)
+    if output.hugging_face is not None:
+        HubRepo.open(output.hugging_face, runtime)
+
+
+def publish(spec: FineTuneJobSpec, runtime: Runtime, folder: Path) -> str:
+    """Send a remote destination its copy (checkpoints stay behind) and return where the
+    result lives: `output_location`, or for an image that pinned by the pushed digest.
+    Rank 0 only. An image holds the adapter alone (the spec rules allow no other format)."""
+    output = spec.output
+    location = output_location(spec, runtime, folder)
+    if runtime.output_override is not None:
+        return location
+    if output.s3 is not None:
+        Bucket.open(output.s3, runtime).upload(folder, skip=("checkpoints",))
+    elif output.oci is not None:
+        image = adapter_image(folder / "adapter", spec.model.display, runtime.work / "oci-image")
+        return f"{location}@{Registry.open(output.oci, runtime).push(image)}"
+    elif output.hugging_face is not None:
+        HubRepo.open(output.hugging_face, runtime).upload(
+            folder, f"{runtime.job_name}: {spec.method.type} on {spec.model.display}", skip=("checkpoints",)
+        )
+    return location
 
 
 def checkpoint_folder(spec: FineTuneJobSpec, runtime: Runtime, out: Path) -> Path:

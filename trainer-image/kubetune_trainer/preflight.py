@@ -1,5 +1,6 @@
 """The preflight Job's program: read, check and tokenise the dataset on a CPU, before any
-accelerator is requested. A bad dataset fails here, with the trainer's own message."""
+accelerator is requested. A bad dataset fails here, with the trainer's own message; a good
+one is left tokenised on the checkpoint volume, where the training run picks it up."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
-from kubetune_trainer.data.pipeline import label_map, read_dataset, tokenize_dataset
+from kubetune_trainer.data.cache import save_for_training
+from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
 from kubetune_trainer.errors import TrainerError
 from kubetune_trainer.model import load_tokenizer, resolve_source
 from kubetune_trainer.runtime import Runtime
@@ -26,7 +28,8 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
     labels = label_map(examples, spec.dataset, spec.task)
     tokenizer = load_tokenizer(resolve_source(spec, runtime), runtime)
     task_for(spec.task).prepare_tokenizer(tokenizer)
-    data = tokenize_dataset(examples, spec.dataset, tokenizer, spec.task, labels)
+    data = encode_dataset(examples, spec.dataset, tokenizer, spec.task, labels)
+    save_for_training(spec, runtime, tokenizer, data, labels, examples)
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
     if labels is not None:
         stats["labels"] = list(labels.names)
@@ -42,14 +45,16 @@ def main() -> None:
     from kubetune_trainer.main import read_spec
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runtime = Runtime.from_env()
+    termination_log = Path(os.environ.get(Env.TERMINATION_LOG, DEFAULT_PATHS[Env.TERMINATION_LOG]))
     try:
+        runtime = Runtime.from_env()  # a bad setting in the pod's environment is refused here
+        termination_log = runtime.termination_log
         summary = check(read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC]))), runtime)
         code = ExitCode.OK
     except TrainerError as error:
         summary, code = {"status": "Failed", "reason": error.reason, "message": str(error)}, error.exit_code
         log.error("%s: %s", error.reason, error)
-    write_summary(summary, runtime.termination_log)
+    write_summary(summary, termination_log)
     sys.exit(int(code))
 
 

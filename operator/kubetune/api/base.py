@@ -148,4 +148,5 @@ class OciReference(ApiModel):
     reference: Annotated[str, Field(pattern=r"^[a-z0-9][\w.\-:/]*[:@][\w.\-:]+$", max_length=1024)]
     """Image reference with a tag or digest, e.g. registry.example.com/adapters/phi3:v1."""
     secret: SecretRef | None = None
-    """Secret of type kubernetes.io/dockerconfigjson with credentials for the registry."""
+    """Credentials for the registry: a kubernetes.io/dockerconfigjson Secret (the entry for
+    this registry's host), or a kubernetes.io/basic-auth Secret (keys username, password)."""

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from kubetune.api.enums import TASK_FORMATS, DataFormat, MethodType, StrategyType, TaskType, TrackingBackend
+from kubetune.api.enums import (
+    TASK_FORMATS,
+    DataFormat,
+    MethodType,
+    OutputFormat,
+    StrategyType,
+    TaskType,
+    TrackingBackend,
+)
 from kubetune.api.problems import Problem
 from kubetune.api.tasks import task_row
 from kubetune.catalog import presets, support_row
@@ -213,6 +221,27 @@ def _output(spec: FineTuneJobSpec) -> Iterator[Problem]:
     hub = spec.output.hugging_face
     if hub is not None and hub.token_secret is None:
         yield Problem("output.huggingFace.tokenSecret", "pushing to the Hub needs a token with write access")
+    oci = spec.output.oci
+    if oci is None:
+        return
+    if "@" in oci.reference:
+        yield Problem(
+            "output.oci.reference",
+            "name a tag to push to (registry/repository:tag); an image's digest is known only after the push",
+        )
+    # Kaito's adapter image holds data/adapter_config.json and the adapter's weights, nothing else.
+    if not spec.method.type.uses_adapter:
+        yield Problem(
+            "output.oci",
+            "an OCI output is an adapter image in Kaito's layout, and full fine-tuning makes no adapter; "
+            "use pvc, s3 or huggingFace",
+        )
+    elif spec.output.formats_for(spec.method.type) != [OutputFormat.ADAPTER]:
+        yield Problem(
+            "output.formats",
+            "an OCI output is an adapter image in Kaito's layout and holds the adapter alone; "
+            "set formats to [adapter], or use pvc, s3 or huggingFace for merged or onnx",
+        )
 
 
 def _resources(spec: FineTuneJobSpec) -> Iterator[Problem]:

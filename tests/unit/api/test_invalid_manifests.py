@@ -179,6 +179,27 @@ CASES: list[tuple[str, Callable[[Manifest], None], str, str]] = [
         "write access",
     ),
     (
+        "OCI output of a full fine-tune",
+        _all(
+            _set("spec.method", {"type": "full"}),
+            _set("spec.output", {"oci": {"reference": "registry.example.com/adapters/demo:v1"}}),
+        ),
+        "spec.output.oci",
+        "full fine-tuning makes no adapter",
+    ),
+    (
+        "OCI output of a merged model",
+        _set("spec.output", {"oci": {"reference": "registry.example.com/adapters/demo:v1"}, "formats": ["merged"]}),
+        "spec.output.formats",
+        "holds the adapter alone; set formats to [adapter]",
+    ),
+    (
+        "OCI output pinned by digest",
+        _set("spec.output", {"oci": {"reference": "registry.example.com/adapters/demo@sha256:" + "0" * 64}}),
+        "spec.output.oci.reference",
+        "name a tag to push to",
+    ),
+    (
         "environment variable without a name",
         _set("spec.resources.env", [{"value": "1"}]),
         "spec.resources.env[0].name",

@@ -20,7 +20,7 @@ from .conftest import FACTS, greedy_answer, memorise_spec
 
 pytestmark = pytest.mark.slow
 
-BUILT_OUTPUTS = {"adapter", "merged"}
+BUILT_OUTPUTS = {"adapter", "merged", "onnx"}
 ROWS = [r for r in support_matrix() if r.strategy is Strategy.SINGLE and r.supported and r.output in BUILT_OUTPUTS]
 
 
@@ -53,6 +53,10 @@ def test_row_trains_and_its_output_answers_from_memory(
     losses = [h["loss"] for h in summary["history"] if "loss" in h]
 
     assert losses[-1] < losses[0] / 10, losses
+    if row.output == "onnx":
+        # The graph is checked against the merged model it was exported from, which must answer.
+        check = json.loads((out / "onnx" / "onnx_check.json").read_text())
+        assert check["passed"] and check["tokensEqual"] == check["tokensCompared"] > 0, check
     model, tokenizer = _reload(row.output, out, volumes)
     question, answer = FACTS[3]
     assert greedy_answer(model, tokenizer, question) == answer
@@ -108,4 +112,5 @@ def _reload(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
 
         base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
         return PeftModel.from_pretrained(base, out / "adapter"), AutoTokenizer.from_pretrained(out / "adapter")
+    # merged, and onnx (exported from the merged model, which the run keeps when both are asked)
     return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")

@@ -93,6 +93,27 @@ def tokenize_dataset(
     task: TaskType = TaskType.CAUSAL_LM,
     labels: LabelMap | None = None,
 ) -> PreparedData:
+    return arrange(encode_dataset(sets, dataset, tokenizer, task, labels), dataset, task)
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """Every kept example encoded on its own, before the task arranges the training items:
+    what the preflight's cache holds, since packing depends on nothing the cache is keyed by."""
+
+    train: list[Any]
+    eval: list[Any]
+    stats: DataStats
+    format: DataFormat
+
+
+def encode_dataset(
+    sets: ExampleSets,
+    dataset: DatasetSpec,
+    tokenizer: Any,
+    task: TaskType = TaskType.CAUSAL_LM,
+    labels: LabelMap | None = None,
+) -> EncodedData:
     stats = DataStats(detected_format=sets.format.value)
     train = _tokenize_all(sets.train, tokenizer, dataset, task, labels, stats)
     if not train:
@@ -101,7 +122,11 @@ def tokenize_dataset(
             f"{dataset.max_seq_length}, {stats.dropped_nothing_to_learn} with nothing to learn"
         )
     eval_set = _tokenize_all(sets.eval, tokenizer, dataset, task, labels, DataStats())
-    return PreparedData(task_for(task).arrange(train, dataset), eval_set, stats, sets.format)
+    return EncodedData(train, eval_set, stats, sets.format)
+
+
+def arrange(encoded: EncodedData, dataset: DatasetSpec, task: TaskType = TaskType.CAUSAL_LM) -> PreparedData:
+    return PreparedData(task_for(task).arrange(encoded.train, dataset), encoded.eval, encoded.stats, encoded.format)
 
 
 def _tokenize_all(
