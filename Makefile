@@ -9,8 +9,8 @@ INSTALLED := $(VENV)/.installed
 # DeepSpeed's ops are compiled on first use (or prebuilt in the trainer image), never at install.
 export DS_BUILD_OPS := 0
 
-.PHONY: help venv quickstart test lint typecheck unit gpu-check crds clean
-.PHONY: tools chart kind-up kind-down images images-gpu kind-load deploy e2e
+.PHONY: help venv quickstart test lint typecheck unit gpu-check bench bench-trainer bench-operator bench-gpu crds clean
+.PHONY: tools registry chart kind-up kind-down images images-gpu kind-load deploy e2e
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,13 +38,24 @@ lint: $(INSTALLED) ## ruff lint and format check
 typecheck: $(INSTALLED) ## mypy (strict) on the package
 	$(BIN)/mypy
 
-unit: $(INSTALLED) tools ## The test suite alone, without lint and type checks
+unit: $(INSTALLED) tools registry ## The test suite alone, without lint and type checks
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit ## Everything CI runs: lint, type check, tests
 
 gpu-check: $(INSTALLED) ## On a CUDA machine: QLoRA kernels, ZeRO-3 over NCCL, FSDP rows (prints a table)
 	$(BIN)/python -m pytest tests/gpu -m gpu -s -q -p no:cacheprovider
+
+bench: bench-trainer bench-operator ## Both benchmarks on this machine
+
+bench-trainer: $(INSTALLED) ## kubetune's trainer against TRL's SFTTrainer on the CPU configuration (bench/README.md)
+	$(BIN)/python -m bench.trainer
+
+bench-operator: $(INSTALLED) ## The operator at 100, 500 and 1000 jobs against a floor operator, on the emulated API server
+	$(BIN)/python -m bench.operator
+
+bench-gpu: $(INSTALLED) ## On one GPU: the trainer benchmark's Phi-3-mini-shaped configuration
+	$(BIN)/python -m bench.trainer --size gpu
 
 crds: $(INSTALLED) ## Regenerate crds/ from the API models
 	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
@@ -76,6 +87,20 @@ $(TOOLS)/bin/helm $(TOOLS)/bin/kubectl &:
 	@rm -rf $(TOOLS)/download
 
 tools: $(TOOLS)/bin/helm $(TOOLS)/bin/kubectl ## Fetch helm and kubectl into .tools/bin (idempotent; the chart tests use them)
+
+# The reference distribution registry (Debian's docker-registry package) that the OCI output
+# tests push to on loopback. Without it those tests skip, saying so.
+REGISTRY_BINARY := /usr/bin/docker-registry
+
+registry: ## Install the docker-registry package for the OCI tests (as root with apt-get; else says why not)
+	@if [ -x $(REGISTRY_BINARY) ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "registry: not installing docker-registry (needs root and apt-get); the OCI push tests will skip"; \
+	else \
+		apt-get install -y -qq --no-install-recommends docker-registry >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; } || \
+		echo "registry: apt-get could not install docker-registry; the OCI push tests will skip"; \
+	fi
 
 chart: tools ## Package the chart into dist/ for `helm push` (it holds the CRD file itself, not the link)
 	$(HELM) package charts/kubetune --destination dist

@@ -24,7 +24,7 @@ from kubetune.catalog import Strategy
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
-from kubetune_trainer.data.pipeline import label_map, read_dataset, tokenize_dataset
+from kubetune_trainer.data.cache import check_data
 from kubetune_trainer.engine import EngineCheck, engine_facts, record
 from kubetune_trainer.errors import Interrupted, InvalidSpec
 from kubetune_trainer.hardware import Hardware
@@ -37,6 +37,7 @@ from kubetune_trainer.model import (
     trainable_parameters,
 )
 from kubetune_trainer.outputs import (
+    check_destination,
     check_formats,
     checkpoint_folder,
     output_folder,
@@ -88,16 +89,17 @@ def train(
     hardware = Hardware.detect()
     precision = hardware.precision(spec.training.precision)
     check_formats(spec)
+    check_destination(spec, runtime)
     task = task_for(spec.task)
     out = output_folder(spec, runtime)
     checkpoint_dir = checkpoint_folder(spec, runtime, out)
-    examples = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
-    labels = label_map(examples, spec.dataset, spec.task)
+    checked = check_data(spec, runtime)  # the preflight's cache, else the dataset read and checked
+    examples, labels = checked.examples, checked.labels
 
     source = fetch_once(resolve_source(spec, runtime), runtime)
     tokenizer = load_tokenizer(source, runtime)
     default_template = task.prepare_tokenizer(tokenizer)
-    data = tokenize_dataset(examples, spec.dataset, tokenizer, spec.task, labels)
+    data = checked.tokenize(tokenizer, write=runtime.is_main)
     log.info("data: %s", data.stats.as_dict())
 
     # The arguments come before the model: under ZeRO-3 they set up the process group and
@@ -136,7 +138,7 @@ def train(
         args=args,
         train_dataset=ListDataset(data.train),
         eval_dataset=ListDataset(data.eval) if data.eval else None,
-        data_collator=task.collator(tokenizer, spec.dataset),
+        data_collator=task.collator(tokenizer, spec.dataset, model),
         processing_class=tokenizer,
         compute_metrics=scorer,
         preprocess_logits_for_metrics=scorer.preprocess if scorer else None,
@@ -182,7 +184,7 @@ def train(
         trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, _barrier, settings, labels
     )
     metrics["wallSeconds"] = round(time.monotonic() - started, 2)
-    summary = {
+    summary: dict[str, Any] = {
         "status": "Succeeded",
         "reason": "Completed",
         "message": f"trained {trainer.state.global_step} steps on {data.stats.kept} examples",
@@ -205,7 +207,8 @@ def train(
         (out / "README.md").write_text(model_card(spec, summary))
         write_report(summary, spec, out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        publish(spec, runtime, out)
+        # An image's digest is known only once it is pushed.
+        summary["output"]["location"] = publish(spec, runtime, out)
     return summary
 
 

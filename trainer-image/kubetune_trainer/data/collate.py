@@ -1,17 +1,20 @@
-"""Batches for the model: padded, or packed into full sequences; one label per text for
-classification; a source and a target of their own lengths for seq2seq.
+"""Batches for the model: padded, laid end to end without padding, or packed into full
+sequences; one label per text for classification; a source and a target of their own
+lengths for seq2seq.
 
 Padding is never trained on (its labels are ignored). Each batch also carries
 `num_tokens`, its count of real tokens, for the tokens-per-second figure. Packed sequences carry position
 ids that restart at every example and no attention mask, so models whose attention mask
 is built by transformers' masking utilities (Llama, Phi-3, Mistral, Qwen2 and most
-decoder models) attend only within each example.
+decoder models) attend only within each example; `keeps_packed_examples_apart` checks
+that a loaded model does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -87,6 +90,79 @@ class PackedCollator:
             positions[row, :n] = torch.tensor(packed.position_ids)
             positions[row, n:] = torch.arange(width - n)
         return {"input_ids": ids, "labels": labels, "position_ids": positions, "num_tokens": _count(batch)}
+
+
+EXAMPLES = "examples"
+"""The key under which a padding-free batch carries its examples, for the Trainer to lay a
+whole optimizer step out again (it is never given to the model)."""
+
+
+@dataclass(frozen=True)
+class PaddingFreeCollator:
+    """The examples of a batch laid end to end in rows as wide as its longest example: the same
+    examples and targets as a padded batch, in fewer rows, with no compute on padding. No row
+    is wider than the padded batch would be, so neither is the attention over it."""
+
+    pad_token_id: int
+    multiple_of: int = 8
+
+    def rows(self, examples: Sequence[TokenizedExample]) -> list[Packed]:
+        return pack(examples, _round_up(max(len(e.input_ids) for e in examples), self.multiple_of))
+
+    def collate_rows(self, rows: Sequence[Packed]) -> dict[str, torch.Tensor]:
+        return PackedCollator(self.pad_token_id, self.multiple_of)(rows)
+
+    def __call__(self, batch: Sequence[TokenizedExample]) -> dict[str, Any]:
+        return self.collate_rows(self.rows(batch)) | {EXAMPLES: list(batch)}
+
+
+def lay_out_step(
+    batches: Sequence[dict[str, Any]], collator: PaddingFreeCollator, rows_per_batch: int
+) -> list[dict[str, Any]]:
+    """One optimizer step's micro-batches again, with the step's examples laid end to end
+    together: in as few micro-batches of at most `rows_per_batch` rows as they fit, each no
+    larger than the largest padded micro-batch could be. The step keeps its number of
+    micro-batches (the Trainer counts them): empty ones (`{}`) come first, to be skipped, and
+    the last is always real, so data-parallel ranks synchronise on it. When laying out again
+    saves nothing, the batches come back as they were (without their examples)."""
+    examples = [example for batch in batches for example in batch.get(EXAMPLES, [])]
+    stripped = [{k: v for k, v in batch.items() if k != EXAMPLES} for batch in batches]
+    if not examples:
+        return stripped
+    rows = collator.rows(examples)
+    groups = [rows[start : start + rows_per_batch] for start in range(0, len(rows), rows_per_batch)]
+    if len(groups) >= len(batches):
+        return stripped
+    return [{} for _ in range(len(batches) - len(groups))] + [collator.collate_rows(group) for group in groups]
+
+
+PROBE_TOLERANCE = 0.02
+"""How far, relative to the largest logit, an example's logits may move when another example
+is laid before it: rounding, not attention across examples (which moves them by far more)."""
+
+
+def keeps_packed_examples_apart(model: Any) -> bool:
+    """Whether this model, as loaded, attends only within each example of a packed row: two
+    short examples are run packed and the second alone, and their logits compared. The probe
+    runs in training mode with dropout quietened: a 4-bit layer on a CPU run in evaluation
+    mode repacks its weights into an inference-only layout that gradients cannot go through."""
+    device = next(model.parameters()).device
+    first, second = list(range(3, 9)), list(range(9, 14))
+    packed_ids = torch.tensor([first + second], device=device)
+    positions = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
+    was_training = model.training
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    try:
+        with torch.no_grad():
+            packed = model(input_ids=packed_ids, position_ids=positions, use_cache=False).logits[0, len(first) :]
+            alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0]
+    finally:
+        model.train(was_training)
+    packed, alone = packed.float(), alone.float()
+    return bool((packed - alone).abs().max() <= PROBE_TOLERANCE * alone.abs().max().clamp(min=1e-6))
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ class Task(ABC):
         return encoded
 
     @abstractmethod
-    def collator(self, tokenizer: Any, dataset: DatasetSpec) -> Callable[[Sequence[Any]], dict[str, Any]]: ...
+    def collator(
+        self, tokenizer: Any, dataset: DatasetSpec, model: Any = None
+    ) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        """Makes the task's batches; `model` is the model they are for, when it matters how it attends."""
 
     def metrics(self, tokenizer: Any, labels: LabelMap | None) -> Metrics | None:
         """compute_metrics for the Trainer, or None when the loss says it all."""

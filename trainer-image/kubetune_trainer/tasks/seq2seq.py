@@ -48,7 +48,9 @@ class Seq2Seq(Task):
         stats.keep(len(source) + len(target), len(target))
         return TokenizedExample(source, target)
 
-    def collator(self, tokenizer: Any, dataset: DatasetSpec) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    def collator(
+        self, tokenizer: Any, dataset: DatasetSpec, model: Any = None
+    ) -> Callable[[Sequence[Any]], dict[str, Any]]:
         return Seq2SeqCollator(tokenizer.pad_token_id)
 
     def metrics(self, tokenizer: Any, labels: LabelMap | None) -> Metrics:

@@ -68,7 +68,9 @@ class SequenceClassification(Task):
         types = encoded.get("token_type_ids")
         return ClassifiedExample(ids, labels.id_of(LabelValue(example.label, example.where)), types and list(types))
 
-    def collator(self, tokenizer: Any, dataset: DatasetSpec) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    def collator(
+        self, tokenizer: Any, dataset: DatasetSpec, model: Any = None
+    ) -> Callable[[Sequence[Any]], dict[str, Any]]:
         return ClassificationCollator(tokenizer.pad_token_id)
 
     def metrics(self, tokenizer: Any, labels: LabelMap | None) -> Metrics:

@@ -65,7 +65,9 @@ class TokenClassification(Task):
         stats.keep(len(ids), sum(t != IGNORE_INDEX for t in targets))
         return TokenizedExample(ids, targets)
 
-    def collator(self, tokenizer: Any, dataset: DatasetSpec) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    def collator(
+        self, tokenizer: Any, dataset: DatasetSpec, model: Any = None
+    ) -> Callable[[Sequence[Any]], dict[str, Any]]:
         return PaddingCollator(tokenizer.pad_token_id)
 
     def metrics(self, tokenizer: Any, labels: LabelMap | None) -> Metrics:
