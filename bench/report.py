@@ -82,6 +82,18 @@ class SettingReport:
     flops_formula: str
     runs: list[Run] = field(default_factory=list)
     tolerance: float = DEFAULT_TOLERANCE
+    estimate_mib: float | None = None
+    """`kubetune estimate`'s memory per device for kubetune's run, to hold against the
+    accelerator memory it measured."""
+
+    def estimate_error(self) -> float | None:
+        """How far the estimate is from kubetune's measured peak accelerator memory, as a
+        fraction of the measured figure (positive: the estimate is higher); None on a CPU."""
+        measured = [run.accelerator_peak_mib for run in self.counted(KUBETUNE) if run.accelerator_peak_mib]
+        if self.estimate_mib is None or not measured:
+            return None
+        peak = statistics.median(measured)
+        return (self.estimate_mib - peak) / peak
 
     @property
     def contenders(self) -> list[str]:
@@ -185,6 +197,8 @@ class SettingReport:
             "void": bool(self.problems()),
             "problems": self.problems(),
             "ceilingFlopsPerSecond": self.ceiling(),
+            "estimateMiB": self.estimate_mib,
+            "estimateError": self.estimate_error(),
             "slowedRuns": len(self.slowed()),
             "contenders": contenders,
             "runs": [
@@ -205,10 +219,14 @@ class SettingReport:
             flops_formula=document["flopsFormula"],
             runs=[Run(**{k: v for k, v in run.items() if k in names}) for run in document["runs"]],
             tolerance=document["tolerance"],
+            estimate_mib=document.get("estimateMiB"),
         )
 
 
 # ----------------------------------------------------------------------------- the table
+
+ESTIMATE_TARGET = 0.15
+"""How close `kubetune estimate` should come to the measured peak accelerator memory."""
 
 COLUMNS = (
     "contender",
@@ -261,6 +279,13 @@ def render(report: SettingReport) -> str:
         lines.append(
             f"ceiling: kubetune reaches {achieved:,.1f} GFLOP/s = {mfu.median:.1%} ({mfu.low:.1%}-{mfu.high:.1%}) "
             f"of a plain {report.setting.precision} matrix product of the model's shapes ({ceiling:,.1f} GFLOP/s)"
+        )
+    error = report.estimate_error()
+    if error is not None and report.estimate_mib is not None:
+        lines.append(
+            f"memory estimate: kubetune estimate says {report.estimate_mib:,.0f} MiB per device, kubetune's run "
+            f"peaked at {report.estimate_mib / (1 + error):,.0f} MiB allocated: {error:+.1%} "
+            f"({'within' if abs(error) <= ESTIMATE_TARGET else 'outside'} the {ESTIMATE_TARGET:.0%} target)"
         )
     fastest = report.fastest_trl()
     speedup = report.ratio(fastest, lambda run: run.tokens_per_second, True) if fastest else None

@@ -37,10 +37,11 @@ from bench.contenders import (
     TRL_KAITO,
     TRL_PADDING_FREE,
     RunSpec,
+    kubetune_manifest,
 )
 from bench.measure import Measured, eval_loss, flops, matmul_rate, run_contender, wait_for_quiet
 from bench.report import BUSY_SHARE, DEFAULT_TOLERANCE, Run, SettingReport, render
-from bench.workload import SIZES, Prepared, Setting, Workload, prepare
+from bench.workload import SIZES, ModelShape, Prepared, Setting, Workload, prepare
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_CONTENDERS = (KUBETUNE, TRL_KAITO, *TRL_BEST)
@@ -71,6 +72,16 @@ def run_spec(workload: Workload, setting: Setting, prepared: Prepared, contender
         seed=workload.seed,
         accelerators=accelerators,
     )
+
+
+def kubetune_estimate_mib(run: RunSpec, shape: ModelShape, vocab: int) -> float:
+    """What `kubetune estimate` says kubetune's run needs per device, in MiB."""
+    from kubetune.api import parse_finetunejob
+    from kubetune.estimate import ModelFacts, estimate
+
+    spec = parse_finetunejob(kubetune_manifest(run)).spec
+    facts = ModelFacts.of_config(shape.config(vocab))
+    return estimate(spec, facts, world_size=max(1, run.accelerators)).total / 2**20
 
 
 def packed_rows(lengths: Sequence[int], max_length: int) -> int:
@@ -129,6 +140,10 @@ def bench_setting(
         tolerance=options.tolerance,
     )
     model_flops = flops(workload.shape, setting, prepared.train_lengths, workload.lora_r)
+    if not on_cpu:
+        vocab = json.loads((prepared.model / "config.json").read_text())["vocab_size"]
+        kubetune_run = run_spec(workload, setting, prepared, KUBETUNE, accelerators=1)
+        report.estimate_mib = kubetune_estimate_mib(kubetune_run, workload.shape, vocab)
     held_out = [json.loads(line) for line in prepared.eval.read_text().splitlines()]
     for index in range(rounds):
         if index == 1:

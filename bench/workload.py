@@ -52,6 +52,21 @@ class ModelShape:
     def linear_parameters(self) -> int:
         return sum(inputs * outputs * count for inputs, outputs, count in self.linear_shapes())
 
+    def config(self, vocab: int, **token_ids: int | None) -> dict[str, Any]:
+        """The transformers config of a model of this shape (`vocab` rows in its embeddings)."""
+        return {
+            "model_type": self.architecture,
+            "vocab_size": vocab,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "max_position_embeddings": 4096,
+            "tie_word_embeddings": False,
+            **token_ids,
+        }
+
     def adapter_parameters(self, r: int) -> int:
         """LoRA parameters on every linear layer but the output head (peft's all-linear)."""
         return sum(r * (inputs + outputs) * count for inputs, outputs, count in self.linear_shapes()[:-1])
@@ -308,19 +323,14 @@ def make_model(shape: ModelShape, folder: Path, seed: int) -> Any:
         folder, corpus(seed), "llama", hidden_size=16, layers=1, vocab_size=shape.tokenizer_vocab, seed=seed
     )
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = (LlamaConfig if shape.architecture == "llama" else Phi3Config)(
-        vocab_size=max(shape.vocab, len(tokenizer)),
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=4096,
+    settings = shape.config(
+        max(shape.vocab, len(tokenizer)),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
     )
+    settings.pop("model_type")
+    config = (LlamaConfig if shape.architecture == "llama" else Phi3Config)(**settings)
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a 3.8B model initialises in seconds there
     with torch.device(device):

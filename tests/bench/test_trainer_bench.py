@@ -10,7 +10,7 @@ import pytest
 from bench.contenders import KUBETUNE, TRL_KAITO, TRL_PADDING_FREE, kubetune_manifest, trl_arguments
 from bench.measure import flops_per_example
 from bench.report import Run, SettingReport, render
-from bench.trainer import DEFAULT_CONTENDERS, main, packed_rows, rows_per_step, run_spec
+from bench.trainer import DEFAULT_CONTENDERS, kubetune_estimate_mib, main, packed_rows, rows_per_step, run_spec
 from bench.workload import LLAMA_30M, SIZES, Prepared, Setting, chats, prepare
 
 from kubetune.api import parse_finetunejob
@@ -181,3 +181,47 @@ def test_a_tiny_run_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytes
     assert {run["steps"] for run in setting["runs"]} == {SIZES["smoke"].steps}
     assert json.loads((tmp_path / "latest.json").read_text()) == json.loads(json.dumps(document))
     assert len(list(tmp_path.glob("*-smoke.json"))) == 1
+
+
+def test_the_gpu_configuration_holds_its_memory_estimate_against_the_measured_peak(tmp_path: Path) -> None:
+    """On a GPU each table says how far `kubetune estimate` is from kubetune's measured peak;
+    here the estimates are computed and the line is rendered from made-up measurements."""
+    workload = SIZES["gpu"]
+    prepared = Prepared(
+        tmp_path, tmp_path / "model", tmp_path / "data" / "train.jsonl", tmp_path / "data" / "eval.jsonl", [300], [300]
+    )
+    estimates = {
+        s.name: kubetune_estimate_mib(
+            run_spec(workload, s, prepared, KUBETUNE, 1), workload.shape, workload.shape.vocab
+        )
+        for s in workload.settings
+    }
+    # A 3.8B model: QLoRA's 4-bit base needs the least, full fine-tuning under ZeRO-3 on one device the most.
+    assert min(estimates, key=estimates.__getitem__).startswith("qlora")
+    assert max(estimates, key=estimates.__getitem__).startswith("full")
+    assert 3.8e9 * 16 / 2**20 < max(estimates.values()) < 3.8e9 * 24 / 2**20
+
+    setting = workload.settings[0]
+    report = SettingReport(setting, "t", steps=1, tokens=1, flops_formula="f", estimate_mib=estimates[setting.name])
+    measured = estimates[setting.name] / 1.1
+    report.runs.append(
+        Run(
+            contender=KUBETUNE,
+            round=0,
+            wall_seconds=1.0,
+            train_seconds=1.0,
+            tokens=1,
+            steps=1,
+            peak_rss_mib=1.0,
+            cpu_share=1.0,
+            busy_before=0.0,
+            attempts=1,
+            eval_loss=1.0,
+            model_flops=1.0,
+            matmul_flops_per_second=1.0,
+            accelerator_peak_mib=measured,
+        )
+    )
+    assert report.estimate_error() == pytest.approx(0.1)
+    assert "+10.0% (within the 15% target)" in render(report)
+    assert SettingReport.from_dict(json.loads(json.dumps(report.as_dict()))).estimate_mib == report.estimate_mib

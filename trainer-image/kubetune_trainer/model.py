@@ -216,7 +216,19 @@ def load_model(
     # No key/value cache in training: it costs memory, and its presence stops transformers
     # from isolating the examples of a packed sequence from each other.
     model.config.use_cache = False
+    if quant is not None:
+        keep_4bit_weights_differentiable(model)
     return LoadedModel(model, new_modules(model, info["missing_keys"]))
+
+
+def keep_4bit_weights_differentiable(model: Any) -> None:
+    """On a CPU, bitsandbytes repacks a 4-bit layer's weights into an inference layout the
+    first time the layer runs in evaluation mode without gradients (the evaluation before
+    training does), and that layout's kernel has no backward: every layer below would then
+    train on wrong gradients. A model that trains keeps the layout it can differentiate."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def new_modules(model: Any, missing_keys: Iterable[str]) -> tuple[str, ...]:

@@ -89,3 +89,30 @@ def test_a_model_asking_to_run_its_own_code_is_refused_when_the_spec_does_not_tr
     assert not (tmp_path / RAN).exists()
     load_tokenizer(source, runtime)  # the tokenizer's own files are data: it loads without the model's code
     assert not (tmp_path / RAN).exists()
+
+
+def test_an_evaluation_before_training_leaves_4bit_weights_trainable(volumes: Path, runtime: Runtime) -> None:
+    """On a CPU a 4-bit layer run in evaluation mode would repack its weights into a layout
+    without a backward; after such a pass, gradients must still reach the lowest adapter."""
+    import torch
+
+    from kubetune.api import Precision
+    from kubetune_trainer.model import apply_method, load_model, resolve_source
+
+    from .conftest import memorise_spec
+
+    spec = memorise_spec("qlora", ["adapter"])
+    source = resolve_source(spec, runtime)
+    model = apply_method(load_model(spec, source, Precision.BF16, runtime), spec, source)
+    ids = torch.arange(3, 19).reshape(2, 8)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+
+    packed = [m for m in model.modules() if getattr(getattr(m, "weight", None), "quant_state", None) is not None]
+    assert packed and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in packed)
+    lowest = next(p for name, p in model.named_parameters() if "layers.0." in name and "lora_B" in name)
+    assert lowest.grad is not None and lowest.grad.abs().sum() > 0
