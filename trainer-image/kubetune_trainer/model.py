@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,15 +98,14 @@ def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, p
     # The markers stay in the pod (another pod's old failure must not stop this one); the
     # files go to the installation's shared cache when there is one.
     markers = runtime.work / "hf-cache"
-    markers.mkdir(parents=True, exist_ok=True)
     cache = runtime.model_cache or markers
     key = hashlib.sha256(f"{source.location}@{source.revision}".encode()).hexdigest()[:16]
-    ready, failed = markers / f".ready-{key}", markers / f".failed-{key}"
-    if runtime.local_rank == 0:
+
+    def download() -> str:
         from huggingface_hub import snapshot_download
 
         try:
-            folder = snapshot_download(
+            return snapshot_download(
                 source.location,
                 revision=source.revision,
                 token=source.token,
@@ -114,18 +113,42 @@ def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, p
                 ignore_patterns=SKIPPED_FILES,
             )
         except Exception as error:  # the Hub client raises many types; the message is what matters
-            write_marker(failed, str(error))
             raise disk_full(error, [cache]) or InvalidSpec(f"cannot download model {source.display}: {error}") from None
-        write_marker(ready, folder)
-    else:
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if failed.exists():
-                raise InvalidSpec(f"cannot download model {source.display}: {failed.read_text()}")
-            if time.monotonic() > deadline:
-                raise InvalidSpec(f"model {source.display} was not downloaded within {timeout:.0f} s")
-            time.sleep(pause)
-    return dataclasses.replace(source, location=ready.read_text(), revision=None, label=source.display)
+
+    folder = once_per_node(markers, key, download, f"model {source.display}", runtime, timeout, pause)
+    return dataclasses.replace(source, location=folder, revision=None, label=source.display)
+
+
+def once_per_node(
+    markers: Path,
+    key: str,
+    fetch: Callable[[], str],
+    what: str,
+    runtime: Runtime,
+    timeout: float = 3600.0,
+    pause: float = 2.0,
+) -> str:
+    """Run `fetch` once per pod: local rank 0 runs it and leaves its result (a path) in a
+    marker under `markers`, or its failure; the other ranks wait for the marker and return
+    the same result, or stop with the same reason."""
+    markers.mkdir(parents=True, exist_ok=True)
+    ready, failed = markers / f".ready-{key}", markers / f".failed-{key}"
+    if runtime.local_rank == 0:
+        try:
+            result = fetch()
+        except Exception as error:  # whatever stops rank 0 must stop the ranks waiting for it
+            write_marker(failed, str(error))
+            raise
+        write_marker(ready, result)
+        return result
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if failed.exists():
+            raise InvalidSpec(failed.read_text())
+        if time.monotonic() > deadline:
+            raise InvalidSpec(f"{what} was not fetched by local rank 0 within {timeout:.0f} s")
+        time.sleep(pause)
+    return ready.read_text()
 
 
 def write_marker(marker: Path, text: str) -> None:
@@ -251,7 +274,7 @@ def target_modules(lora: LoraSpec, preset: Preset | None) -> list[str] | str:
 
 
 def apply_method(
-    loaded: LoadedModel, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None = None
+    loaded: LoadedModel, spec: FineTuneJobSpec, source: ModelSource, adapter_from: Path | None = None
 ) -> Any:
     """Make the model trainable as the method says: every weight, or adapters over a frozen
     (possibly 4-bit) base with any new head trained in full. The only dispatch on the method."""
@@ -269,7 +292,7 @@ def apply_method(
 
 
 def _with_adapter(
-    model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter_from: str | None, heads: tuple[str, ...]
+    model: Any, spec: FineTuneJobSpec, source: ModelSource, adapter_from: Path | None, heads: tuple[str, ...]
 ) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
@@ -284,8 +307,8 @@ def _with_adapter(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if adapter_from is not None:
-        refuse_pickled_weights(Path(adapter_from), f"the warm-start adapter at {adapter_from}")
-        return _trained_in_fp32(PeftModel.from_pretrained(model, adapter_from, is_trainable=True))
+        refuse_pickled_weights(adapter_from, f"the warm-start adapter at {adapter_from}")
+        return _trained_in_fp32(PeftModel.from_pretrained(model, str(adapter_from), is_trainable=True))
     lora = spec.method.adapter
     config = LoraConfig(
         r=lora.r,

@@ -1,4 +1,4 @@
-"""Push an adapter to an OCI registry as the image Kaito serves.
+"""Push an adapter to an OCI registry as the image Kaito serves, and pull one back.
 
 The image follows Kaito's adapter layout, so Kaito and other OCI consumers can serve it:
 one gzip-compressed tar layer holding data/adapter_config.json and
@@ -9,18 +9,22 @@ digests, so a second push sends no blob again.
 
 The client speaks the part of the OCI distribution API that a push needs: HEAD a blob (one
 the registry has is not sent), POST then PUT a blob in one piece, PUT the manifest by tag.
+A pull (a warm start) GETs the manifest by tag or digest (OCI or Docker schema 2), then
+each layer, following redirects to blob storage; each is checked against its digest, and
+only regular files under data/ are taken from the layers, none whose path leaves the folder.
 A 401 is answered once per request with what its WWW-Authenticate asks for: a Bearer token
 from the realm it names (the credentials sent as basic auth, scope pull and push on the
-repository), or basic auth itself.
+repository, or pull alone for a pull), or basic auth itself.
 
-Credentials come from the Secret that output.oci.secret names, mounted as files:
+Credentials come from the Secret that output.oci.secret (or training.warmStart.oci.secret)
+names, mounted as files:
 
 - key `.dockerconfigjson` (a Secret of type kubernetes.io/dockerconfigjson, as
   `kubectl create secret docker-registry` makes): the `auths` entry of the registry's
   host, by its `auth` (base64 of user:password) or its `username` and `password`;
 - otherwise keys `username` and `password` (a Secret of type kubernetes.io/basic-auth).
 
-Without a Secret the push is anonymous. Credentials never appear in logs or messages.
+Without a Secret the push or pull is anonymous. Credentials never appear in logs or messages.
 
 Registries are reached over https. The spec has no switch for insecure registries, so
 plain http is used only for loopback hosts (a registry beside the trainer, or a test's).
@@ -36,15 +40,19 @@ import ipaddress
 import json
 import logging
 import re
+import shutil
 import tarfile
+import tempfile
+import zlib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from email.message import Message
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, cast
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from kubetune.api.base import OciReference
+from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.runtime import Runtime
 
@@ -53,6 +61,17 @@ log = logging.getLogger(__name__)
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+PULLED_MANIFEST_TYPES = (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE)
+PULLED_LAYER_TYPES = (
+    LAYER_MEDIA_TYPE,
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+)
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+CHUNK_BYTES = 1024 * 1024
 MODEL_NAME_ANNOTATION = "sh.kaito.model.name"
 LAYER_FOLDER = "data"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -65,20 +84,30 @@ TIMEOUT_SECONDS = 300
 
 @dataclass(frozen=True)
 class ImageName:
-    """Where an image is pushed: a registry host, a repository in it, and a tag."""
+    """Where an image is pushed or pulled from: a registry host, a repository in it, and a
+    tag (or, for an image pulled by digest, the digest)."""
 
     registry: str
     repository: str
     tag: str
 
     @classmethod
-    def parse(cls, reference: str) -> ImageName:
-        """Read registry.example.com[:port]/repository:tag; without a host, Docker Hub."""
-        if "@" in reference:
+    def parse(cls, reference: str, pull: bool = False) -> ImageName:
+        """Read registry.example.com[:port]/repository:tag; without a host, Docker Hub. An
+        image to pull may be pinned by digest instead (repository@sha256:...)."""
+        path, at, digest = reference.partition("@")
+        if at and not pull:
             raise InvalidSpec(f"{reference}: an output image needs a tag; its digest is known only after the push")
-        path, colon, tag = reference.rpartition(":")
-        if not colon or "/" in tag:
-            raise InvalidSpec(f"{reference}: name a tag, e.g. registry.example.com/adapters/name:v1")
+        if at:
+            if not DIGEST.fullmatch(digest):
+                raise InvalidSpec(f"{reference}: a digest is sha256: and 64 lower-case hexadecimal digits")
+            if ":" in path.rpartition("/")[2]:  # repository:tag@digest: the digest decides
+                path = path.rpartition(":")[0]
+            tag = digest
+        else:
+            path, colon, tag = reference.rpartition(":")
+            if not colon or "/" in tag:
+                raise InvalidSpec(f"{reference}: name a tag, e.g. registry.example.com/adapters/name:v1")
         first, slash, rest = path.partition("/")
         if slash and ("." in first or ":" in first or first == "localhost"):
             return cls(first, rest, tag)
@@ -91,8 +120,13 @@ class ImageName:
         scheme = "http" if _is_loopback(urlsplit(f"//{self.registry}").hostname) else "https"
         return f"{scheme}://{self.registry}"
 
+    @property
+    def pinned(self) -> bool:
+        """Whether the image is named by its digest rather than a tag."""
+        return DIGEST.fullmatch(self.tag) is not None
+
     def __str__(self) -> str:
-        return f"{self.registry}/{self.repository}:{self.tag}"
+        return f"{self.registry}/{self.repository}{'@' if self.pinned else ':'}{self.tag}"
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -296,20 +330,75 @@ class _Answer:
 
 
 class Registry:
-    """One repository of a registry, as a pusher sees it."""
+    """One repository of a registry, as a pusher (an output) or a puller (a warm start) sees it."""
 
-    def __init__(self, name: ImageName, credentials: Credentials | None) -> None:
+    def __init__(self, name: ImageName, credentials: Credentials | None, pull: bool = False) -> None:
         self.name = name
         self._credentials = credentials
         self._authorization: str | None = None
+        self._pull = pull
 
     @classmethod
-    def open(cls, reference: OciReference, runtime: Runtime) -> Registry:
-        """The repository an output reference names, with the credentials of its Secret."""
-        name = ImageName.parse(reference.reference)
+    def open(cls, reference: OciReference, runtime: Runtime, pull: bool = False) -> Registry:
+        """The repository a reference names, with the credentials of its Secret: an output's,
+        or with `pull` a warm start's (which may name a digest)."""
+        name = ImageName.parse(reference.reference, pull)
         secret = reference.secret
         credentials = Credentials.from_secret(runtime.secrets / secret.name, name.registry) if secret else None
-        return cls(name, credentials)
+        return cls(name, credentials, pull)
+
+    def pull(self, folder: Path) -> str:
+        """Put the regular files under data/ in the image's layers into `folder`, each layer
+        checked against its digest first. Returns the manifest's digest."""
+        manifest, digest = self._manifest()
+        layers = _layers(manifest, self.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Layers wait beside the folder, not in it, until they are checked.
+        with tempfile.TemporaryDirectory(prefix=".layers-", dir=folder.parent) as scratch:
+            for layer in layers:
+                blob = Path(scratch) / layer.digest.removeprefix("sha256:")
+                self._download(layer, blob)
+                _extract_data(blob, folder, f"OCI image {self.name}: layer {layer.digest}")
+        log.info("pulled %s@%s", self.name, digest)
+        return digest
+
+    def _manifest(self) -> tuple[dict[str, Any], str]:
+        """The image manifest and its digest (which a pinned reference must match)."""
+        headers = {"Accept": ", ".join(PULLED_MANIFEST_TYPES)}
+        answer = self._call("GET", self._url("manifests", self.name.tag), "get the manifest", (200, 404), headers)
+        if answer.status == 404:
+            raise InvalidSpec(f"OCI registry {self.name}: no such image ({_server_said(answer)})")
+        digest = _digest(answer.body)
+        if self.name.pinned and digest != self.name.tag:
+            raise InvalidSpec(f"OCI registry {self.name}: it sent a manifest whose digest is {digest}; refused")
+        try:
+            manifest = json.loads(answer.body)
+            media_type = manifest.get("mediaType") or answer.headers.get("Content-Type", "").split(";")[0]
+        except (ValueError, AttributeError):
+            raise InvalidSpec(f"OCI registry {self.name}: the manifest is not a JSON object") from None
+        if media_type not in PULLED_MANIFEST_TYPES:
+            raise InvalidSpec(
+                f"OCI image {self.name} has a manifest of type {media_type or 'unknown'}; an adapter image has "
+                f"an image manifest ({' or '.join(PULLED_MANIFEST_TYPES)})"
+            )
+        return manifest, digest
+
+    def _download(self, layer: Descriptor, target: Path) -> None:
+        """The layer's blob into `target`, refused unless its digest and size are the manifest's."""
+        with target.open("wb") as file:
+            received = _Digesting(file)
+            try:
+                self._call("GET", self._url("blobs", layer.digest), f"get layer {layer.digest}", (200,), into=received)
+            except TrainerError as error:  # the cause tells a full disk from the network's failure
+                full = disk_full(error, [target.parent])
+                if full is None:
+                    raise
+                raise full from error
+        if (received.digest, received.size) != (layer.digest, layer.size):
+            raise InvalidSpec(
+                f"OCI image {self.name}: layer {layer.digest} ({layer.size} bytes) arrived with digest "
+                f"{received.digest} ({received.size} bytes); refused"
+            )
 
     def push(self, image: Image) -> str:
         """Send the blobs the registry lacks, then the manifest under the tag. Returns the
@@ -346,15 +435,24 @@ class Registry:
         expect: tuple[int, ...],
         headers: dict[str, str] | None = None,
         body: bytes | Path | None = None,
+        into: _Sink | None = None,
     ) -> _Answer:
-        """One request, authenticated as the registry asks when it answers 401."""
-        answer = self._send(method, url, headers or {}, body)
+        """One request, authenticated as the registry asks when it answers 401, and following
+        redirects of reads (registries send blob downloads to their storage). A successful
+        answer's body goes to `into` when one is given."""
+        answer = self._send(method, url, headers or {}, body, into)
         authorization = self._answer_challenge(answer) if answer.status == 401 else None
         if authorization is not None:
             self._authorization = authorization
-            answer = self._send(method, url, headers or {}, body)
+            answer = self._send(method, url, headers or {}, body, into)
+        for _ in range(MAX_REDIRECTS):
+            if not (method in ("GET", "HEAD") and answer.status in REDIRECTS and answer.headers.get("Location")):
+                break
+            url = urljoin(url, answer.headers["Location"])
+            answer = self._send(method, url, headers or {}, None, into)
         if answer.status == 401:
-            advice = "the credentials were refused" if self._credentials else "name a Secret in output.oci.secret"
+            setting = "training.warmStart.oci.secret" if self._pull else "output.oci.secret"
+            advice = "the credentials were refused" if self._credentials else f"name a Secret in {setting}"
             raise TrainerError(f"OCI registry {self.name}: cannot {doing}: {_server_said(answer)}; {advice}")
         if answer.status not in expect:
             raise TrainerError(f"OCI registry {self.name}: cannot {doing}: {_server_said(answer)}")
@@ -370,9 +468,10 @@ class Registry:
         return None
 
     def _token(self, challenge: dict[str, str]) -> str:
-        """A token for pull and push on the repository, from the realm of a Bearer challenge."""
+        """A token for pull and push on the repository (pull alone for a puller), from the
+        realm of a Bearer challenge."""
         realm = challenge["realm"]
-        query = {"scope": f"repository:{self.name.repository}:pull,push"}
+        query = {"scope": f"repository:{self.name.repository}:{'pull' if self._pull else 'pull,push'}"}
         if challenge.get("service"):
             query["service"] = challenge["service"]
         headers = {"Authorization": self._credentials.basic} if self._credentials is not None else {}
@@ -388,7 +487,13 @@ class Registry:
             ) from None
 
     def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | Path | None, authorize: bool = True
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | Path | None,
+        into: _Sink | None = None,
+        authorize: bool = True,
     ) -> _Answer:
         parts = urlsplit(url)
         if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(parts.hostname)):
@@ -408,6 +513,9 @@ class Registry:
                     headers["Content-Length"] = str(body.stat().st_size)
                 connection.request(method, target, body=payload, headers=headers)
                 response = connection.getresponse()
+                if into is not None and response.status == 200:
+                    shutil.copyfileobj(response, into, CHUNK_BYTES)
+                    return _Answer(response.status, response.reason, response.headers, b"")
                 return _Answer(response.status, response.reason, response.headers, response.read())
         except (OSError, http.client.HTTPException) as error:
             raise TrainerError(
@@ -437,3 +545,50 @@ def _server_said(answer: _Answer) -> str:
     except (ValueError, KeyError, TypeError, AttributeError):
         said = " ".join(answer.body.decode(errors="replace").split())[:300]
     return f"HTTP {answer.status} {answer.reason}: {said}" if said else f"HTTP {answer.status} {answer.reason}"
+
+
+# ---------------------------------------------------------------------------- pulled layers
+
+
+def _layers(manifest: dict[str, Any], image: ImageName) -> list[Descriptor]:
+    """The manifest's layers: tar or gzip-compressed tar, each named by a sha256 digest."""
+    try:
+        layers = [
+            Descriptor(str(entry["mediaType"]), str(entry["digest"]), int(entry["size"]))
+            for entry in manifest["layers"]
+        ]
+    except (KeyError, TypeError, ValueError):
+        raise InvalidSpec(f"OCI image {image}: the manifest's layers are not descriptors") from None
+    if not layers:
+        raise InvalidSpec(f"OCI image {image} has no layers")
+    for layer in layers:
+        if not DIGEST.fullmatch(layer.digest):
+            raise InvalidSpec(f"OCI image {image}: layer digest {layer.digest!r} is not a sha256 digest")
+        if layer.media_type not in PULLED_LAYER_TYPES:
+            raise InvalidSpec(
+                f"OCI image {image}: layer {layer.digest} is {layer.media_type}; an adapter image's layers "
+                "are tar archives, plain or gzip-compressed"
+            )
+    return layers
+
+
+def _extract_data(blob: Path, folder: Path, what: str) -> None:
+    """Copy the regular files under data/ in a layer's tar into `folder`. Links, devices and
+    files elsewhere are passed over; an entry whose path is absolute or climbs out with ..
+    refuses the layer, since no honest image has one."""
+    try:
+        with tarfile.open(blob, mode="r:*") as tar:  # gzip or plain, as the content says
+            for entry in tar:
+                path = PurePosixPath(entry.name)
+                if path.is_absolute() or ".." in path.parts:
+                    raise InvalidSpec(f"{what} has an entry {entry.name!r} that leaves its folder; refused")
+                if not entry.isreg() or len(path.parts) < 2 or path.parts[0] != LAYER_FOLDER:
+                    continue
+                target = folder.joinpath(*path.parts[1:])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                content = tar.extractfile(entry)
+                assert content is not None, "a regular file has content"
+                with content, target.open("wb") as file:
+                    shutil.copyfileobj(content, file, CHUNK_BYTES)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise InvalidSpec(f"{what} is not a readable tar archive: {error}") from None

@@ -26,7 +26,7 @@ from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
 from kubetune_trainer.data.cache import check_data
 from kubetune_trainer.engine import EngineCheck, engine_facts, record
-from kubetune_trainer.errors import Interrupted, InvalidSpec
+from kubetune_trainer.errors import Interrupted
 from kubetune_trainer.hardware import Hardware
 from kubetune_trainer.model import (
     apply_method,
@@ -52,6 +52,7 @@ from kubetune_trainer.samples import SAMPLES, fill
 from kubetune_trainer.tasks import task_for
 from kubetune_trainer.tracking import tracking_environment
 from kubetune_trainer.trainers import ListDataset
+from kubetune_trainer.warm import warm_start_folder
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ def train(
     if args.deepspeed:
         _start_deepspeed(args, checkpoint_dir, runtime)
     settings = task.model_kwargs(labels, tokenizer)
+    warm_start = warm_start_folder(spec, runtime)  # a bad source fails before the model loads
     loaded = load_model(spec, source, precision, runtime, settings)
-    model = apply_method(loaded, spec, source, _warm_start(spec, runtime))
+    model = apply_method(loaded, spec, source, warm_start)
     trainable, total = trainable_parameters(model)
     log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
 
@@ -210,15 +212,6 @@ def train(
         # An image's digest is known only once it is pushed.
         summary["output"]["location"] = publish(spec, runtime, out)
     return summary
-
-
-def _warm_start(spec: FineTuneJobSpec, runtime: Runtime) -> str | None:
-    warm = spec.training.warm_start
-    if warm is None:
-        return None
-    if warm.pvc is None:
-        raise InvalidSpec(f"warm start from {warm.kind} is not available in this trainer build yet")
-    return str(runtime.claim_path(warm.pvc.claim_name, warm.pvc.path))
 
 
 def _start_deepspeed(args: Any, checkpoint_dir: Path, runtime: Runtime) -> None:
