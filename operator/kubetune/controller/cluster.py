@@ -149,24 +149,6 @@ class Cluster:
                 attempts[int(meta["labels"].get(ATTEMPT_LABEL, "0"))] = attempt
         return Snapshot(preflight=preflight, attempts=attempts)
 
-    def rank0_address(self, namespace: str, name: str, attempt: int) -> str | None:
-        """Pod IP of rank 0 of the attempt, once it has one."""
-        try:
-            pod = self.rest.call("GET", KINDS["Pod"].path(namespace, f"{names.attempt_job_name(name, attempt)}-0"))
-        except ApiException as error:
-            if _absent(error):
-                return self._rank0_by_label(namespace, name, attempt)
-            raise
-        return (pod.get("status") or {}).get("podIP")
-
-    def _rank0_by_label(self, namespace: str, name: str, attempt: int) -> str | None:
-        # Pods of an Indexed Job are named <job>-<index>-<random>; the index is an annotation.
-        selector = f"{JOB_LABEL}={names.label_value(name)},{ATTEMPT_LABEL}={attempt},{ROLE_LABEL}=train"
-        for pod in self._list("Pod", namespace, [("labelSelector", selector)]):
-            if pod_state(pod).index == 0 and pod_state(pod).phase == "Running":
-                return (pod.get("status") or {}).get("podIP")
-        return None
-
     def _list(
         self, kind: str, namespace: str, query: Sequence[tuple[str, str]], missing_ok: bool = False
     ) -> list[Manifest]:

@@ -161,7 +161,7 @@ async def reconcile(
     progress, polled = None, False
     current = previous.attempts + previous.preemptions
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
-        address = await asyncio.to_thread(cluster.rank0_address, namespace, name, current)
+        address = snapshot.attempts[current].rank0_address
         if address:
             report = await asyncio.to_thread(fetch_progress, address, state.settings.progress_port)
             progress, polled = progress_from_report(report), True

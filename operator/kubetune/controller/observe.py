@@ -47,6 +47,8 @@ class PodState:
     disruption: str | None = None
     """Reason of a DisruptionTarget condition (preemption, eviction, node drain)."""
     memory_limit: str | None = None
+    address: str | None = None
+    """The pod's IP, once it has one."""
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -100,6 +102,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         unschedulable=scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None,
         disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
         memory_limit=limits.get("memory"),
+        address=status.get("podIP"),
     )
 
 

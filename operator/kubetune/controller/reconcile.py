@@ -57,6 +57,11 @@ class Attempt:
     workload: WorkloadState | None = None
     """Kueue's Workload for the Job, when the job is queued."""
 
+    @property
+    def rank0_address(self) -> str | None:
+        """Where rank 0 serves its progress: the IP of the attempt's running pod of index 0."""
+        return next((p.address for p in self.pods if p.index == 0 and p.phase == "Running" and p.address), None)
+
 
 @dataclass(frozen=True)
 class Snapshot:

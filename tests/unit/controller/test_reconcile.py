@@ -379,3 +379,13 @@ def test_jobs_are_looked_at_again_when_something_is_due(job: dict[str, Any]) -> 
     )
     assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=100), finished, settings, NOW) == 70
     assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=0), finished, settings, NOW) == 0.1
+
+
+def test_progress_is_read_from_the_running_pod_of_index_0_taken_from_the_snapshot() -> None:
+    job = JobState(name="demo-a1", attempt=1, suspended=False, active=2)
+    worker = PodState(name="demo-a1-1-x", index=1, phase="Running", address="10.0.0.2")
+    starting = PodState(name="demo-a1-0-x", index=0, phase="Pending")
+    running = PodState(name="demo-a1-0-x", index=0, phase="Running", address="10.0.0.1")
+
+    assert Attempt(job, (worker, starting)).rank0_address is None
+    assert Attempt(job, (worker, running)).rank0_address == "10.0.0.1"

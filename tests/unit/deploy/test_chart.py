@@ -64,7 +64,7 @@ NAMESPACED_RULES = {
     ("", "configmaps"): {"create", "delete"},
     ("", "services"): {"create", "delete"},
     ("batch", "jobs"): {"list", "watch", "create", "delete", "patch"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
     ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
 }
