@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import OutputFormat, Precision
+from kubetune.api.base import S3Location
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune_trainer.errors import InvalidSpec
+from kubetune_trainer.checkpoints import CheckpointMirror
 from kubetune_trainer.hardware import DTYPES
 from kubetune_trainer.hub import HubRepo, hub_location
 from kubetune_trainer.model import ModelSource
@@ -172,9 +173,35 @@ def publish(spec: FineTuneJobSpec, runtime: Runtime, folder: Path) -> str:
 
 
 def checkpoint_folder(spec: FineTuneJobSpec, runtime: Runtime, out: Path) -> Path:
+    """The local folder the Trainer writes checkpoints into: the claim's path, else the pod's
+    scratch (copied to object storage when `checkpoint_remote` names a place)."""
     location = spec.checkpoint.location
     if location is not None and location.pvc is not None:
         return runtime.claim_path(location.pvc.claim_name, location.pvc.path)
     if location is not None:
-        raise InvalidSpec(f"checkpoint location {location.kind} is not available in this trainer build yet")
+        return runtime.work / "checkpoints"
     return out / "checkpoints"
+
+
+def checkpoint_remote(spec: FineTuneJobSpec, runtime: Runtime) -> S3Location | None:
+    """Where checkpoints are copied in object storage: the checkpoint location's prefix, or by
+    default `checkpoints/` under an S3 output (on the same bucket, with the same credentials).
+    None for a claim, and by default for other destinations or an output redirected to a
+    local folder (`kubetune run --output`)."""
+    location = spec.checkpoint.location
+    if location is not None:
+        return location.s3
+    output = spec.output.s3
+    if output is None or runtime.output_override is not None:
+        return None
+    return output.model_copy(update={"uri": f"{output.uri.rstrip('/')}/checkpoints"})
+
+
+def checkpoint_mirror(spec: FineTuneJobSpec, runtime: Runtime) -> CheckpointMirror | None:
+    """The copy of the checkpoints in object storage, if any, for this process's part in it."""
+    remote = checkpoint_remote(spec, runtime)
+    if remote is None:
+        return None
+    return CheckpointMirror(
+        Bucket.open(remote, runtime), spec.checkpoint.keep, uploads=runtime.local_rank == 0, is_main=runtime.is_main
+    )

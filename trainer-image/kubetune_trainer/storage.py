@@ -1,14 +1,18 @@
-"""S3-compatible object storage: datasets read from a bucket, results written to one.
+"""S3-compatible object storage: datasets read from a bucket, results and checkpoints
+written to one.
 
 Credentials come from the mounted Secret the spec names (keys AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN), else from the pod's own
-identity through the standard chain. They are never logged.
+identity through the standard chain. They are never logged: an error names the bucket
+and prefix, and botocore's messages name no secret.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,11 +61,22 @@ class Bucket:
     def prefix(self) -> str:
         return urlsplit(self.location.uri).path.lstrip("/")
 
+    @property
+    def folder(self) -> str:
+        """The prefix as a folder: what every key under it starts with ("" for the whole bucket)."""
+        stem = self.prefix.rstrip("/")
+        return f"{stem}/" if stem else ""
+
+    def child(self, path: str) -> Bucket:
+        """The same bucket, endpoint and credentials, at `<prefix>/<path>`."""
+        return replace(
+            self,
+            location=self.location.model_copy(update={"uri": f"{self.location.uri.rstrip('/')}/{path.strip('/')}"}),
+        )
+
     def download(self, folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         """The object the URI names, or every object under it with one of the suffixes."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._failing(InvalidData, "read from"):
             keys = [
                 item["Key"]
                 for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=self.prefix)
@@ -76,29 +91,70 @@ class Bucket:
                 wanted = [self.prefix]
             files = []
             for key in sorted(wanted):
-                target = folder / (Path(key).relative_to(self.prefix) if key != self.prefix else Path(key).name)
+                relative = Path(key).relative_to(self.prefix).as_posix() if key != self.prefix else Path(key).name
+                target = _inside(folder, relative, InvalidData)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.name, key, str(target))
                 files.append(target)
-        except (BotoCoreError, ClientError) as error:
-            raise InvalidData(f"{self.location.uri}: cannot read from object storage: {error}") from None
         if not files:
             raise InvalidData(f"{self.location.uri}: no {', '.join(suffixes)} objects there")
         return files
 
+    def objects(self) -> list[str]:
+        """Every object under the prefix (taken as a folder), as a path relative to it. The
+        empty "folder" objects some consoles create are left out."""
+        with self._failing(TrainerError, "read from"):
+            return [
+                item["Key"][len(self.folder) :]
+                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=self.folder)
+                for item in page.get("Contents", [])
+                if not item["Key"].endswith("/")
+            ]
+
+    def fetch(self, relatives: Iterable[str], folder: Path) -> None:
+        """Download these objects (paths relative to the prefix) into `folder`, keeping their paths."""
+        with self._failing(TrainerError, "read from"):
+            for relative in relatives:
+                target = _inside(folder, relative, TrainerError)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.client.download_file(self.name, self.folder + relative, str(target))
+
+    def put(self, path: Path, relative: str) -> None:
+        """One file, as `<prefix>/<relative>`."""
+        with self._failing(TrainerError, "write to"):
+            self.client.upload_file(str(path), self.name, self.folder + relative)
+
     def upload(self, folder: Path, skip: tuple[str, ...] = ()) -> int:
-        """Every file under `folder` to the prefix, keeping relative paths. Returns the count."""
+        """Every file under `folder` to the prefix, keeping relative paths, except those whose
+        first path part is in `skip`. Returns the count."""
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] not in skip]
+        for path in files:
+            self.put(path, path.relative_to(folder).as_posix())
+        return len(files)
+
+    def delete(self, relatives: Iterable[str]) -> None:
+        """Remove these objects in the order given, one request each: not every S3-compatible
+        store implements the multi-object delete."""
+        with self._failing(TrainerError, "delete from"):
+            for relative in relatives:
+                self.client.delete_object(Bucket=self.name, Key=self.folder + relative)
+
+    @contextmanager
+    def _failing(self, error_class: type[TrainerError], doing: str) -> Iterator[None]:
+        """Raise the store's errors as `error_class`, naming the bucket and prefix."""
+        from boto3.exceptions import Boto3Error  # the transfer manager wraps ClientError in these
         from botocore.exceptions import BotoCoreError, ClientError
 
-        count = 0
         try:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                relative = path.relative_to(folder)
-                if relative.parts[0] in skip:
-                    continue
-                key = f"{self.prefix.rstrip('/')}/{relative.as_posix()}" if self.prefix else relative.as_posix()
-                self.client.upload_file(str(path), self.name, key)
-                count += 1
-        except (BotoCoreError, ClientError) as error:
-            raise TrainerError(f"{self.location.uri}: cannot write to object storage: {error}") from None
-        return count
+            yield
+        except (BotoCoreError, ClientError, Boto3Error) as error:
+            raise error_class(f"{self.location.uri}: cannot {doing} object storage: {error}") from None
+
+
+def _inside(folder: Path, relative: str, error_class: type[TrainerError]) -> Path:
+    """Where an object lands under `folder`. A key that would land outside it (an absolute
+    path, a `..` part) is refused: a bucket holds data others may write."""
+    path = PurePosixPath(relative)
+    if not relative or path.is_absolute() or ".." in path.parts:
+        raise error_class(f"object key {relative!r} would be written outside {folder}; it was not downloaded")
+    return folder / path

@@ -40,6 +40,7 @@ from kubetune_trainer.outputs import (
     check_destination,
     check_formats,
     checkpoint_folder,
+    checkpoint_mirror,
     output_folder,
     output_location,
     publish,
@@ -94,6 +95,9 @@ def train(
     task = task_for(spec.task)
     out = output_folder(spec, runtime)
     checkpoint_dir = checkpoint_folder(spec, runtime, out)
+    mirror = checkpoint_mirror(spec, runtime)
+    if mirror is not None:  # a new pod's scratch is empty: fetch what the bucket holds (and check it can be read)
+        mirror.restore(checkpoint_dir)
     checked = check_data(spec, runtime)  # the preflight's cache, else the dataset read and checked
     examples, labels = checked.examples, checked.labels
 
@@ -144,7 +148,7 @@ def train(
         processing_class=tokenizer,
         compute_metrics=scorer,
         preprocess_logits_for_metrics=scorer.preprocess if scorer else None,
-        callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, _barrier), stopper],
+        callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, _barrier, mirror), stopper],
         meter=meter,
     )
     respond = task.answerer(model, tokenizer, labels, data.format)

@@ -448,8 +448,10 @@ class CheckpointSpec(ApiModel):
     """Checkpoints that let a failed or preempted attempt resume."""
 
     location: StorageLocation | None = None
-    """Where checkpoints go. Default: beside the output on its claim or bucket; with an OCI
-    or Hub destination, a volume that lasts only as long as the pod (no resume)."""
+    """Where checkpoints go. Default: beside the output on its claim or bucket (under
+    checkpoints/); with an OCI or Hub destination, a volume that lasts only as long as the
+    pod (no resume). Checkpoints bound for a bucket are written to the pod's scratch volume
+    first and copied after each save, training waiting for the copy."""
     interval_steps: Annotated[int, Field(ge=1)] = 100
     """Write a checkpoint every this many optimizer steps (and on SIGTERM)."""
     keep: Annotated[int, Field(ge=1, le=100)] = 2

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ FACTS = [
     for i, word in enumerate(["apple", "river", "stone", "cloud", "maple", "tiger", "piano", "comet"])
 ]
 CORPUS = [f"{q} {a}" for q, a in FACTS] * 5 + ["a plain sentence about nothing in particular"] * 5
+KEY_ID, SECRET = "AKIAKUBETUNETEST", "not-a-real-secret-but-a-planted-one"
+"""Credentials for the S3 server on loopback, as a mounted Secret holds them (`cloud_runtime`)."""
 
 
 def chat_rows() -> list[dict[str, Any]]:
@@ -117,6 +121,28 @@ def runtime(volumes: Path, tmp_path: Path) -> Runtime:
     )
 
 
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """A real S3 protocol server on loopback (moto in server mode)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def cloud_runtime(runtime: Runtime) -> Runtime:
+    """`runtime` with the Secret s3-credentials mounted and the output sent where the spec says."""
+    secret = runtime.secrets / "s3-credentials"
+    secret.mkdir(parents=True)
+    (secret / "AWS_ACCESS_KEY_ID").write_text(KEY_ID)
+    (secret / "AWS_SECRET_ACCESS_KEY").write_text(SECRET + "\n")
+    return dataclasses.replace(runtime, output_override=None)
+
+
 def memorise_spec(method: str, formats: list[str], **changes: Any) -> FineTuneJobSpec:
     body: dict[str, Any] = {
         "model": {"pvc": {"claimName": "models", "path": "tiny-phi3"}},
@@ -139,13 +165,16 @@ def memorise_spec(method: str, formats: list[str], **changes: Any) -> FineTuneJo
     return FineTuneJobSpec.model_validate(body)
 
 
-def launch(spec: FineTuneJobSpec, volumes: Path, folder: Path, processes: int = 1) -> subprocess.Popen[bytes]:
-    """Start the trainer as its image does (torchrun for several processes); output goes to log.txt."""
+def launch(
+    spec: FineTuneJobSpec, volumes: Path, folder: Path, processes: int = 1, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the trainer as its image does (torchrun for several processes); output goes to log.txt.
+    `env` adds or replaces variables (KUBETUNE_OUTPUT="" sends the output where the spec says)."""
     from kubetune.api.resource import dump_spec
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(dump_spec(spec))
-    env = os.environ | {
+    variables = os.environ | {
         "KUBETUNE_SPEC": str(folder / "spec.json"),
         "KUBETUNE_VOLUMES": str(volumes),
         "KUBETUNE_WORK": str(folder / "work"),
@@ -154,6 +183,7 @@ def launch(spec: FineTuneJobSpec, volumes: Path, folder: Path, processes: int = 
         "KUBETUNE_PROGRESS_PORT": "0",
         "OMP_NUM_THREADS": "1",
     }
+    variables |= env or {}
     command = [sys.executable, "-m", "kubetune_trainer"]
     if processes > 1:
         command = [
@@ -168,7 +198,7 @@ def launch(spec: FineTuneJobSpec, volumes: Path, folder: Path, processes: int = 
             "kubetune_trainer",
         ]
     log = (folder / "log.txt").open("ab")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    return subprocess.Popen(command, env=variables, stdout=log, stderr=log)
 
 
 def kill_everything(folder: Path) -> None:

@@ -34,14 +34,12 @@ from kubetune_trainer.oci import Descriptor, Image, Registry, adapter_image
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.warm import warm_start_folder
 
-from . import test_oci, test_s3
-from .conftest import memorise_spec
+from . import test_oci
+from .conftest import KEY_ID, SECRET, memorise_spec
 from .test_oci import REPOSITORY, LoopbackRegistry, pod
-from .test_s3 import KEY_ID, SECRET
 
 # The fixtures that start the servers: a docker-registry (anonymous, htpasswd, token) and moto.
 registry = test_oci.registry
-endpoint = test_s3.endpoint
 
 HUB_REPO = "kubetune-tests/tiny-phi3-adapter"
 HUB_TOKEN = "hf_not-a-real-token-but-a-planted-one"
