@@ -70,8 +70,13 @@ def write_outputs(
                     _merge(spec, source, adapter_dir, merged_dir, precision, task_settings or {})
                 tokenizer.save_pretrained(merged_dir)
             if OutputFormat.ONNX in formats:
+                from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
                 from kubetune_trainer.onnx_export import export_onnx
 
+                # As for the merge: while a ZeRO-3 config is registered, from_pretrained shards
+                # what it loads, and rank 0 would wait for the others to gather it, forever.
+                unset_hf_deepspeed_config()
                 export_onnx(merged_dir, out / "onnx")
             if labels is not None:
                 for folder in (out, adapter_dir, merged_dir):

@@ -231,3 +231,19 @@ def greedy_answer(model: Any, tokenizer: Any, question: str) -> str:
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
+
+
+def reload_output(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
+    """The model and tokenizer a run's output format reloads as. An onnx output must have passed
+    its check against the merged model it was exported from, which is what reloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if output == "adapter":
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
+        return PeftModel.from_pretrained(base, out / "adapter"), AutoTokenizer.from_pretrained(out / "adapter")
+    if output == "onnx":
+        check = json.loads((out / "onnx" / "onnx_check.json").read_text())
+        assert check["passed"] and check["tokensEqual"] == check["tokensCompared"] > 0, check
+    return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")

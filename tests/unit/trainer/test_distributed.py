@@ -16,11 +16,11 @@ from kubetune.catalog import Strategy, SupportRow, support_matrix
 from kubetune.contract import ExitCode
 from kubetune_trainer.checkpoints import MARKER, checkpoints
 
-from .conftest import FACTS, greedy_answer, kill_everything, launch, memorise_spec
+from .conftest import FACTS, greedy_answer, kill_everything, launch, memorise_spec, reload_output
 
 pytestmark = pytest.mark.slow
 
-BUILT_OUTPUTS = {"adapter", "merged"}
+BUILT_OUTPUTS = {"adapter", "merged", "onnx"}
 STRATEGIES = {
     Strategy.DDP: {"strategy": "ddp"},
     Strategy.ZERO1: {"strategy": "deepspeed", "deepspeed": {"stage": 1}},
@@ -85,7 +85,7 @@ def test_row_trains_on_two_processes_with_the_engine_asked_for(
     if row.strategy is Strategy.ZERO3:
         assert all(r["zeroStage"] == 3 for r in ranks)
         assert all(r["localParameterElements"] <= r["parameterElements"] * 0.55 for r in ranks), ranks
-    model, tokenizer = _reload(row.output, folder / "out", volumes)
+    model, tokenizer = reload_output(row.output, folder / "out", volumes)
     question, answer = FACTS[5]
     assert greedy_answer(model, tokenizer, question) == answer
 
@@ -131,14 +131,3 @@ def test_killed_zero3_run_resumes_from_its_checkpoint(volumes: Path, tmp_path: P
         f"resuming from {tmp_path / 'out' / 'checkpoints' / f'checkpoint-{reached}'}"
         in (tmp_path / "log.txt").read_text()
     )
-
-
-def _reload(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if output == "adapter":
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
-        return PeftModel.from_pretrained(base, out / "adapter"), AutoTokenizer.from_pretrained(out / "adapter")
-    return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")

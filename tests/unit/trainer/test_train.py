@@ -16,7 +16,7 @@ from kubetune.contract import ExitCode
 from kubetune_trainer.main import run
 from kubetune_trainer.runtime import Runtime
 
-from .conftest import FACTS, greedy_answer, memorise_spec
+from .conftest import FACTS, greedy_answer, memorise_spec, reload_output
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +53,7 @@ def test_row_trains_and_its_output_answers_from_memory(
     losses = [h["loss"] for h in summary["history"] if "loss" in h]
 
     assert losses[-1] < losses[0] / 10, losses
-    if row.output == "onnx":
-        # The graph is checked against the merged model it was exported from, which must answer.
-        check = json.loads((out / "onnx" / "onnx_check.json").read_text())
-        assert check["passed"] and check["tokensEqual"] == check["tokensCompared"] > 0, check
-    model, tokenizer = _reload(row.output, out, volumes)
+    model, tokenizer = reload_output(row.output, out, volumes)
     question, answer = FACTS[3]
     assert greedy_answer(model, tokenizer, question) == answer
 
@@ -102,15 +98,3 @@ def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, dict[st
     report = (out / "report.html").read_text()
     assert 'src="data:image/png;base64,' in report
     assert f"<td>{FACTS[0][0]}</td>" in report
-
-
-def _reload(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if output == "adapter":
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
-        return PeftModel.from_pretrained(base, out / "adapter"), AutoTokenizer.from_pretrained(out / "adapter")
-    # merged, and onnx (exported from the merged model, which the run keeps when both are asked)
-    return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")
