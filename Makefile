@@ -97,8 +97,8 @@ registry: ## Install the docker-registry package for the OCI tests (as root with
 	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
 		echo "registry: not installing docker-registry (needs root and apt-get); the OCI push tests will skip"; \
 	else \
-		apt-get install -y -qq --no-install-recommends docker-registry >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; } || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; } || \
 		echo "registry: apt-get could not install docker-registry; the OCI push tests will skip"; \
 	fi
 
