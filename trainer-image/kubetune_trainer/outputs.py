@@ -62,6 +62,12 @@ def write_outputs(
         trainer.save_model(str(merged_dir))
     failure: Exception | None = None
     if runtime.is_main:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        # The merge and the export load models outside the training engine: while a ZeRO-3
+        # config is registered, from_pretrained shards what it loads, and rank 0 would wait
+        # for the other ranks to gather it, forever.
+        unset_hf_deepspeed_config()
         try:
             if spec.method.type.uses_adapter:
                 tokenizer.save_pretrained(adapter_dir)
@@ -70,13 +76,8 @@ def write_outputs(
                     _merge(spec, source, adapter_dir, merged_dir, precision, task_settings or {})
                 tokenizer.save_pretrained(merged_dir)
             if OutputFormat.ONNX in formats:
-                from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
                 from kubetune_trainer.onnx_export import export_onnx
 
-                # As for the merge: while a ZeRO-3 config is registered, from_pretrained shards
-                # what it loads, and rank 0 would wait for the others to gather it, forever.
-                unset_hf_deepspeed_config()
                 export_onnx(merged_dir, out / "onnx")
             if labels is not None:
                 for folder in (out, adapter_dir, merged_dir):
@@ -99,10 +100,7 @@ def _merge(
     task_settings: dict[str, Any],
 ) -> None:
     from peft import PeftModel
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    # While a ZeRO-3 config is registered, from_pretrained builds empty sharded weights.
-    unset_hf_deepspeed_config()
     # fp16 merges lose precision in the added deltas; bf16 and fp32 keep them.
     dtype = DTYPES[precision if precision is not Precision.FP16 else Precision.FP32]
     base = (

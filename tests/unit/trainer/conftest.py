@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +249,10 @@ def reload_output(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
         check = json.loads((out / "onnx" / "onnx_check.json").read_text())
         assert check["passed"] and check["tokensEqual"] == check["tokensCompared"] > 0, check
     return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")
+
+
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """An HTTP server on a free loopback port, answering from a daemon thread, and its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"

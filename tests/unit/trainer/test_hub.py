@@ -7,10 +7,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.outputs import check_destination, output_folder, output_location, publish
 from kubetune_trainer.runtime import Runtime
 
-from .conftest import memorise_spec
+from .conftest import memorise_spec, serve_on_loopback
 
 TOKEN = "hf_not-a-real-token-but-a-planted-one"
 REPO = "kubetune-tests/tiny-phi3-lora"
@@ -92,9 +91,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     record = FakeHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(record))
-    record.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server, record.endpoint = serve_on_loopback(_handler(record))
     monkeypatch.setenv("HF_ENDPOINT", record.endpoint)
     yield record
     server.shutdown()

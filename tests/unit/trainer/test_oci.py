@@ -13,14 +13,13 @@ import io
 import json
 import subprocess
 import tarfile
-import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,7 +32,7 @@ from kubetune_trainer.oci import Credentials, ImageName, adapter_image
 from kubetune_trainer.outputs import check_destination, output_folder, output_location, publish
 from kubetune_trainer.runtime import Runtime
 
-from .conftest import _free_port, memorise_spec
+from .conftest import _free_port, memorise_spec, serve_on_loopback
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 USER, PASSWORD = "pusher", "not-a-real-password-but-a-planted-one"
@@ -71,12 +70,11 @@ class TokenService:
         self.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         self.chain = [base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()]
         self.asked: list[dict[str, Any]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server, self.url = serve_on_loopback(self._handler())
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        return f"{self.url}/token"
 
     def issue(self, scope: str) -> str:
         from cryptography.hazmat.primitives import hashes

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import tarfile
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.warm import warm_start_folder
 
 from . import test_oci
-from .conftest import KEY_ID, SECRET, memorise_spec
+from .conftest import KEY_ID, SECRET, memorise_spec, serve_on_loopback
 from .test_oci import REPOSITORY, LoopbackRegistry, pod
 
 # The fixtures that start the servers: a docker-registry (anonymous, htpasswd, token) and moto.
@@ -236,10 +235,8 @@ def serve_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, b
 
     def start(files: dict[str, bytes]) -> FakeHub:
         hub = FakeHub(files)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _hub_handler(hub))
+        server, hub.endpoint = serve_on_loopback(_hub_handler(hub))
         servers.append(server)
-        hub.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         return hub
 

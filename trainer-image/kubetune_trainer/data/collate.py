@@ -143,18 +143,14 @@ is laid before it: rounding, not attention across examples (which moves them by 
 
 def keeps_packed_examples_apart(model: Any) -> bool:
     """Whether this model, as loaded, attends only within each example of a packed row: two
-    short examples are run packed and the second alone, and their logits compared. The probe
-    runs in training mode with dropout quietened: a 4-bit layer on a CPU run in evaluation
-    mode repacks its weights into an inference-only layout that gradients cannot go through."""
+    short examples are run packed and the second alone, in evaluation mode (no dropout), and
+    their logits compared."""
     device = next(model.parameters()).device
     first, second = list(range(3, 9)), list(range(9, 14))
     packed_ids = torch.tensor([first + second], device=device)
     positions = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
     was_training = model.training
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.eval()
+    model.eval()
     try:
         with torch.no_grad():
             packed = model(input_ids=packed_ids, position_ids=positions, use_cache=False).logits[0, len(first) :]
