@@ -31,8 +31,21 @@ WEIGHT_BYTES = 2
 GRADIENT_BYTES = 2
 FRAMEWORK_OVERHEAD = 1.5 * GIB
 """CUDA context, allocator fragmentation and kernels' workspaces."""
-ACTIVATION_BYTES_PER_TOKEN_LAYER = 34
-"""Per token, per layer, per hidden unit, in 16-bit training with fused attention (no s^2 term)."""
+# Activations: bytes that autograd keeps for the backward pass, per token per block, in 16-bit
+# training with fused attention (no s^2 term). Counted, not assumed: tests/unit/trainer/
+# test_activation_bytes.py counts the tensors autograd saves in Llama and Phi-3 blocks under
+# autocast and holds these within 15%; a Phi-3-mini LoRA run on an H200 peaked where they say.
+TRAINED_BLOCK_BYTES = (34, 8)
+"""(x hidden, x intermediate) when every weight trains (each layer keeps its input)."""
+FROZEN_BLOCK_BYTES = (20, 8)
+"""(x hidden, x intermediate) over a frozen base with adapters and no adapter dropout."""
+FUSED_QKV_BYTES = 6
+"""x hidden more over a frozen base whose query, key and value come from one projection (Phi-3)."""
+ADAPTER_DROPOUT_BYTES = 3
+"""Per input feature of each adapted layer when the adapter's dropout is on: the dropped
+16-bit copy its A matrix keeps, and the mask."""
+DORA_BYTES = 4
+"""Per output feature of each adapted layer: what DoRA's rescaling of the base output keeps."""
 QUANT_BLOCK = 64
 ASSUMED_LABELS = {TaskType.SEQUENCE_CLASSIFICATION: 2, TaskType.TOKEN_CLASSIFICATION: 9}
 """Labels counted when dataset.labels does not name them: a binary classifier; CoNLL-2003's
@@ -299,8 +312,9 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         "per trainable parameter before sharding",
         f"ZeRO stage {stage}"
         + (" (FSDP full-shard counted as stage 3)" if spec.distributed.strategy is StrategyType.FSDP else ""),
-        f"activations: {ACTIVATION_BYTES_PER_TOKEN_LAYER} bytes x hidden per token per layer "
-        "(fused attention), one layer at a time with gradient checkpointing; fp32 logits",
+        f"activations: {activation_bytes_per_token_layer(spec, model):,.0f} bytes per token per layer "
+        "(fused attention; autograd's saved tensors, counted), one layer at a time with gradient "
+        "checkpointing; fp32 logits",
         f"{FRAMEWORK_OVERHEAD / GIB:.1f} GiB framework overhead per device",
     ]
     if head_assumption:
@@ -342,7 +356,7 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         "weights": base,
         "gradients": gradients,
         "optimizer": optimizer,
-        "activations": _activations(spec, model.shape, head),
+        "activations": _activations(spec, model, head),
         "overhead": FRAMEWORK_OVERHEAD,
     }
     return Estimate(parts, trainable, total, world_size, assumptions)
@@ -365,10 +379,31 @@ def _quant_constant_bytes(double_quant: bool) -> float:
     return 4 / QUANT_BLOCK
 
 
-def _activations(spec: FineTuneJobSpec, shape: Shape, head: Head) -> float:
+def activation_bytes_per_token_layer(spec: FineTuneJobSpec, model: ModelFacts) -> float:
+    """What one block keeps for the backward pass, per token: the block's own tensors, and
+    for adapters whatever their dropout and DoRA's rescaling add per adapted layer."""
+    shape = model.shape
+    if spec.method.type is MethodType.FULL:
+        per_hidden, per_intermediate = TRAINED_BLOCK_BYTES
+        return float(per_hidden * shape.hidden + per_intermediate * shape.intermediate)
+    per_hidden, per_intermediate = FROZEN_BLOCK_BYTES
+    block = per_hidden * shape.hidden + per_intermediate * shape.intermediate
+    if shape.fused != "none":
+        block += FUSED_QKV_BYTES * shape.hidden
+    adapter = spec.method.adapter
+    targets = _targets(spec, model)
+    adapted = [layer for layer in model.linear_layers(spec.task) if targets == "all-linear" or layer.name in targets]
+    dropout = ADAPTER_DROPOUT_BYTES if adapter.dropout > 0 else 0
+    dora = DORA_BYTES if spec.method.type is MethodType.DORA else 0
+    extra = sum(layer.count * (dropout * layer.inputs + dora * layer.outputs) for layer in adapted)
+    return float(block + extra / max(1, shape.layers))
+
+
+def _activations(spec: FineTuneJobSpec, model: ModelFacts, head: Head) -> float:
+    shape = model.shape
     sequences = spec.training.per_device_batch_size
     tokens = sequences * spec.dataset.max_seq_length
-    per_layer = tokens * shape.hidden * ACTIVATION_BYTES_PER_TOKEN_LAYER
+    per_layer = tokens * activation_bytes_per_token_layer(spec, model)
     if spec.training.gradient_checkpointing:
         kept = tokens * shape.hidden * WEIGHT_BYTES * shape.layers + per_layer
     else:

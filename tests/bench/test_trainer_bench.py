@@ -196,10 +196,13 @@ def test_the_gpu_configuration_holds_its_memory_estimate_against_the_measured_pe
         )
         for s in workload.settings
     }
-    # A 3.8B model: QLoRA's 4-bit base needs the least, full fine-tuning under ZeRO-3 on one device the most.
+    # A 3.8B model: QLoRA's 4-bit base needs the least, full fine-tuning under ZeRO-3 on one device
+    # the most (16 bytes per weight, and activations for 8 rows of 1,024 tokens, under 16 more);
+    # DoRA keeps more per token than LoRA.
     assert min(estimates, key=estimates.__getitem__).startswith("qlora")
     assert max(estimates, key=estimates.__getitem__).startswith("full")
-    assert 3.8e9 * 16 / 2**20 < max(estimates.values()) < 3.8e9 * 24 / 2**20
+    assert 3.8e9 * 16 / 2**20 < max(estimates.values()) < 3.8e9 * 32 / 2**20
+    assert estimates["dora-bf16"] > estimates["lora-bf16"]
 
     setting = workload.settings[0]
     report = SettingReport(setting, "t", steps=1, tokens=1, flops_formula="f", estimate_mib=estimates[setting.name])

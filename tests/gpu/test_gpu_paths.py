@@ -41,7 +41,7 @@ def test_gpu_path_trains_with_the_engine_asked_for(
         training={"optimizer": "adamw-fused", **training},
         resources={"accelerators": torch.cuda.device_count()},
     )
-    process = launch(spec, volumes, tmp_path, processes=max(1, torch.cuda.device_count()))
+    process = launch(spec, volumes, tmp_path, processes=max(1, torch.cuda.device_count()), torchrun=True)
 
     assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

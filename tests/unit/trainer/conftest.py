@@ -168,10 +168,16 @@ def memorise_spec(method: str, formats: list[str], **changes: Any) -> FineTuneJo
 
 
 def launch(
-    spec: FineTuneJobSpec, volumes: Path, folder: Path, processes: int = 1, env: Mapping[str, str] | None = None
+    spec: FineTuneJobSpec,
+    volumes: Path,
+    folder: Path,
+    processes: int = 1,
+    env: Mapping[str, str] | None = None,
+    torchrun: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start the trainer as its image does (torchrun for several processes); output goes to log.txt.
-    `env` adds or replaces variables (KUBETUNE_OUTPUT="" sends the output where the spec says)."""
+    """Start the trainer as its image does (torchrun for several processes, or when `torchrun`
+    says so, as in a pod); output goes to log.txt. `env` adds or replaces variables
+    (KUBETUNE_OUTPUT="" sends the output where the spec says)."""
     from kubetune.api.resource import dump_spec
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,7 +193,7 @@ def launch(
     }
     variables |= env or {}
     command = [sys.executable, "-m", "kubetune_trainer"]
-    if processes > 1:
+    if processes > 1 or torchrun:
         command = [
             sys.executable,
             "-m",
