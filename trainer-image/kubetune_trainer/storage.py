@@ -83,15 +83,13 @@ class Bucket:
                 for item in page.get("Contents", [])
             ]
             wanted = [
-                k
-                for k in keys
-                if k == self.prefix or (k.lower().endswith(suffixes) and k.startswith(self.prefix.rstrip("/") + "/"))
+                k for k in keys if k == self.prefix or (k.lower().endswith(suffixes) and k.startswith(self.folder))
             ]
             if not wanted and self.prefix in keys:
                 wanted = [self.prefix]
             files = []
             for key in sorted(wanted):
-                relative = Path(key).relative_to(self.prefix).as_posix() if key != self.prefix else Path(key).name
+                relative = key[len(self.folder) :] if key != self.prefix else Path(key).name
                 target = _inside(folder, relative, InvalidData)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.name, key, str(target))

@@ -79,6 +79,33 @@ def test_trains_from_a_bucket_and_publishes_to_a_bucket(
     assert not any(SECRET.encode() in blob for blob in produced), "the secret leaked into the work folder"
 
 
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://datasets", ["a.jsonl", "deep/b.csv"]),
+        ("s3://datasets/", ["a.jsonl", "deep/b.csv"]),
+        ("s3://datasets/deep", ["b.csv"]),
+        ("s3://datasets/a.jsonl", ["a.jsonl"]),
+    ],
+)
+def test_a_bucket_root_a_folder_or_one_object_downloads(
+    uri: str, expected: list[str], s3: Any, endpoint: str, cloud_runtime: Runtime, tmp_path: Path
+) -> None:
+    from kubetune.api.spec import S3Location
+    from kubetune_trainer.storage import Bucket
+
+    for key in ("a.jsonl", "deep/b.csv", "deep/notes.txt", "deeper/c.json"):
+        s3.put_object(Bucket="datasets", Key=key, Body=b"{}")
+    location = S3Location.model_validate(
+        {"uri": uri, "endpoint": endpoint, "credentialsSecret": {"name": "s3-credentials"}}
+    )
+    suffixes = (".jsonl", ".csv") if uri != "s3://datasets/deep" else (".csv", ".json")
+
+    files = Bucket.open(location, cloud_runtime).download(tmp_path / "got", suffixes)
+
+    assert sorted(f.relative_to(tmp_path / "got").as_posix() for f in files) == expected
+
+
 def test_a_missing_object_is_a_located_data_error(s3: Any, endpoint: str, cloud_runtime: Runtime) -> None:
     spec = memorise_spec("lora", ["adapter"])
     spec = spec.model_copy(
