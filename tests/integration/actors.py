@@ -33,6 +33,8 @@ FTJ = ("kubetune.io", "v1alpha1", "finetunejobs")
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
 MERGE = "application/merge-patch+json"
+OLD_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+"""What operators that ran a Kopf daemon per job put on every FineTuneJob."""
 
 
 @kopf.on.login()

@@ -29,6 +29,18 @@ def _failing(request: str, plural: str, status: int, times: int, subresource: st
     return inject
 
 
+def _conflict_then_failing_reads(times: int) -> Fault:
+    """The FineTuneJob is read only when what the operator knows of it may be stale: after a
+    conflict on its status write, whose re-read then fails."""
+
+    async def inject(apiserver: ApiServer, operator: Operator) -> int:
+        apiserver.emulator.fail_next("patch", "finetunejobs", status=409, times=1, subresource="status")
+        apiserver.emulator.fail_next("get", "finetunejobs", status=500, times=times)
+        return 1 + times
+
+    return inject
+
+
 async def _dropped_watches(apiserver: ApiServer, operator: Operator) -> int:
     async def keep_dropping() -> None:
         for _ in range(8):
@@ -49,7 +61,7 @@ FAULTS: dict[str, Fault] = {
     "429 on creating Jobs": _failing("create", "jobs", 429, 2),
     "500 on creating the ConfigMap": _failing("create", "configmaps", 500, 2),
     "500 on listing Jobs": _failing("list", "jobs", 500, 3),
-    "500 on reading the FineTuneJob": _failing("get", "finetunejobs", 500, 2),
+    "500 on reading the FineTuneJob": _conflict_then_failing_reads(2),
     "dropped watch streams": _dropped_watches,
     "slow answers": _slow,
 }

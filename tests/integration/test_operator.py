@@ -18,6 +18,7 @@ from .actors import (
     FTJ,
     MERGE,
     NAMESPACE,
+    OLD_FINALIZER,
     PODS,
     SUCCESS,
     Cluster,
@@ -201,7 +202,7 @@ async def test_a_restarted_operator_creates_nothing_twice(
     await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running after the restart")
     await operator.halt()
     await operator.start()
-    await asyncio.sleep(1.0)  # the restarted daemon has reconciled a few times by now
+    await asyncio.sleep(1.0)  # the restarted keeper has reconciled a few times by now
 
     creations = [
         w
@@ -210,6 +211,47 @@ async def test_a_restarted_operator_creates_nothing_twice(
     ]
     assert sorted(w.plural for w in creations) == ["configmaps", "jobs", "services"]
     assert cluster.status()["attempts"] == 1
+
+
+async def test_the_operator_reads_back_nothing_it_wrote_and_marks_nothing(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    """What the operator knows of a FineTuneJob comes from its watch event and from its own
+    status writes' answers: from creation to success it never reads the job by name, and
+    writes only its status (no finalizer, no bookkeeping of Kopf's)."""
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+    await cluster.finish("demo-a1", 0, SUCCESS)
+    await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded")
+
+    own = [
+        r
+        for r in cluster.apiserver.emulator._requests
+        if r.resource is not None
+        and r.resource.plural == "finetunejobs"
+        and r.headers.get("User-Agent", "").startswith(("kubetune-operator/", "kopf/"))
+    ]
+    methods = [(str(getattr(r.method, "value", r.method)).upper(), r.name, r.subresource) for r in own]
+    assert not [m for m in methods if m[0] == "GET" and m[1] is not None], "no read of the job by name"
+    assert {m for m in methods if m[0] != "GET"} == {("PATCH", "demo", "status")}
+    body = cluster.get(FTJ, "demo")
+    assert body is not None and not body["metadata"].get("finalizers")
+    assert "last-handled-configuration" not in body["status"].get("kopf", {})
+
+
+async def test_a_job_marked_by_an_earlier_version_can_be_deleted(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    marked = _manifest(job, dataset={**job["spec"]["dataset"], "preflight": False})
+    marked["metadata"]["finalizers"] = [OLD_FINALIZER]
+    await cluster.submit(marked)
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+
+    await cluster.call("DELETE", KINDS["FineTuneJob"].path(NAMESPACE, "demo"))
+
+    await eventually(lambda: cluster.get(FTJ, "demo") is None, "the FineTuneJob gone")
 
 
 async def test_deleting_the_job_removes_its_children(operator: Operator, cluster: Cluster, job: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from kubetune.controller.cluster import KINDS
 
 from ..unit.deploy.helm import only, rendered
-from .actors import MERGE, NAMESPACE, SUCCESS, Cluster, Operator, _through_preflight, eventually
+from .actors import MERGE, NAMESPACE, OLD_FINALIZER, SUCCESS, Cluster, Operator, _through_preflight, eventually
 from .conftest import ApiServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -94,6 +94,17 @@ async def test_the_chart_grants_exactly_what_the_operator_calls(
     await cluster.call("DELETE", KINDS["FineTuneJob"].path(NAMESPACE, "queued"))
     await eventually(lambda: cluster.get(("kubetune.io", "v1alpha1", "finetunejobs"), "queued") is None, "deletion")
     await asyncio.sleep(0.5)
+
+    # A job that an earlier version marked with Kopf's finalizer (it ran a Kopf daemon per
+    # job): Kopf takes the finalizer off.
+    marked = {**job, "metadata": {"name": "marked", "namespace": NAMESPACE, "finalizers": [OLD_FINALIZER]}}
+    await cluster.submit(marked)
+    await eventually(
+        lambda: (
+            not (cluster.get(("kubetune.io", "v1alpha1", "finetunejobs"), "marked") or {})["metadata"].get("finalizers")
+        ),
+        "the old finalizer taken off",
+    )
 
     used, granted = used_by_the_operator(apiserver), granted_by_the_chart()
 

@@ -162,12 +162,13 @@ class Cluster:
 
     # ------------------------------------------------------------------------- writing
 
-    def apply(self, body: dict[str, Any], actions: Sequence[Action]) -> None:
+    def apply(self, body: dict[str, Any], actions: Sequence[Action]) -> dict[str, Any] | None:
         """Carry out the plan in its order. Creating what exists and deleting what is gone
-        are no-ops: a redelivered event or a restarted operator repeats a plan safely."""
+        are no-ops: a redelivered event or a restarted operator repeats a plan safely.
+        Returns the FineTuneJob as the last status write left it (None without one)."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        version = meta.get("resourceVersion")
+        version, written = meta.get("resourceVersion"), None
         for action in actions:
             match action:
                 case Create(manifest):
@@ -179,9 +180,11 @@ class Cluster:
                 case SetWorkloadActive(workload, active):
                     self._patch("Workload", namespace, workload, {"spec": {"active": active}})
                 case WriteStatus(status):
-                    version = self.write_status(namespace, name, status, version)
+                    written = self.write_status(namespace, name, status, version)
+                    version = (written.get("metadata") or {}).get("resourceVersion")
                 case Emit(warning, reason, message):
                     self.emit(body, warning, reason, message)
+        return written
 
     def _create(self, namespace: str, manifest: Manifest) -> None:
         kind = KINDS[manifest["kind"]]
@@ -211,12 +214,13 @@ class Cluster:
 
     def write_status(
         self, namespace: str, name: str, status: FineTuneJobStatus, resource_version: str | None = None
-    ) -> str | None:
+    ) -> dict[str, Any]:
         """Merge-patch the status subresource; what kubetune does not own (status.kopf) stays.
 
         With the resourceVersion the status was planned from, the write fails with 409 when
         anyone wrote in between (another operator replica, a stale read): the plan is then
-        made again from a fresh read instead of acting on an old one. Returns the new version."""
+        made again from a fresh read instead of acting on an old one. Returns the object as
+        the API holds it after the write."""
         written = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"kopf"})
         for key in ("progress", "output", "completionTime", "startTime"):
             written.setdefault(key, None)  # cleared fields are removed, not left behind
@@ -224,9 +228,7 @@ class Cluster:
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
         path = KINDS["FineTuneJob"].path(namespace, name, "status")
-        answer = self.rest.call("PATCH", path, body=patch, content_type=MERGE_PATCH)
-        version: str | None = (answer.get("metadata") or {}).get("resourceVersion")
-        return version
+        return self.rest.call("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
     def emit(self, body: dict[str, Any], warning: bool, reason: str, message: str) -> None:
         """A core/v1 Event on the FineTuneJob, as `kubectl describe` shows them."""

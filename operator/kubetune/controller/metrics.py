@@ -34,16 +34,21 @@ class Metrics:
 
     def observe(self, namespace: str, name: str, phase: Phase, seconds: float) -> None:
         self.reconcile_seconds.observe(seconds)
-        self.phases[(namespace, name)] = phase
-        self._count()
+        before = self.phases.get((namespace, name))
+        if before is not phase:
+            self.phases[(namespace, name)] = phase
+            self._move(before, phase)
 
     def forget(self, namespace: str, name: str) -> None:
-        self.phases.pop((namespace, name), None)
-        self._count()
+        self._move(self.phases.pop((namespace, name), None), None)
 
-    def _count(self) -> None:
-        for phase in Phase:
-            self.jobs.labels(phase=phase.value).set(sum(1 for p in self.phases.values() if p is phase))
+    def _move(self, source: Phase | None, target: Phase | None) -> None:
+        """One job from one phase's count to another's (None: not counted); counting every
+        job again at every pass cost time in proportion to the jobs watched."""
+        if source is not None:
+            self.jobs.labels(phase=source.value).dec()
+        if target is not None:
+            self.jobs.labels(phase=target.value).inc()
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
