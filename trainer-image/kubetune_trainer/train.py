@@ -60,9 +60,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StopOnSignal(TrainerCallback):
-    """On SIGTERM (preemption, eviction, suspend) or Ctrl-C, finish the step, checkpoint and stop."""
+    """On SIGTERM (preemption, eviction, suspend) or Ctrl-C, finish the step, checkpoint and stop.
+
+    With several ranks, every rank stops at the same step when any one of them was signalled:
+    an evicted pod's ranks get the signal and the other pods' do not, and a checkpoint is a
+    collective that every rank must join at the same step. The ranks agree at the end of
+    each step (one all-reduce of a flag)."""
 
     received: bool = False
+    """This rank was signalled."""
+    stopping: bool = False
+    """Some rank was signalled: this one has checkpointed with the others and stopped."""
     _previous: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -74,13 +82,25 @@ class StopOnSignal(TrainerCallback):
         self.received = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.received:
+        if _any_rank(self.received, args.device):
+            self.stopping = True
             control.should_save = True
             control.should_training_stop = True
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def _any_rank(flag: bool, device: Any) -> bool:
+    """Whether `flag` holds on any rank (on this one alone outside a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    shared = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    return bool(shared.item())
 
 
 def train(
@@ -163,7 +183,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     facts = engine_facts(trainer, total)
     record(facts, runtime.work / "ranks", runtime.rank)
-    if stopper.received:
+    if stopper.stopping:
         raise Interrupted(f"stopped by a signal at step {trainer.state.global_step}; the checkpoint is kept")
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step,

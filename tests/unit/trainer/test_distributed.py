@@ -131,3 +131,49 @@ def test_killed_zero3_run_resumes_from_its_checkpoint(volumes: Path, tmp_path: P
         f"resuming from {tmp_path / 'out' / 'checkpoints' / f'checkpoint-{reached}'}"
         in (tmp_path / "log.txt").read_text()
     )
+
+
+def _rank_pid(folder: Path, rank: int) -> int:
+    """The process of one rank of a run started by `launch` (found by its spec and RANK)."""
+    marker, wanted = f"KUBETUNE_SPEC={folder / 'spec.json'}".encode(), f"RANK={rank}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if marker in environ and wanted in environ:
+            return int(proc.name)
+    raise AssertionError(f"no rank {rank} process")
+
+
+def test_sigterm_to_one_rank_checkpoints_every_rank_at_the_same_step(volumes: Path, tmp_path: Path) -> None:
+    """An evicted pod's ranks get SIGTERM and the other pods' do not: every rank still stops
+    at the same step, with one complete checkpoint, instead of waiting on a collective."""
+    import os
+    import signal
+    import time
+
+    spec = _spec(
+        "lora",
+        STRATEGIES[Strategy.DDP],
+        training={"maxSteps": 400, "loggingInterval": 20},
+        checkpoint={"intervalSteps": 20, "keep": 2},
+    )
+    process = launch(spec, volumes, tmp_path, processes=2)
+    deadline = time.monotonic() + 300
+    while not any((p / MARKER).exists() for _, p in checkpoints(tmp_path / "out" / "checkpoints")):
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[-4000:]
+        time.sleep(0.1)
+
+    os.kill(_rank_pid(tmp_path, 1), signal.SIGTERM)
+
+    try:
+        process.wait(timeout=180)
+    finally:
+        kill_everything(tmp_path)
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["reason"] == "Interrupted", (tmp_path / "log.txt").read_text()[-4000:]
+    stopped_at = int(summary["message"].split("at step ")[1].split(";")[0])
+    newest_step, newest = checkpoints(tmp_path / "out" / "checkpoints")[0]
+    assert newest_step == stopped_at < 400
+    assert (newest / MARKER).exists()
