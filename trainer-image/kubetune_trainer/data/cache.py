@@ -53,6 +53,7 @@ from kubetune_trainer.data.pipeline import (
     label_map,
     read_dataset,
 )
+from kubetune_trainer.data.sources import mounted_files
 from kubetune_trainer.data.tokenize import ClassifiedExample, DataStats, TokenizedExample
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.model import write_marker
@@ -192,14 +193,25 @@ _LOCATION_SETTINGS = frozenset({"name_or_path", "is_local", "local_files_only", 
 _CALL_SETTINGS = frozenset({"truncation", "padding"})
 
 
-def data_key(spec: FineTuneJobSpec) -> str:
-    """What decides the checked examples and how they are encoded, besides the tokenizer."""
+def data_key(spec: FineTuneJobSpec, runtime: Runtime) -> str:
+    """What decides the checked examples and how they are encoded, besides the tokenizer:
+    the spec, and the size and modification time of each file a volume or ConfigMap source
+    reads (a file changed in place on the volume is read again)."""
+    sources = [spec.dataset, *([spec.dataset.evaluation.source] if spec.dataset.evaluation else [])]
+    files = [
+        [str(file), stat.st_size, stat.st_mtime_ns]
+        for source in sources
+        if source is not None
+        for file in mounted_files(source, runtime)
+        for stat in [file.stat()]
+    ]
     parts = {
         "version": CACHE_VERSION,
         "kubetune": __version__,
         "task": spec.task.value,
         "seed": spec.training.seed,
         "dataset": spec.dataset.model_dump(mode="json", by_alias=True),
+        "files": files,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -227,10 +239,10 @@ class CacheKey:
     tokenizer: str
 
     @classmethod
-    def of(cls, spec: FineTuneJobSpec, tokenizer: Any) -> CacheKey | None:
+    def of(cls, spec: FineTuneJobSpec, runtime: Runtime, tokenizer: Any) -> CacheKey | None:
         """The key of a run's data, or None (logged) for a tokenizer that cannot save itself."""
         try:
-            return cls(data_key(spec), tokenizer_key(tokenizer))
+            return cls(data_key(spec, runtime), tokenizer_key(tokenizer))
         except Exception as error:  # a tokenizer's own code saves it; the cache is only a saving
             log.warning("the tokenised data is not cached: the tokenizer cannot be saved (%s)", error)
             return None
@@ -411,7 +423,7 @@ def save_for_training(
     """The preflight's: leave the tokenised data where the training pods look, when there
     is such a place. Never raises: a cache that cannot be written only costs the training
     run its tokenising."""
-    key = CacheKey.of(spec, tokenizer)
+    key = CacheKey.of(spec, runtime, tokenizer)
     return _keep(cache_folder(spec, runtime), key, encoded, labels, sets, "the preflight") if key else None
 
 
@@ -452,7 +464,7 @@ class CheckedData:
         """The run's data: from the cache that matches the (prepared) tokenizer too, else
         encoded here and, when `write` (rank 0), kept for the next attempt."""
         spec = self.spec
-        key = CacheKey.of(spec, tokenizer)
+        key = CacheKey.of(spec, self.runtime, tokenizer)
         encoded = self._cached(key) if key is not None else None
         if encoded is None:
             # The label names stay those found first: the model's head is built to them.
@@ -491,7 +503,7 @@ def check_data(spec: FineTuneJobSpec, runtime: Runtime) -> CheckedData:
     """The label names and examples of a run: from a cache of this spec when a preflight left
     one (whatever its tokenizer), else read and checked, before any model is fetched."""
     root = cache_folder(spec, runtime)
-    key = data_key(spec)
+    key = data_key(spec, runtime)
     ignored: list[Path] = []
     for entry in _entries(root, key):
         try:

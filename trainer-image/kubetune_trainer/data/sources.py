@@ -73,6 +73,21 @@ def _rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
             raise InvalidSpec(f"dataset source {kind} is not available in this trainer build yet")
 
 
+def mounted_files(source: DatasetSource, runtime: Runtime) -> list[Path]:
+    """The files a volume or ConfigMap source reads, as they are now (none for the other
+    sources, or where the path is missing: reading says so)."""
+    match source.kind:
+        case "pvc" if source.pvc is not None:
+            try:
+                return data_files(runtime.claim_path(source.pvc.claim_name, source.pvc.path))
+            except InvalidData:
+                return []
+        case "configMap" if source.config_map is not None:
+            file = runtime.configmaps / source.config_map.name / source.config_map.key
+            return [file] if file.is_file() else []
+    return []
+
+
 def data_files(path: Path) -> list[Path]:
     """A file, or the dataset files under a folder (sorted, so the order is stable)."""
     if path.is_file():

@@ -165,6 +165,23 @@ def test_another_dataset_spec_or_seed_misses_the_cache(
     assert data == uncached(other, runtime)
 
 
+def test_a_dataset_file_changed_in_place_on_the_volume_misses_the_cache(
+    runtime: Runtime, logs: pytest.LogCaptureFixture
+) -> None:
+    rows = runtime.claim_path("data", "train.jsonl").read_text().splitlines(keepends=True)
+    file = runtime.claim_path("data", f"{runtime.work.parent.name}.jsonl")  # the volumes are shared: a file of its own
+    file.write_text("".join(rows))
+    spec = memorise_spec("lora", ["adapter"], dataset={"pvc": {"claimName": "data", "path": file.name}})
+    check(spec, runtime)
+    file.write_text("".join(rows[:-1]))  # the same name, one row fewer
+
+    checked, data = data_step(spec, runtime)
+
+    assert checked.read
+    assert REUSED not in logs.text
+    assert data == uncached(spec, runtime)
+
+
 def test_another_tokenizer_misses_the_cache(runtime: Runtime, logs: pytest.LogCaptureFixture) -> None:
     spec = memorise_spec("lora", ["adapter"])
     check(spec, runtime)
