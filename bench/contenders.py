@@ -31,11 +31,26 @@ KUBETUNE = "kubetune"
 TRL_KAITO = "trl-kaito"
 TRL_PADDING_FREE = "trl-padding-free"
 TRL_PACKING = "trl-packing"
-CONTENDERS = (KUBETUNE, TRL_KAITO, TRL_PADDING_FREE, TRL_PACKING)
+KUBETUNE_COMPILED = "kubetune-compiled"
+TRL_PADDING_FREE_COMPILED = "trl-padding-free-compiled"
+TRL_PACKING_COMPILED = "trl-packing-compiled"
+CONTENDERS = (
+    KUBETUNE,
+    TRL_KAITO,
+    TRL_PADDING_FREE,
+    TRL_PACKING,
+    KUBETUNE_COMPILED,
+    TRL_PADDING_FREE_COMPILED,
+    TRL_PACKING_COMPILED,
+)
+"""The last three compile (opt-in: on 2 CPU cores the compile takes longer than the
+benchmark's whole training loop, which includes it)."""
+KUBETUNES = frozenset({KUBETUNE, KUBETUNE_COMPILED})
+"""kubetune's own configurations: never counted as the fastest TRL."""
 TRL_BEST = (TRL_PADDING_FREE, TRL_PACKING)
 """TRL at its best: padding-free or packing, whichever is faster. Both run in the first
 round of a setting; the slower one sits out the rest."""
-ROW_BATCHED = frozenset({TRL_PACKING})
+ROW_BATCHED = frozenset({TRL_PACKING, TRL_PACKING_COMPILED})
 """Contenders whose batches count packed rows, not examples: they train one epoch of the
 same tokens in about the same number of steps, as near as whole rows allow."""
 DESCRIPTIONS = {
@@ -43,6 +58,9 @@ DESCRIPTIONS = {
     TRL_KAITO: "TRL SFTTrainer as Kaito's tuning image sets it: per-device batch 1, no packing, accumulation",
     TRL_PADDING_FREE: "TRL SFTTrainer with padding-free batches (examples laid end to end, no padding)",
     TRL_PACKING: "TRL SFTTrainer with best-fit-decreasing packing into max-length rows",
+    KUBETUNE_COMPILED: "kubetune's trainer with training.compile: always (each decoder layer compiled)",
+    TRL_PADDING_FREE_COMPILED: "TRL SFTTrainer padding-free, with torch_compile=True (the whole model compiled)",
+    TRL_PACKING_COMPILED: "TRL SFTTrainer with packing, with torch_compile=True (the whole model compiled)",
 }
 
 # What the benchmark's ZeRO-3 runs use with TRL: transformers' documented ZeRO-3 config,
@@ -187,6 +205,7 @@ def kubetune_manifest(run: RunSpec) -> dict[str, Any]:
                 "gradientAccumulationSteps": run.accumulation,
                 "precision": run.precision,
                 "seed": run.seed,
+                **({"compile": "always"} if run.contender == KUBETUNE_COMPILED else {}),
             },
             "distributed": {"strategy": "deepspeed", "deepspeed": {"stage": 3}} if run.zero3 else {"strategy": "none"},
             "resources": {"accelerators": run.accelerators},
@@ -282,6 +301,8 @@ def trl_arguments(run: RunSpec, folder: Path) -> dict[str, Any]:
         TRL_PADDING_FREE: {"packing": False, "padding_free": True, "max_length": None},
         TRL_PACKING: {"packing": True, "packing_strategy": "bfd", "max_length": run.max_length},
     }
+    variants[TRL_PADDING_FREE_COMPILED] = variants[TRL_PADDING_FREE] | {"torch_compile": True}
+    variants[TRL_PACKING_COMPILED] = variants[TRL_PACKING] | {"torch_compile": True}
     # Packed rows cannot be counted out to exactly the steps of the others: one epoch instead.
     steps: dict[str, Any] = (
         {"max_steps": -1, "num_train_epochs": 1} if run.contender in ROW_BATCHED else {"max_steps": run.steps}
@@ -371,10 +392,7 @@ def run_trl(run: RunSpec, folder: Path) -> None:
 
 
 RUNNERS: dict[str, Callable[[RunSpec, Path], None]] = {
-    KUBETUNE: run_kubetune,
-    TRL_KAITO: run_trl,
-    TRL_PADDING_FREE: run_trl,
-    TRL_PACKING: run_trl,
+    contender: run_kubetune if contender in KUBETUNES else run_trl for contender in CONTENDERS
 }
 
 

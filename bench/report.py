@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from bench.contenders import KUBETUNE, ROW_BATCHED
+from bench.contenders import KUBETUNE, KUBETUNES, ROW_BATCHED
 from bench.workload import Setting
 
 DEFAULT_TOLERANCE = 0.03
@@ -135,7 +135,7 @@ class SettingReport:
 
     def fastest_trl(self) -> str | None:
         """The TRL configuration with the most trained tokens per second (median over rounds)."""
-        trl = [c for c in self.contenders if c != KUBETUNE]
+        trl = [c for c in self.contenders if c not in KUBETUNES]
         return max(trl, key=lambda c: self.spread(c, lambda run: run.tokens_per_second).median, default=None)
 
     def problems(self) -> list[str]:

@@ -32,10 +32,10 @@ from bench.contenders import (
     CONTENDERS,
     DESCRIPTIONS,
     KUBETUNE,
+    KUBETUNES,
     ROW_BATCHED,
     TRL_BEST,
     TRL_KAITO,
-    TRL_PADDING_FREE,
     RunSpec,
     kubetune_manifest,
 )
@@ -49,9 +49,7 @@ DEFAULT_CONTENDERS = (KUBETUNE, TRL_KAITO, *TRL_BEST)
 
 def run_spec(workload: Workload, setting: Setting, prepared: Prepared, contender: str, accelerators: int) -> RunSpec:
     """The same work for every contender; only the per-device batch is the trainer's own."""
-    batch = {KUBETUNE: workload.kubetune_batch, TRL_KAITO: 1, TRL_PADDING_FREE: workload.best_batch}.get(
-        contender, workload.best_batch
-    )
+    batch = workload.kubetune_batch if contender in KUBETUNES else 1 if contender == TRL_KAITO else workload.best_batch
     if contender in ROW_BATCHED:
         batch = rows_per_step(packed_rows(prepared.train_lengths, workload.max_length), workload.steps)
     return RunSpec(

@@ -7,7 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from bench.contenders import KUBETUNE, TRL_KAITO, TRL_PADDING_FREE, kubetune_manifest, trl_arguments
+from bench.contenders import (
+    KUBETUNE,
+    KUBETUNE_COMPILED,
+    TRL_KAITO,
+    TRL_PACKING,
+    TRL_PACKING_COMPILED,
+    TRL_PADDING_FREE,
+    TRL_PADDING_FREE_COMPILED,
+    kubetune_manifest,
+    trl_arguments,
+)
 from bench.measure import flops_per_example
 from bench.report import Run, SettingReport, render
 from bench.trainer import DEFAULT_CONTENDERS, kubetune_estimate_mib, main, packed_rows, rows_per_step, run_spec
@@ -132,6 +142,27 @@ def test_ratios_pair_the_rounds_and_report_median_and_spread() -> None:
     assert report.spread(KUBETUNE, report.mfu).median == 1.0
     assert not report.problems()
     assert "2.00x (1.50-3.00)" in render(report)
+    assert report.fastest_trl() == TRL_KAITO
+
+
+def test_compiled_contenders_compile_through_their_own_settings(smoke: Prepared, tmp_path: Path) -> None:
+    workload = SIZES["smoke"]
+    compiled = run_spec(workload, LORA, smoke, KUBETUNE_COMPILED, accelerators=0)
+    plain = run_spec(workload, LORA, smoke, KUBETUNE, accelerators=0)
+
+    assert parse_finetunejob(kubetune_manifest(compiled)).spec.training.compile.value == "always"
+    assert parse_finetunejob(kubetune_manifest(plain)).spec.training.compile.value == "auto"
+    assert compiled.per_device_batch == plain.per_device_batch
+    for trl, uncompiled in ((TRL_PACKING_COMPILED, TRL_PACKING), (TRL_PADDING_FREE_COMPILED, TRL_PADDING_FREE)):
+        arguments = trl_arguments(run_spec(workload, LORA, smoke, trl, accelerators=0), tmp_path)
+        baseline = trl_arguments(run_spec(workload, LORA, smoke, uncompiled, accelerators=0), tmp_path)
+        assert arguments.pop("torch_compile") is True
+        assert arguments == baseline
+
+
+def test_a_compiled_kubetune_is_never_the_fastest_trl() -> None:
+    report = report_of(fake_run(KUBETUNE, 0, 2.0), fake_run(KUBETUNE_COMPILED, 0, 1.0), fake_run(TRL_KAITO, 0, 3.0))
+
     assert report.fastest_trl() == TRL_KAITO
 
 

@@ -24,6 +24,7 @@ from kubetune.catalog import Strategy
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
+from kubetune_trainer.compiling import compiled_layers, planned_tokens, wants_compile
 from kubetune_trainer.data.cache import check_data
 from kubetune_trainer.engine import EngineCheck, engine_facts, record
 from kubetune_trainer.errors import Interrupted
@@ -180,7 +181,11 @@ def train(
     trainer.remove_callback(PrinterCallback)  # the tracker logs each record, and listeners show progress
     if resume is not None:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    mean_length = data.stats.tokens / max(1, data.stats.kept)
+    planned = planned_tokens(spec, len(data.train), mean_length, runtime.world_size)
+    compile_wanted = wants_compile(spec, planned, hardware.device)
+    with compiled_layers(model, compile_wanted) as compiled:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     facts = engine_facts(trainer, total)
     record(facts, runtime.work / "ranks", runtime.rank)
     if stopper.stopping:
@@ -193,6 +198,7 @@ def train(
         "tokensPerSecond": tracker.progress.tokens_per_second,
         "learningRate": learning_rate(spec),
         "precision": precision.value,
+        "compiledLayers": compiled,
         "trainRuntimeSeconds": round(result.metrics.get("train_runtime", 0.0), 2),
     }
     baseline: dict[str, float] = {}

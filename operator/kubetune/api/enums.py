@@ -39,6 +39,17 @@ class Precision(enum.StrEnum):
     FP32 = "fp32"
 
 
+class Compile(enum.StrEnum):
+    """Whether the trainer compiles the model's repeated layers with torch.compile. auto: on a
+    CPU, where the planned run trains enough tokens for the compile to pay back, under a setup
+    it is tested with (one process or DDP, no 4-bit base). Not on/off: YAML 1.1 reads those
+    as booleans."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
 class DataFormat(enum.StrEnum):
     AUTO = "auto"
     CHAT = "chat"
