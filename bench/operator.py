@@ -118,7 +118,7 @@ def _operator_requests(emulator: StrictKubernetesEmulator, since: int) -> list[A
 
 async def run_case(kind: str, jobs: int, interval: float, window: float) -> Case:
     crd = yaml.safe_load(CRD.read_text())
-    async with StrictKubernetesEmulator(crds=[crd]) as emulator, kmock.Server(emulator) as server:
+    async with StrictKubernetesEmulator(crds=[crd], keep_alive=True) as emulator, kmock.Server(emulator) as server:
         emulator.create_object("", "v1", "namespaces", {"metadata": {"name": NAMESPACE}})
         progress = _ProgressServer()
         await progress.start()

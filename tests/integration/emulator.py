@@ -1275,6 +1275,10 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
     crds: Sequence[Mapping[str, Any]] = ()
     builtins: Sequence[ApiResource] = BUILTIN_RESOURCES
     event_log_size: int = 1000
+    keep_alive: bool = False
+    """Keep connections open between requests, as a real API server does. Only where no
+    client runs in the emulator's event loop (the benchmark's operators are processes of
+    their own); see `__call__`."""
 
     store: ObjectStore = attrs.field(init=False)
     writes: list[Write] = attrs.field(factory=list, init=False)
@@ -1383,7 +1387,8 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
         # every task started since it began, the server's tasks for other clients' idle
         # keep-alive connections included; the next request on such a connection would
         # then wait forever for an answer.
-        response.force_close()
+        if not self.keep_alive:
+            response.force_close()
         return response
 
     async def _serve_object_request(

@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import kmock
 import kopf
 import pytest
 from kubernetes import client
 from kubernetes.client import ApiException
 
 from tests.integration.conftest import ApiServer
+from tests.integration.emulator import StrictKubernetesEmulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -640,6 +642,20 @@ async def test_no_connection_outlives_its_request(apiserver: ApiServer) -> None:
         for path in (CONFIGMAPS_PATH, "/api/v1", f"{CONFIGMAPS_PATH}/absent"):
             async with session.get(apiserver.url + path) as response:
                 assert response.headers["Connection"] == "close"
+
+
+async def test_a_keep_alive_emulator_keeps_connections_for_processes_of_their_own() -> None:
+    """The operator benchmark's operators are processes of their own: there the emulator
+    keeps connections open between requests, as a real API server does."""
+    async with (
+        StrictKubernetesEmulator(keep_alive=True) as emulator,
+        kmock.Server(emulator) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        for path in ("/api/v1", "/api/v1/namespaces/default/configmaps"):
+            async with session.get(f"{server.url}{path}") as response:
+                assert response.status == 200
+                assert response.headers.get("Connection", "keep-alive") != "close"
 
 
 # ----------------------------------------------------------------------------- discovery and CRDs
