@@ -7,6 +7,7 @@ in the GPU check script."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +105,31 @@ def test_zero3_with_optimizer_and_parameter_offload_trains(volumes: Path, tmp_pa
     assert summary["engine"]["zeroStage"] == 3
 
 
-def test_killed_zero3_run_resumes_from_its_checkpoint(volumes: Path, tmp_path: Path) -> None:
+def _checkpointing(
+    strategy: Strategy, steps: int, at_least: int, volumes: Path, folder: Path
+) -> tuple[Any, subprocess.Popen[bytes]]:
+    """A 2-process LoRA run checkpointing every 20 steps, once it has a complete checkpoint
+    at `at_least` steps or later."""
     import time
 
     spec = _spec(
         "lora",
-        STRATEGIES[Strategy.ZERO3],
-        training={"maxSteps": 200, "loggingInterval": 20},
+        STRATEGIES[strategy],
+        training={"maxSteps": steps, "loggingInterval": 20},
         checkpoint={"intervalSteps": 20, "keep": 2},
     )
-    process = launch(spec, volumes, tmp_path, processes=2)
+    process = launch(spec, volumes, folder, processes=2)
     deadline = time.monotonic() + 300
-    while not any((p / MARKER).exists() and step >= 40 for step, p in checkpoints(tmp_path / "out" / "checkpoints")):
-        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[-4000:]
+    while not any(
+        (p / MARKER).exists() and step >= at_least for step, p in checkpoints(folder / "out" / "checkpoints")
+    ):
+        assert process.poll() is None and time.monotonic() < deadline, (folder / "log.txt").read_text()[-4000:]
         time.sleep(0.1)
+    return spec, process
+
+
+def test_killed_zero3_run_resumes_from_its_checkpoint(volumes: Path, tmp_path: Path) -> None:
+    spec, process = _checkpointing(Strategy.ZERO3, 200, 40, volumes, tmp_path)
     kill_everything(tmp_path)
     process.wait()
     reached = max(step for step, p in checkpoints(tmp_path / "out" / "checkpoints") if (p / MARKER).exists())
@@ -151,19 +163,8 @@ def test_sigterm_to_one_rank_checkpoints_every_rank_at_the_same_step(volumes: Pa
     at the same step, with one complete checkpoint, instead of waiting on a collective."""
     import os
     import signal
-    import time
 
-    spec = _spec(
-        "lora",
-        STRATEGIES[Strategy.DDP],
-        training={"maxSteps": 400, "loggingInterval": 20},
-        checkpoint={"intervalSteps": 20, "keep": 2},
-    )
-    process = launch(spec, volumes, tmp_path, processes=2)
-    deadline = time.monotonic() + 300
-    while not any((p / MARKER).exists() for _, p in checkpoints(tmp_path / "out" / "checkpoints")):
-        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[-4000:]
-        time.sleep(0.1)
+    _, process = _checkpointing(Strategy.DDP, 400, 20, volumes, tmp_path)
 
     os.kill(_rank_pid(tmp_path, 1), signal.SIGTERM)
 

@@ -82,10 +82,10 @@ def test_trains_from_a_bucket_and_publishes_to_a_bucket(
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [
-        ("s3://datasets", ["a.jsonl", "deep/b.csv"]),
-        ("s3://datasets/", ["a.jsonl", "deep/b.csv"]),
-        ("s3://datasets/deep", ["b.csv"]),
-        ("s3://datasets/a.jsonl", ["a.jsonl"]),
+        ("s3://roots", ["a.jsonl", "deep/b.csv"]),
+        ("s3://roots/", ["a.jsonl", "deep/b.csv"]),
+        ("s3://roots/deep", ["b.csv"]),
+        ("s3://roots/a.jsonl", ["a.jsonl"]),
     ],
 )
 def test_a_bucket_root_a_folder_or_one_object_downloads(
@@ -94,12 +94,13 @@ def test_a_bucket_root_a_folder_or_one_object_downloads(
     from kubetune.api.spec import S3Location
     from kubetune_trainer.storage import Bucket
 
+    s3.create_bucket(Bucket="roots")  # a bucket of its own: the server outlives the test
     for key in ("a.jsonl", "deep/b.csv", "deep/notes.txt", "deeper/c.json"):
-        s3.put_object(Bucket="datasets", Key=key, Body=b"{}")
+        s3.put_object(Bucket="roots", Key=key, Body=b"{}")
     location = S3Location.model_validate(
         {"uri": uri, "endpoint": endpoint, "credentialsSecret": {"name": "s3-credentials"}}
     )
-    suffixes = (".jsonl", ".csv") if uri != "s3://datasets/deep" else (".csv", ".json")
+    suffixes = (".jsonl", ".csv") if uri != "s3://roots/deep" else (".csv", ".json")
 
     files = Bucket.open(location, cloud_runtime).download(tmp_path / "got", suffixes)
 
