@@ -109,6 +109,18 @@ def task_spec(task: str, model: str, data: str, method: str, formats: list[str],
     return FineTuneJobSpec.model_validate(body)
 
 
+def runtime_in(volumes: Path, folder: Path) -> Runtime:
+    """A run's runtime with its scratch, termination log and output under `folder`."""
+    return Runtime.from_env(
+        {
+            "KUBETUNE_VOLUMES": str(volumes),
+            "KUBETUNE_WORK": str(folder / "work"),
+            "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
+            "KUBETUNE_OUTPUT": str(folder / "out"),
+        }
+    )
+
+
 @pytest.fixture
 def runtime(volumes: Path, tmp_path: Path) -> Runtime:
     return Runtime.from_env(

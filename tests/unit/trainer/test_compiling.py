@@ -13,7 +13,7 @@ from kubetune.api.spec import LoraSpec
 from kubetune_trainer.compiling import PAYBACK_TOKENS, compiled_layers, planned_tokens, repeated_layers, wants_compile
 from kubetune_trainer.runtime import Runtime
 
-from .conftest import memorise_spec
+from .conftest import memorise_spec, runtime_in
 
 LONG = {"maxSteps": 100_000}
 
@@ -127,14 +127,7 @@ def test_a_run_with_compile_always_trains_as_an_uncompiled_one(volumes: Path, tm
 
     summaries = {}
     for choice in ("always", "never"):
-        runtime = Runtime.from_env(
-            {
-                "KUBETUNE_VOLUMES": str(volumes),
-                "KUBETUNE_WORK": str(tmp_path / choice / "work"),
-                "KUBETUNE_TERMINATION_LOG": str(tmp_path / choice / "termination-log"),
-                "KUBETUNE_OUTPUT": str(tmp_path / choice / "out"),
-            }
-        )
+        runtime = runtime_in(volumes, tmp_path / choice)
         # fp32 and no dropout (whose masks are random): the two runs start equal.
         training = {"maxSteps": 12, "loggingInterval": 4, "precision": "fp32", "compile": choice}
         spec = memorise_spec("lora", ["adapter"], training=training)

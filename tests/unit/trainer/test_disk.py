@@ -16,9 +16,8 @@ from kubetune_trainer.checkpoints import MARKER, CompletionMarker
 from kubetune_trainer.disk import NEARLY_FULL, disk_full
 from kubetune_trainer.errors import DiskFull
 from kubetune_trainer.main import run
-from kubetune_trainer.runtime import Runtime
 
-from .conftest import memorise_spec
+from .conftest import memorise_spec, runtime_in
 
 GIB = 1024**3
 
@@ -98,14 +97,7 @@ def test_a_checkpoint_that_meets_a_full_disk_ends_the_run_as_disk_full(
         raise _no_space(marker)
 
     monkeypatch.setattr(CompletionMarker, "on_save", into_a_full_disk)
-    runtime = Runtime.from_env(
-        {
-            "KUBETUNE_VOLUMES": str(volumes),
-            "KUBETUNE_WORK": str(tmp_path / "work"),
-            "KUBETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
-            "KUBETUNE_OUTPUT": str(tmp_path / "out"),
-        }
-    )
+    runtime = runtime_in(volumes, tmp_path)
     spec = memorise_spec("lora", ["adapter"], training={"maxSteps": 2}, checkpoint={"intervalSteps": 1})
 
     code, summary = run(spec, runtime)

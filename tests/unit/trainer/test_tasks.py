@@ -18,9 +18,8 @@ from kubetune.api.tasks import task_rows
 from kubetune.catalog import Strategy
 from kubetune.contract import ExitCode
 from kubetune_trainer.main import run
-from kubetune_trainer.runtime import Runtime
 
-from .conftest import task_spec
+from .conftest import runtime_in, task_spec
 from .task_checks import measure, one_example
 
 pytestmark = pytest.mark.slow
@@ -50,17 +49,6 @@ def _formats(method: MethodType) -> list[str]:
     return ["merged"] if method is MethodType.FULL else ["adapter", "merged"]
 
 
-def _runtime(volumes: Path, folder: Path) -> Runtime:
-    return Runtime.from_env(
-        {
-            "KUBETUNE_VOLUMES": str(volumes),
-            "KUBETUNE_WORK": str(folder / "work"),
-            "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
-            "KUBETUNE_OUTPUT": str(folder / "out"),
-        }
-    )
-
-
 def _tiny_spec(task: TaskType, method: MethodType) -> Any:
     model, data = TINY[task]
     training: dict[str, Any] = {"maxSteps": 40 if task is TaskType.SEQ2SEQ else 20}
@@ -87,7 +75,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, task_volumes: Path) -> dic
     runs = {}
     for task, method in CASES:
         folder = tmp_path_factory.mktemp(f"{task.value}-{method.value}")
-        code, summary = run(_tiny_spec(task, method), _runtime(task_volumes, folder))
+        code, summary = run(_tiny_spec(task, method), runtime_in(task_volumes, folder))
         assert code is ExitCode.OK, summary
         runs[(task, method)] = folder / "out"
     return runs
@@ -100,7 +88,7 @@ def test_method_shapes_the_tasks_model(task: TaskType, method: MethodType, task_
     from kubetune_trainer.tasks.labels import LabelMap
 
     spec = _tiny_spec(task, method)
-    runtime = _runtime(task_volumes, tmp_path)
+    runtime = runtime_in(task_volumes, tmp_path)
     source = resolve_source(spec, runtime)
     labels = LabelMap(("a", "b", "c")) if task.has_labels else None
     settings = task_for(task).model_kwargs(labels, load_tokenizer(source, runtime))
@@ -188,7 +176,7 @@ def test_a_warm_start_continues_from_the_adapter_and_its_trained_head(
         training={"maxSteps": 2, "warmStart": {"pvc": {"claimName": "adapters", "path": "topics"}}},
     )
 
-    code, summary = run(spec, _runtime(task_volumes, tmp_path))
+    code, summary = run(spec, runtime_in(task_volumes, tmp_path))
 
     assert code is ExitCode.OK, summary
     # Measured before its first step, the run already classifies as the earlier one ended.
@@ -213,7 +201,7 @@ def test_minilm_with_lora_classifies_unseen_phrases_far_better_than_its_untraine
         training={"maxSteps": 20, "learningRate": 2e-3, "perDeviceBatchSize": 16},
     )
 
-    code, summary = run(spec, _runtime(task_volumes, tmp_path))
+    code, summary = run(spec, runtime_in(task_volumes, tmp_path))
 
     assert code is ExitCode.OK, summary
     before, after = summary["baseline"], summary["metrics"]
@@ -230,7 +218,7 @@ def test_minilm_with_lora_finds_unseen_people_and_places(task_volumes: Path, tmp
     # accuracy 0.22 before, 0.97 after. The evaluation names no person or place of training.
     spec = task_spec("token-classification", "all-minilm-l6-v2", "entities", "lora", ["adapter"])
 
-    code, summary = run(spec, _runtime(task_volumes, tmp_path))
+    code, summary = run(spec, runtime_in(task_volumes, tmp_path))
 
     assert code is ExitCode.OK, summary
     before, after = summary["baseline"], summary["metrics"]

@@ -16,7 +16,7 @@ from kubetune.contract import ExitCode
 from kubetune_trainer.main import run
 from kubetune_trainer.runtime import Runtime
 
-from .conftest import FACTS, greedy_answer, memorise_spec, reload_output
+from .conftest import FACTS, greedy_answer, memorise_spec, reload_output, runtime_in
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +31,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, volumes: Path) -> dict[str
     for method in MethodType:
         formats = sorted({r.output for r in ROWS if r.method == method})
         folder = tmp_path_factory.mktemp(f"run-{method.value}")
-        runtime = Runtime.from_env(
-            {
-                "KUBETUNE_VOLUMES": str(volumes),
-                "KUBETUNE_WORK": str(folder / "work"),
-                "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
-                "KUBETUNE_OUTPUT": str(folder / "out"),
-            }
-        )
+        runtime = runtime_in(volumes, folder)
         code, summary = run(memorise_spec(method.value, formats), runtime)
         assert code is ExitCode.OK, summary
         runs[method.value] = (folder / "out", summary)

@@ -239,10 +239,11 @@ class CacheKey:
     tokenizer: str
 
     @classmethod
-    def of(cls, spec: FineTuneJobSpec, runtime: Runtime, tokenizer: Any) -> CacheKey | None:
-        """The key of a run's data, or None (logged) for a tokenizer that cannot save itself."""
+    def of(cls, data: str, tokenizer: Any) -> CacheKey | None:
+        """The key of a run's data (its `data_key`) with this tokenizer, or None (logged) for a
+        tokenizer that cannot save itself."""
         try:
-            return cls(data_key(spec, runtime), tokenizer_key(tokenizer))
+            return cls(data, tokenizer_key(tokenizer))
         except Exception as error:  # a tokenizer's own code saves it; the cache is only a saving
             log.warning("the tokenised data is not cached: the tokenizer cannot be saved (%s)", error)
             return None
@@ -423,7 +424,7 @@ def save_for_training(
     """The preflight's: leave the tokenised data where the training pods look, when there
     is such a place. Never raises: a cache that cannot be written only costs the training
     run its tokenising."""
-    key = CacheKey.of(spec, runtime, tokenizer)
+    key = CacheKey.of(data_key(spec, runtime), tokenizer)
     return _keep(cache_folder(spec, runtime), key, encoded, labels, sets, "the preflight") if key else None
 
 
@@ -455,6 +456,8 @@ class CheckedData:
     spec: FineTuneJobSpec
     runtime: Runtime
     root: Path | None
+    data_key: str
+    """The data's key, taken once before the dataset was read (with its files as they were)."""
     read: bool
     """Whether the dataset was read (else the examples came from a cache)."""
     ignored: tuple[Path, ...] = ()
@@ -464,7 +467,7 @@ class CheckedData:
         """The run's data: from the cache that matches the (prepared) tokenizer too, else
         encoded here and, when `write` (rank 0), kept for the next attempt."""
         spec = self.spec
-        key = CacheKey.of(spec, self.runtime, tokenizer)
+        key = CacheKey.of(self.data_key, tokenizer)
         encoded = self._cached(key) if key is not None else None
         if encoded is None:
             # The label names stay those found first: the model's head is built to them.
@@ -519,10 +522,10 @@ def check_data(spec: FineTuneJobSpec, runtime: Runtime) -> CheckedData:
             ignored.append(entry)
             continue
         log.info("the dataset was checked by %s; its labels and samples come from %s", manifest.written_by, entry)
-        return CheckedData(sets, manifest.label_names, spec, runtime, root, read=False, ignored=tuple(ignored))
+        return CheckedData(sets, manifest.label_names, spec, runtime, root, key, read=False, ignored=tuple(ignored))
     sets = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
     labels = label_map(sets, spec.dataset, spec.task)
-    return CheckedData(sets, labels, spec, runtime, root, read=True, ignored=tuple(ignored))
+    return CheckedData(sets, labels, spec, runtime, root, key, read=True, ignored=tuple(ignored))
 
 
 def _entries(root: Path | None, data: str) -> list[Path]:
