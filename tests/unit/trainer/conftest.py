@@ -123,15 +123,8 @@ def runtime_in(volumes: Path, folder: Path) -> Runtime:
 
 @pytest.fixture
 def runtime(volumes: Path, tmp_path: Path) -> Runtime:
-    return Runtime.from_env(
-        {
-            "KUBETUNE_VOLUMES": str(volumes),
-            "KUBETUNE_WORK": str(tmp_path / "work"),
-            "KUBETUNE_CONFIGMAPS": str(tmp_path / "configmaps"),
-            "KUBETUNE_SECRETS": str(tmp_path / "secrets"),
-            "KUBETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
-            "KUBETUNE_OUTPUT": str(tmp_path / "out"),
-        }
+    return dataclasses.replace(
+        runtime_in(volumes, tmp_path), configmaps=tmp_path / "configmaps", secrets=tmp_path / "secrets"
     )
 
 
