@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
 
 from kubetune_trainer.errors import TrainerError, UnsafeCheckpoint
+from kubetune_trainer.ranks import every_rank
 from kubetune_trainer.storage import Bucket
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class CheckpointMirror:
             sent = self._attempt(
                 upload, f"{checkpoint.name} was not copied, so an attempt in a new pod cannot resume from it"
             )
-        everywhere = _everywhere(sent)
+        everywhere = every_rank(sent)
         if self.uploads and not self.is_main:
             # Only rank 0's copies are rotated by the Trainer; the others would pile up.
             for _, path in checkpoints(checkpoint.parent)[self.keep :]:
@@ -295,12 +296,3 @@ def _exclusive(lock: Path) -> Iterator[None]:
     with lock.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def _everywhere(succeeded: bool) -> bool:
-    """Whether every rank succeeded; also a barrier."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return succeeded
-    results: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(results, succeeded)
-    return all(results)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from kubetune.api.spec import FineTuneJobSpec
@@ -48,6 +47,7 @@ from kubetune_trainer.outputs import (
     write_outputs,
 )
 from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
+from kubetune_trainer.ranks import any_rank, barrier
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.samples import SAMPLES, fill
@@ -83,7 +83,7 @@ class StopOnSignal(TrainerCallback):
         self.received = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if _any_rank(self.received, args.device):
+        if any_rank(self.received):
             self.stopping = True
             control.should_save = True
             control.should_training_stop = True
@@ -91,17 +91,6 @@ class StopOnSignal(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-def _any_rank(flag: bool, device: Any) -> bool:
-    """Whether `flag` holds on any rank (on this one alone outside a process group)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    shared = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
-    return bool(shared.item())
 
 
 def train(
@@ -169,7 +158,7 @@ def train(
         processing_class=tokenizer,
         compute_metrics=scorer,
         preprocess_logits_for_metrics=scorer.preprocess if scorer else None,
-        callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, _barrier, mirror), stopper],
+        callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, barrier, mirror), stopper],
         meter=meter,
     )
     respond = task.answerer(model, tokenizer, labels, data.format)
@@ -213,7 +202,7 @@ def train(
             fill(chosen, respond, "before")
     fill(chosen, respond, "after")
     formats = write_outputs(
-        trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, _barrier, settings, labels
+        trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, barrier, settings, labels
     )
     metrics["wallSeconds"] = round(time.monotonic() - started, 2)
     summary: dict[str, Any] = {
@@ -259,11 +248,6 @@ def _start_deepspeed(args: Any, checkpoint_dir: Path, runtime: Runtime) -> None:
 def _whole_model(spec: FineTuneJobSpec) -> bool:
     """Whether rank 0 holds the whole model and can generate alone (not under ZeRO-3 or FSDP)."""
     return spec.matrix_strategy not in (Strategy.ZERO3, Strategy.FSDP)
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _evaluation_at_start(history: list[dict[str, Any]]) -> dict[str, float]:
