@@ -357,13 +357,17 @@ def submit(path: Path, namespace: str | None, kube_context: str | None) -> None:
 
 
 @cli.command(name="list")
+@click.option("-A", "--all-namespaces", is_flag=True, help="FineTuneJobs of every namespace, as kubectl's -A.")
 @_cluster_options
 @_api_errors
-def list_jobs(namespace: str | None, kube_context: str | None) -> None:
+def list_jobs(all_namespaces: bool, namespace: str | None, kube_context: str | None) -> None:
     """FineTuneJobs with phase, method, progress, loss and age."""
     from kubetune.remote import job_table
 
-    click.echo(job_table(_remote(namespace, kube_context).jobs()))
+    if all_namespaces and namespace:
+        raise click.UsageError("-A/--all-namespaces lists every namespace; leave out -n/--namespace")
+    jobs = _remote(namespace, kube_context).jobs(all_namespaces)
+    click.echo(job_table(jobs, namespaces=all_namespaces))
 
 
 @cli.command()

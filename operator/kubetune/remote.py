@@ -67,9 +67,11 @@ class Remote:
         self.rest.call("PUT", kind.path(self.namespace, name), body=replacement)
         return "configured"
 
-    def jobs(self) -> list[Manifest]:
-        items: list[Manifest] = self.rest.call("GET", KINDS["FineTuneJob"].path(self.namespace)).get("items") or []
-        return sorted(items, key=lambda j: j["metadata"]["name"])
+    def jobs(self, all_namespaces: bool = False) -> list[Manifest]:
+        """The namespace's FineTuneJobs by name; every namespace's by namespace and name."""
+        path = KINDS["FineTuneJob"].path(None if all_namespaces else self.namespace)
+        items: list[Manifest] = self.rest.call("GET", path).get("items") or []
+        return sorted(items, key=lambda j: (j["metadata"].get("namespace") or "", j["metadata"]["name"]))
 
     def job(self, name: str) -> Manifest:
         try:
@@ -156,18 +158,22 @@ def age(created: str | None, now: datetime) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def job_table(jobs: Sequence[Manifest], now: datetime | None = None) -> str:
+def job_table(jobs: Sequence[Manifest], now: datetime | None = None, namespaces: bool = False) -> str:
+    """Like `kubectl get`: with a NAMESPACE column first when the jobs come from every namespace."""
     now = now or datetime.now(UTC)
-    rows = [["NAME", "PHASE", "METHOD", "MODEL", "PROGRESS", "LOSS", "AGE"]]
+    rows = [["NAMESPACE"] * namespaces + ["NAME", "PHASE", "METHOD", "MODEL", "PROGRESS", "LOSS", "AGE"]]
     for job in jobs:
         status, spec = job.get("status") or {}, job.get("spec") or {}
         progress = status.get("progress") or {}
         percent, loss = progress.get("percent"), progress.get("loss")
         rows.append(
-            [
+            [job["metadata"].get("namespace") or "-"] * namespaces
+            + [
                 job["metadata"]["name"],
                 status.get("phase") or "Pending",
-                (spec.get("method") or {}).get("type", "-"),
+                # The method in training; the spec's only before the job has started (an edit
+                # after the start is not applied).
+                status.get("method") or (spec.get("method") or {}).get("type", "-"),
                 status.get("model") or "-",
                 f"{percent:.0f}%" if percent is not None else "-",
                 f"{loss:.4f}" if loss is not None else "-",

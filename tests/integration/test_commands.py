@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from kubetune.cli import cli
+from kubetune.controller.cluster import KINDS
 
 from .actors import SUCCESS, Cluster, Operator, eventually
 from .conftest import ApiServer
@@ -120,3 +121,25 @@ async def test_logs_of_a_rank_of_the_newest_attempt(
     assert first.output == "step 1 loss 2.0\nstep 2 loss 1.5\n"
     assert second.output == "rank 1 waiting for rank 0\n"
     assert missing.exit_code == 1 and "no pod of rank 5 in attempt 1 of demo" in missing.output
+
+
+async def test_list_all_namespaces_shows_each_job_s_namespace(
+    cluster: Cluster, apiserver: ApiServer, job: dict[str, Any]
+) -> None:
+    apiserver.emulator.create_object("", "v1", "namespaces", {"metadata": {"name": "research"}})
+    await cluster.submit(job)
+    elsewhere = {**job, "metadata": {**job["metadata"], "name": "probe", "namespace": "research"}}
+    await cluster.call("POST", KINDS["FineTuneJob"].path("research"), elsewhere)
+
+    everywhere = await kubetune("list", "-A")
+    here = await kubetune("list")
+    both = await kubetune("list", "--all-namespaces", "-n", "research")
+
+    assert everywhere.exit_code == 0, everywhere.output
+    assert [line.split()[:2] for line in everywhere.output.splitlines()] == [
+        ["NAMESPACE", "NAME"],
+        ["default", "demo"],
+        ["research", "probe"],
+    ]
+    assert [line.split()[0] for line in here.output.splitlines()] == ["NAME", "demo"]
+    assert both.exit_code == 2 and "leave out -n/--namespace" in both.output

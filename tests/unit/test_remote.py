@@ -33,6 +33,16 @@ def test_the_table_reads_like_kubectl_get() -> None:
     assert lines[2].split() == ["new", "Pending", "qlora", "-", "-", "-", "1h"]
 
 
+def test_the_table_of_every_namespace_names_each_job_s_namespace_first() -> None:
+    other = _job("other", "Pending")
+    other["metadata"]["namespace"] = "research"
+
+    lines = job_table([_job("big", "Running"), other], NOW, namespaces=True).splitlines()
+
+    assert lines[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert [line.split()[:3] for line in lines[1:]] == [["team", "big", "Running"], ["research", "other", "Pending"]]
+
+
 def test_ages_are_short() -> None:
     assert [age(t, NOW) for t in ("2026-11-28T11:59:15Z", "2026-11-28T11:48:00Z", "2026-11-25T12:00:00Z", None)] == [
         "45s",

@@ -55,9 +55,10 @@ class Kind:
     version: str
     plural: str
 
-    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        """The objects of one namespace (or one of them); of every namespace when namespace is None."""
         root = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        path = f"{root}/namespaces/{quote(namespace)}/{self.plural}"
+        path = f"{root}/{self.plural}" if namespace is None else f"{root}/namespaces/{quote(namespace)}/{self.plural}"
         if name is not None:
             path += f"/{quote(name)}"
         if subresource is not None:
