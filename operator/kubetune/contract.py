@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -86,3 +90,38 @@ def parse_networks(text: str) -> tuple[Network, ...]:
         except ValueError as error:
             raise ValueError(f"{entry!r} is not a network in CIDR notation ({error})") from None
     return tuple(networks)
+
+
+@dataclass(frozen=True)
+class FinalFigures:
+    """The final figures of a run, as the trainer's summary (the termination message) carries
+    them under `metrics`: the steps done, the last training loss, the final evaluation loss,
+    and every other number by the trainer's name (the task's own, such as evalAccuracy or
+    perplexity, and tokensPerSecond)."""
+
+    steps: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> FinalFigures:
+        """What the summary reports; figures that are absent or not finite numbers are left out
+        (a summary cut to fit the 4096 bytes may have lost them all)."""
+        metrics = summary.get("metrics")
+        if not isinstance(metrics, Mapping):
+            return cls()
+        numbers = {
+            str(name): float(value)
+            for name, value in metrics.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        }
+        steps = numbers.get("steps")
+        return cls(
+            steps=int(steps) if steps is not None and steps >= 0 else None,
+            train_loss=numbers.get("trainLoss"),
+            eval_loss=numbers.get("evalLoss"),
+            tokens_per_second=numbers.get("tokensPerSecond"),
+            numbers=numbers,
+        )

@@ -32,7 +32,7 @@ MUTABLE_AFTER_START = frozenset({"suspend"})
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
+    {"name": "Method", "type": "string", "jsonPath": ".status.method"},
     {"name": "Model", "type": "string", "jsonPath": ".status.model"},
     {
         "name": "Progress",

@@ -198,6 +198,9 @@ def job_report(job: Manifest, events: Sequence[Manifest], now: datetime | None =
     progress = status.get("progress")
     if progress:
         lines.append(f"Progress:  {progress_line(progress)}")
+    metrics = status.get("metrics")
+    if metrics:
+        lines.append("Metrics:   " + "  ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items())))
     output = status.get("output")
     if output:
         lines.append(f"Output:    {output.get('location')} ({', '.join(output.get('formats') or [])})")

@@ -7,12 +7,14 @@ kubelet, Kueue, and the trainer's rank 0.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 
 from kubetune.controller.cluster import KINDS
+from kubetune.controller.settings import Settings
 
 from .actors import (
     FTJ,
@@ -69,12 +71,11 @@ async def test_a_failed_attempt_is_retried_and_counted(
 
     await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
 
-    await eventually(lambda: "demo-a2" in cluster.jobs() and "demo-a1" not in cluster.jobs(), "attempt 2 replaces 1")
+    await eventually(lambda: "demo-a2" in cluster.jobs(), "attempt 2")
     assert cluster.status()["attempts"] == 2
-    await eventually(
-        lambda: not cluster.apiserver.emulator.list_objects(*PODS, NAMESPACE, {"kubetune.io/attempt": "1"}),
-        "the failed attempt's pods to go with it",
-    )
+    # The failed attempt's Job and its stopped pods stay, for their logs.
+    assert "demo-a1" in cluster.jobs()
+    assert cluster.apiserver.emulator.list_objects(*PODS, NAMESPACE, {"kubetune.io/attempt": "1"})
 
     await cluster.start_pods("demo-a2")
     await cluster.finish("demo-a2", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss again"})
@@ -100,6 +101,129 @@ async def test_preemption_starts_again_without_counting(
     assert (status["attempts"], status["preemptions"]) == (1, 1)
     assert status["phase"] in ("Queued", "Pending")  # waiting for room again, not failed
     await eventually(lambda: "Preempted" in cluster.reasons(), "the Preempted Event")
+
+
+async def test_failed_attempts_jobs_are_kept_up_to_the_bound(
+    apiserver: Any, progress: Progress, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    settings = Settings(
+        progress_port=progress.port, metrics_port=0, health_port=0, error_backoff_seconds=0.2, kept_failed_attempts=1
+    )
+    operator = Operator(settings, apiserver)
+    await operator.start()
+    try:
+        await cluster.submit(_manifest(job, maxRetries=3, dataset={**job["spec"]["dataset"], "preflight": False}))
+        for attempt in (1, 2):
+            await eventually(lambda: f"demo-a{attempt}" in cluster.jobs(), f"attempt {attempt}")  # noqa: B023
+            await cluster.start_pods(f"demo-a{attempt}")
+            await cluster.finish(
+                f"demo-a{attempt}", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "x"}
+            )
+
+        await eventually(lambda: set(cluster.jobs()) == {"demo-a2", "demo-a3"}, "the oldest failed attempt deleted")
+    finally:
+        await operator.halt()
+
+
+async def test_a_disrupted_preflight_starts_again_without_counting(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(job)
+    first = await eventually(lambda: cluster.jobs().get("demo-preflight"), "the preflight")
+    await cluster.start_pods("demo-preflight")
+
+    evicted = {"status": "Failed", "reason": "Interrupted", "message": "SIGTERM"}
+    await cluster.finish("demo-preflight", 143, evicted, DisruptionTarget="EvictionByEvictionAPI")
+
+    again = await eventually(
+        lambda: (j := cluster.jobs().get("demo-preflight")) and j["metadata"]["uid"] != first["metadata"]["uid"] and j,
+        "a new preflight",
+    )
+    assert not again.get("status", {}).get("conditions")
+    status = cluster.status()
+    assert (status["phase"], status.get("attempts", 0), status.get("preemptions", 0)) == ("Pending", 0, 0)
+    assert "Preempted" in cluster.reasons()
+    await cluster.start_pods("demo-preflight")
+    await cluster.finish("demo-preflight", 0, {"status": "Succeeded", "message": "data checked"})
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "the first training Job")
+    assert cluster.status()["attempts"] == 1
+
+
+async def test_pods_that_end_before_the_job_s_condition_do_not_send_the_job_back(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    (pod,) = await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+    phases = []
+    watcher = asyncio.create_task(_record_phases(cluster, phases))
+
+    # The kubelet reports the pod's end; the Job controller writes the Job's condition later.
+    terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(SUCCESS)}
+    await cluster.set_pod(pod, "Succeeded", {"terminated": terminated})
+    await cluster.set_job("demo-a1", {"active": 0, "succeeded": 1})
+    await asyncio.sleep(1.0)  # the operator has looked at the ended pod a few times
+    await cluster.set_job("demo-a1", {"conditions": [{"type": "Complete", "status": "True"}]})
+    await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded")
+    watcher.cancel()
+
+    assert "Pending" not in phases[phases.index("Running") :]
+    assert "Starting" not in cluster.reasons()[cluster.reasons().index("Training") :]
+
+
+async def _record_phases(cluster: Cluster, phases: list[str]) -> None:
+    while True:
+        phase = cluster.status().get("phase")
+        if not phases or phases[-1] != phase:
+            phases.append(phase)
+        await asyncio.sleep(0.01)
+
+
+async def test_a_run_that_ends_before_a_progress_poll_keeps_its_final_figures(
+    operator: Operator, cluster: Cluster, progress: Progress, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+    metrics = {"steps": 40, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.875, "precision": "fp32"}
+
+    await cluster.finish("demo-a1", 0, {**SUCCESS, "metrics": metrics})
+
+    await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded")
+    status = cluster.status()
+    assert (status["progress"]["step"], status["progress"]["loss"], status["progress"]["evalLoss"]) == (40, 0.41, 0.52)
+    assert status["metrics"] == {"steps": 40, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.875}
+
+
+async def test_an_edit_of_a_fixed_field_while_training_is_reported_and_not_applied(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    """The emulator, like an API server without the CRD's CEL rules, lets the edit through."""
+    await cluster.submit(_manifest(job, maxRetries=1, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+    spec_before = cluster.get(("", "v1", "configmaps"), "demo-spec")
+
+    await cluster.change_spec("demo", method={"type": "full"}, resources={"nodes": 2})
+
+    def valid() -> dict[str, Any]:
+        return next((c for c in cluster.status().get("conditions", []) if c["type"] == "Valid"), {})
+
+    await eventually(lambda: valid().get("status") == "False", "the Valid condition to say so")
+    status = cluster.status()
+    assert valid()["reason"] == "ImmutableSpecChanged"
+    assert "spec.method, spec.resources changed after the job started" in valid()["message"]
+    assert (status["observedGeneration"], status["method"], status["phase"]) == (1, "lora", "Running")
+    assert "ImmutableSpecChanged" in cluster.reasons()
+
+    await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
+
+    retry = await eventually(lambda: cluster.jobs().get("demo-a2"), "attempt 2")
+    assert retry["spec"]["completions"] == 1, "the retry is built from the spec in training"
+    assert cluster.get(("", "v1", "configmaps"), "demo-spec") == spec_before
+    assert cluster.status()["method"] == "lora"
 
 
 async def test_a_bad_dataset_fails_in_the_preflight_before_any_accelerator(

@@ -43,6 +43,20 @@ def test_the_table_of_every_namespace_names_each_job_s_namespace_first() -> None
     assert [line.split()[:3] for line in lines[1:]] == [["team", "big", "Running"], ["research", "other", "Pending"]]
 
 
+def test_the_method_shown_is_the_one_in_training_once_the_job_started() -> None:
+    edited = _job("edited", "Running", method="lora")  # spec says qlora: an edit the operator did not apply
+
+    lines = job_table([edited, _job("new")], NOW).splitlines()
+
+    assert [line.split()[2] for line in lines[1:]] == ["lora", "qlora"]
+
+
+def test_status_shows_the_final_metrics() -> None:
+    done = _job("demo", "Succeeded", metrics={"trainLoss": 0.41234, "evalAccuracy": 0.9})
+
+    assert "Metrics:   evalAccuracy 0.9  trainLoss 0.4123" in job_report(done, [], NOW)
+
+
 def test_ages_are_short() -> None:
     assert [age(t, NOW) for t in ("2026-11-28T11:59:15Z", "2026-11-28T11:48:00Z", "2026-11-25T12:00:00Z", None)] == [
         "45s",

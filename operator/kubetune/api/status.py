@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, WithJsonSchema
 
 from kubetune.api.base import ApiModel
-from kubetune.api.enums import ConditionStatus, ConditionType, OutputFormat, Phase
+from kubetune.api.enums import ConditionStatus, ConditionType, MethodType, OutputFormat, Phase
 
 Timestamp = Annotated[datetime, WithJsonSchema({"type": "string", "format": "date-time"})]
 
@@ -83,6 +83,9 @@ class FineTuneJobStatus(ApiModel):
     """The spec generation the status was computed from."""
     model: Annotated[str, Field(max_length=512)] | None = None
     """The base model, for display: preset name, repository id or volume path."""
+    method: MethodType | None = None
+    """The fine-tuning method in training: the spec's as the job started (an edit after the
+    start is not applied, see the Valid condition)."""
     progress: Progress | None = None
     """Live progress of the current attempt."""
     attempts: Annotated[int, Field(ge=0)] = 0
@@ -91,6 +94,9 @@ class FineTuneJobStatus(ApiModel):
     """Attempts ended by preemption, eviction or a node drain; they do not count against maxRetries."""
     output: OutputStatus | None = None
     """Where the result landed."""
+    metrics: dict[str, float] | None = None
+    """Final figures of the run, from the trainer's summary: steps, trainLoss, evalLoss and the
+    task's own (evalAccuracy, perplexity, ...)."""
     start_time: Timestamp | None = None
     """When the first attempt was created. From then on the spec is immutable but for suspend."""
     completion_time: Timestamp | None = None

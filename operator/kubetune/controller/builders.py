@@ -7,7 +7,8 @@ feature (volumes, accelerators, scheduling, Kueue, ...), so each reads and tests
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ TRAINER = "trainer"
 JOB_LABEL = "kubetune.io/finetunejob"
 ATTEMPT_LABEL = "kubetune.io/attempt"
 ROLE_LABEL = "kubetune.io/role"
+STARTED_SPEC_ANNOTATION = "kubetune.io/started-spec"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 NON_RETRYABLE = tuple(code for code in ExitCode if code is not ExitCode.OK and not code.retryable)
 PREFLIGHT_RESOURCES = {"cpu": "1", "memory": "4Gi"}
@@ -91,13 +93,14 @@ def metadata(context: Context, name: str, **extra_labels: str) -> Manifest:
 # ----------------------------------------------------------------------------- ConfigMap and Service
 
 
-def build_config_map(context: Context) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(context, names.config_map_name(context.name)),
-        "data": {SPEC_FILE: dump_spec(context.spec)},
-    }
+def build_config_map(context: Context, started: Mapping[str, Any] | None = None) -> Manifest:
+    """The spec the trainer reads (as this installation runs it), and, in an annotation, the
+    spec as the author wrote it when the job started (but for suspend): the operator tells
+    from it an edit that an API server without the CRD's CEL rules let through."""
+    meta = metadata(context, names.config_map_name(context.name))
+    if started is not None:
+        meta["annotations"] = {STARTED_SPEC_ANNOTATION: json.dumps(started, sort_keys=True, separators=(",", ":"))}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {SPEC_FILE: dump_spec(context.spec)}}
 
 
 def build_service(context: Context) -> Manifest:

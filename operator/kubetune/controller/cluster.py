@@ -28,7 +28,7 @@ from kubetune.api.resource import PLURAL
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.controller import names
 from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, ROLE_LABEL, Manifest
-from kubetune.controller.observe import job_state, pod_state, workload_state
+from kubetune.controller.observe import job_state, owning_job, pod_state, started_spec, workload_state
 from kubetune.controller.reconcile import (
     Action,
     Attempt,
@@ -121,15 +121,17 @@ class Cluster:
 
     # ------------------------------------------------------------------------- reading
 
-    def snapshot(self, namespace: str, name: str, queued: bool) -> Snapshot:
+    def snapshot(self, namespace: str, name: str, queued: bool, started: bool = False) -> Snapshot:
+        """The job's Jobs with their pods (and Workloads when queued); with `started`, the spec
+        the job started with, from its ConfigMap."""
         selector = [("labelSelector", f"{JOB_LABEL}={names.label_value(name)}")]
         jobs = self._list("Job", namespace, selector)
         pods_by_job: dict[str, list[Manifest]] = defaultdict(list)
         for pod in self._list("Pod", namespace, selector):
+            # By the owning Job's uid; by the job-name label for a pod that names no owner.
             labels = (pod.get("metadata") or {}).get("labels") or {}
-            job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
-            if job_name:
-                pods_by_job[job_name].append(pod)
+            job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
+            pods_by_job[owning_job(pod) or job_name].append(pod)
         workloads = {}
         if queued:
             for workload in self._list("Workload", namespace, (), missing_ok=True):
@@ -141,14 +143,26 @@ class Cluster:
             role = (meta.get("labels") or {}).get(ROLE_LABEL)
             attempt = Attempt(
                 job_state(job),
-                tuple(pod_state(p) for p in pods_by_job.get(meta["name"], [])),
+                tuple(
+                    pod_state(p) for p in pods_by_job.get(meta.get("uid", ""), []) + pods_by_job.get(meta["name"], [])
+                ),
                 workloads.get(meta.get("uid", "")),
             )
             if role == "preflight":
                 preflight = attempt
             elif role == "train":
                 attempts[int(meta["labels"].get(ATTEMPT_LABEL, "0"))] = attempt
-        return Snapshot(preflight=preflight, attempts=attempts)
+        spec = self._started_spec(namespace, name) if started else None
+        return Snapshot(preflight=preflight, attempts=attempts, started_spec=spec)
+
+    def _started_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            config_map = self.rest.call("GET", KINDS["ConfigMap"].path(namespace, names.config_map_name(name)))
+        except ApiException as error:
+            if _absent(error):  # not made yet, or deleted by hand: the next attempt makes it again
+                return None
+            raise
+        return started_spec(config_map)
 
     def _list(
         self, kind: str, namespace: str, query: Sequence[tuple[str, str]], missing_ok: bool = False
@@ -223,7 +237,7 @@ class Cluster:
         made again from a fresh read instead of acting on an old one. Returns the object as
         the API holds it after the write."""
         written = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"kopf"})
-        for key in ("progress", "output", "completionTime", "startTime"):
+        for key in ("progress", "output", "metrics", "completionTime", "startTime"):
             written.setdefault(key, None)  # cleared fields are removed, not left behind
         patch: dict[str, Any] = {"status": written}
         if resource_version is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.status import Progress
-from kubetune.controller.builders import ATTEMPT_LABEL, TRAINER
+from kubetune.controller.builders import ATTEMPT_LABEL, STARTED_SPEC_ANNOTATION, TRAINER
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,30 @@ def _parse_summary(message: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+def owning_job(pod: dict[str, Any]) -> str:
+    """The uid of the Job a pod belongs to (a Job deleted and made again under the same name,
+    like a preflight started again, is another Job, and the old one's pods are not its)."""
+    meta = pod.get("metadata") or {}
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "Job"), None)
+    if owner is not None:
+        return str(owner.get("uid", ""))
+    labels = meta.get("labels") or {}
+    return str(labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid") or "")
+
+
+def started_spec(config_map: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec a job started with, as its ConfigMap records it; None when it does not (made
+    by an older operator) or the record cannot be read."""
+    text = ((config_map.get("metadata") or {}).get("annotations") or {}).get(STARTED_SPEC_ANNOTATION)
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) else None
 
 
 @dataclass(frozen=True)

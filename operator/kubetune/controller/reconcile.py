@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetune.api import ConditionType, FineTuneJob, FineTuneJobStatus, InvalidSpec, Phase, parse_finetunejob
+from kubetune.api import (
+    ConditionStatus,
+    ConditionType,
+    FineTuneJob,
+    FineTuneJobStatus,
+    InvalidSpec,
+    Phase,
+    parse_finetunejob,
+)
 from kubetune.api.problems import Problem
 from kubetune.api.status import Progress
 from kubetune.controller import names
@@ -36,8 +44,10 @@ from kubetune.controller.observe import JobState, PodState, WorkloadState
 from kubetune.controller.settings import Settings
 from kubetune.controller.sizing import size_job
 from kubetune.controller.status import (
+    IMMUTABLE_SPEC_CHANGED,
     Assessment,
     Outcome,
+    SpecDrift,
     assess_attempt,
     assess_preflight,
     invalid_status,
@@ -71,6 +81,9 @@ class Snapshot:
     preflight: Attempt | None = None
     attempts: dict[int, Attempt] = field(default_factory=dict)
     """Training attempts by number."""
+    started_spec: dict[str, Any] | None = None
+    """The spec as the job started (but for suspend), recorded on its ConfigMap; read only
+    when the FineTuneJob's generation moved since its status was written."""
 
 
 # ----------------------------------------------------------------------------- what to do
@@ -135,6 +148,9 @@ def plan(
     meta = body.get("metadata") or {}
     generation = int(meta.get("generation") or 1)
     previous = read_status(body)
+    drift = None
+    if previous.start_time is not None and snapshot.started_spec is not None:
+        body, drift = as_started(body, snapshot.started_spec, previous.observed_generation)
     try:
         job = parse_finetunejob(body)
     except InvalidSpec as error:
@@ -150,8 +166,10 @@ def plan(
         return _refuse(previous, [Problem("spec.resources.accelerators", str(error))], "DoesNotFit", generation, now)
     if previous.start_time is None:
         previous = FineTuneJobStatus()  # a job that was refused before and is valid now starts afresh
-    actions = _Planner(Context(job, settings), snapshot, previous, generation, now, progress, sized).actions()
-    return _events_last(actions)
+    planner = _Planner(
+        Context(job, settings), snapshot, previous, generation, now, progress, sized, drift, started_spec(body["spec"])
+    )
+    return _events_last(planner.actions())
 
 
 def _events_last(actions: list[Action]) -> list[Action]:
@@ -166,6 +184,33 @@ def effective_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, st
     if settings.default_queue and job.spec.queue_name is None:
         job = job.model_copy(update={"spec": job.spec.model_copy(update={"queue_name": settings.default_queue})})
     return size_job(job, settings)
+
+
+MUTABLE_SPEC_FIELDS = frozenset({"suspend"})
+"""What may change once a job has started; the CRD's CEL rules forbid the rest."""
+
+
+def started_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec that is fixed once the job has started, as recorded at the start."""
+    return {key: value for key, value in spec.items() if key not in MUTABLE_SPEC_FIELDS}
+
+
+def as_started(
+    body: dict[str, Any], started: dict[str, Any], training_generation: int | None
+) -> tuple[dict[str, Any], SpecDrift | None]:
+    """The FineTuneJob with the spec it started with, and what changed since, where an API
+    server without the CEL rules let an edit of a fixed field through: the pods train the
+    started spec and every retry mounts it, so the operator plans from it too (suspend
+    still follows the edit)."""
+    spec = body.get("spec") or {}
+    changed = sorted(
+        key for key in set(spec) | set(started) if key not in MUTABLE_SPEC_FIELDS and spec.get(key) != started.get(key)
+    )
+    if not changed:
+        return body, None
+    kept = {**started, **{key: spec[key] for key in MUTABLE_SPEC_FIELDS if key in spec}}
+    drift = SpecDrift(tuple(f"spec.{key}" for key in changed), training_generation)
+    return {**body, "spec": kept}, drift
 
 
 def seconds_to_next_look(body: dict[str, Any], status: FineTuneJobStatus, settings: Settings, now: datetime) -> float:
@@ -235,6 +280,10 @@ class _Planner:
     progress: Progress | None
     sized: str = ""
     """How the operator sized an `accelerators: auto` job, for the first attempt's message."""
+    drift: SpecDrift | None = None
+    """Fixed fields edited after the start (the plan is made from the started spec)."""
+    started: dict[str, Any] = field(default_factory=dict)
+    """The spec as written (but for suspend), recorded on the ConfigMap when the job starts."""
     planned: list[Action] = field(default_factory=list)
 
     @property
@@ -242,6 +291,7 @@ class _Planner:
         return self.context.spec
 
     def actions(self) -> list[Action]:
+        self._tell_of_drift()
         if self._deadline_passed():
             return self.planned
         current = self.previous.attempts + self.previous.preemptions
@@ -250,9 +300,9 @@ class _Planner:
                 return self.planned
             self._start_attempt(Assessment(Outcome.PENDING, "Creating", self.sized), counts=True)
             return self.planned
-        self._remove_earlier_attempts(current)
         attempt = self.snapshot.attempts.get(current)
         if attempt is None:  # counted, then the operator stopped before creating it; or deleted by hand
+            self._remove_failed_attempts(current)
             self._shared_children()
             self.planned.append(Create(self._training_job(current)))
             self._report(Assessment(Outcome.PENDING, "Creating", "creating the training Job"))
@@ -261,10 +311,12 @@ class _Planner:
         step = next_step(assess_attempt(attempt.job, attempt.pods, self.spec), self.spec, self.previous)
         assert step.assessment is not None
         if step.start_attempt:
-            self.planned.append(Delete("Job", attempt.job.name))
+            # The failed attempt's Job stays (its pods stopped, their logs readable), within the bound.
+            self._remove_failed_attempts(current + 1)
             self._emit(step.assessment)
             self._start_attempt(step.assessment, counts=step.counts)
         else:
+            self._remove_failed_attempts(current)
             self._report(step.assessment)
         return self.planned
 
@@ -272,8 +324,8 @@ class _Planner:
 
     def _shared_children(self) -> None:
         """The spec ConfigMap and the rendezvous Service, before any Job that needs them
-        (creating one that exists is a no-op)."""
-        self.planned.append(Create(build_config_map(self.context)))
+        (creating one that exists is a no-op, so the ConfigMap keeps the spec of the start)."""
+        self.planned.append(Create(build_config_map(self.context, self.started)))
         self.planned.append(Create(build_service(self.context)))
 
     def _deadline_passed(self) -> bool:
@@ -310,14 +362,31 @@ class _Planner:
         assessment = assess_preflight(preflight.job, preflight.pods, self.spec)
         if assessment is None:
             return True
+        if assessment.outcome is Outcome.PREEMPTED:
+            self._restart_preflight(preflight, assessment)
+            return False
         self._report(assessment)
         return False
 
-    def _remove_earlier_attempts(self, current: int) -> None:
-        """Failed attempts were read (their reasons are in the status) and are replaced."""
-        for number, attempt in sorted(self.snapshot.attempts.items()):
-            if number < current:
-                self.planned.append(Delete("Job", attempt.job.name))
+    def _restart_preflight(self, preflight: Attempt, why: Assessment) -> None:
+        """A preflight pod preempted, evicted or drained found nothing wrong with the data: the
+        preflight starts again, and no attempt is counted (it trained nothing)."""
+        self.planned.append(Delete("Job", preflight.job.name))
+        self._emit(why)
+        again = Assessment(
+            Outcome.PREFLIGHT, "Preflight", f"checking the dataset again after a disruption ({why.message})"
+        )
+        self._report(again, force=True)
+        self._shared_children()
+        self.planned.append(Create(build_preflight_job(self.context)))
+
+    def _remove_failed_attempts(self, current: int) -> None:
+        """Jobs of attempts before the current one failed (their reasons are in the status);
+        the newest few stay for their logs, the oldest go first."""
+        earlier = sorted(number for number in self.snapshot.attempts if number < current)
+        kept = self.context.settings.kept_failed_attempts
+        for number in earlier[: max(0, len(earlier) - kept)]:
+            self.planned.append(Delete("Job", self.snapshot.attempts[number].job.name))
 
     def _follow_suspend(self, attempt: Attempt) -> None:
         """Make the Job's pods follow spec.suspend. A queued Job's `suspend` belongs to Kueue:
@@ -365,13 +434,29 @@ class _Planner:
         when the reason changes."""
         progress = self.progress if assessment.outcome is Outcome.RUNNING else None
         status = next_status(
-            self.previous, self.generation, assessment, self.now, progress=progress, model=self.spec.model.display
+            self.previous,
+            self.generation,
+            assessment,
+            self.now,
+            progress=progress,
+            model=self.spec.model.display,
+            method=self.spec.method.type,
+            drift=self.drift,
         )
         if force or _differs(status, self.previous):
             self.planned.append(WriteStatus(status))
         if _reason_of(self.previous) != assessment.reason:
             self._emit(assessment)
         self.previous = status
+
+    def _tell_of_drift(self) -> None:
+        """A Warning once, when fixed fields are found edited (the Valid condition keeps saying it)."""
+        if self.drift is None:
+            return
+        valid = next((c for c in self.previous.conditions if c.type == ConditionType.VALID), None)
+        told = valid is not None and valid.status == ConditionStatus.FALSE and valid.message == self.drift.message
+        if not told:
+            self.planned.append(Emit(True, IMMUTABLE_SPEC_CHANGED, self.drift.message))
 
     def _emit(self, assessment: Assessment) -> None:
         warning = assessment.outcome in (Outcome.FAILED, Outcome.RETRY, Outcome.PREEMPTED) or assessment.reason in (

@@ -86,6 +86,9 @@ class Settings:
     """Threads for API calls (the client blocks), shared by every job."""
     resync_seconds: float = 300.0
     """Longest a job that is not running goes without a fresh look (changes wake it at once)."""
+    kept_failed_attempts: int = 3
+    """Jobs of failed attempts kept (their pods stopped, their logs readable) while a job goes
+    on; the oldest go first. They go with the job, or when its ttlSecondsAfterFinished runs out."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,7 +125,17 @@ class Settings:
             log_format=env.get("KUBETUNE_LOG_FORMAT", defaults.log_format).lower(),
             metrics_port=number("KUBETUNE_METRICS_PORT", defaults.metrics_port, int),
             health_port=number("KUBETUNE_HEALTH_PORT", defaults.health_port, int),
+            kept_failed_attempts=_at_least_zero(
+                "KUBETUNE_KEPT_FAILED_ATTEMPTS",
+                number("KUBETUNE_KEPT_FAILED_ATTEMPTS", defaults.kept_failed_attempts, int),
+            ),
         )
+
+
+def _at_least_zero(name: str, value: int) -> int:
+    if value < 0:
+        raise SettingsError(f"{name}={value} must be 0 or more")
+    return value
 
 
 def _profiles(text: str) -> tuple[AcceleratorProfile, ...]:

@@ -13,14 +13,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubetune.api import Condition, ConditionStatus, ConditionType, FineTuneJobSpec, FineTuneJobStatus, Phase
+from kubetune.api import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    MethodType,
+    Phase,
+)
 from kubetune.api.problems import Problem
 from kubetune.api.status import OutputStatus, Progress
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, FinalFigures
 from kubetune.controller.observe import JobState, PodState
 
 IMAGE_PULL_FAILED = {"ImagePullBackOff", "InvalidImageName"}
 IMAGE_PULLING = {"ErrImagePull"}
+POD_ENDED = {"Succeeded", "Failed"}
 NOT_RETRYABLE = {int(code) for code in ExitCode if not code.retryable and code is not ExitCode.OK}
 
 
@@ -50,6 +59,8 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
         return None
     if job.failed_reason is not None:
         failed = _failure(job, pods)
+        if failed.outcome is Outcome.PREEMPTED:
+            return failed  # no fault of the data: the preflight starts again, as a preempted attempt does
         # A preflight that fails cannot be fixed by trying again with the same data.
         return Assessment(Outcome.FAILED, failed.reason, failed.message, failed.summary)
     waiting = _waiting(job, pods, spec)
@@ -75,6 +86,15 @@ def assess_attempt(job: JobState | None, pods: Sequence[PodState], spec: FineTun
     if waiting is not None:
         return waiting
     running = [p for p in pods if p.phase == "Running"]
+    ended = [p for p in pods if p.phase in POD_ENDED]
+    if ended and len(running) + len(ended) >= spec.resources.nodes:
+        # The kubelet reports a pod's end before the Job controller writes the Job's
+        # Complete or Failed condition: the attempt ran, and is ending, not starting again.
+        return Assessment(
+            Outcome.RUNNING,
+            "Training",
+            f"{len(ended)} of {spec.resources.nodes} pod(s) ended; waiting for the Job's result",
+        )
     if len(running) >= spec.resources.nodes:
         return Assessment(Outcome.RUNNING, "Training", f"{len(running)} pod(s) training")
     return Assessment(Outcome.PENDING, "Starting", f"{len(running)} of {spec.resources.nodes} pod(s) running")
@@ -175,6 +195,31 @@ PHASES = {
 }
 
 
+@dataclass(frozen=True)
+class SpecDrift:
+    """Fields of the spec changed after the job started, where the API server let the edit
+    through (no CEL rules). The job goes on with the spec it started with: its pods, and the
+    ConfigMap every retry mounts, hold that one."""
+
+    fields: tuple[str, ...]
+    """Wire paths of the changed fields: spec.method, spec.training, ..."""
+    training_generation: int | None
+    """The last generation whose spec the job runs."""
+
+    @property
+    def message(self) -> str:
+        changed = ", ".join(self.fields)
+        which = f"generation {self.training_generation}" if self.training_generation else "the job's start"
+        return (
+            f"{changed} changed after the job started, and the edit is not applied: the pods train the spec of "
+            f"{which}, and a retry would too. Put {changed} back, or create a new FineTuneJob with the new spec "
+            "(once a job has started, only spec.suspend can change)"
+        )
+
+
+IMMUTABLE_SPEC_CHANGED = "ImmutableSpecChanged"
+
+
 def next_status(
     previous: FineTuneJobStatus | None,
     generation: int,
@@ -182,32 +227,65 @@ def next_status(
     now: datetime,
     progress: Progress | None = None,
     model: str | None = None,
+    method: MethodType | None = None,
+    drift: SpecDrift | None = None,
 ) -> FineTuneJobStatus:
+    """The status that follows the assessment. Under a spec drift, observedGeneration stays at
+    the generation in training: the status describes that spec, not the edited one."""
     previous = previous or FineTuneJobStatus()
     phase = PHASES[assessment.outcome]
-    conditions = [_condition(*row, now, generation) for row in _condition_table(assessment)]
+    conditions = [_condition(*row, now, generation) for row in _condition_table(assessment, drift)]
     finished = phase.finished
-    output = _output(assessment.summary) if assessment.outcome is Outcome.SUCCEEDED else previous.output
+    succeeded = assessment.outcome is Outcome.SUCCEEDED
+    output = _output(assessment.summary) if succeeded else previous.output
+    figures = FinalFigures.from_summary(assessment.summary) if succeeded else FinalFigures()
+    observed = drift.training_generation if drift is not None and drift.training_generation else generation
     return previous.model_copy(
         update={
             "phase": phase,
             "conditions": merge_conditions(previous.conditions, conditions),
-            "observed_generation": generation,
+            "observed_generation": observed,
             "model": model or previous.model,
-            "progress": progress or previous.progress,
+            "method": method or previous.method,
+            "progress": final_progress(progress or previous.progress, figures),
+            "metrics": figures.numbers or previous.metrics,
             "output": output,
             "completion_time": previous.completion_time or (now if finished else None),
         }
     )
 
 
-def _condition_table(assessment: Assessment) -> list[tuple[ConditionType, bool, str, str]]:
+def final_progress(progress: Progress | None, figures: FinalFigures) -> Progress | None:
+    """The progress with the run's final figures over the last ones polled: a run that ends
+    between two polls (or before the first) still shows its steps and losses."""
+    if figures.steps is None and figures.train_loss is None and figures.eval_loss is None:
+        return progress
+    progress = progress or Progress()
+    step = figures.steps if figures.steps is not None else progress.step
+    total = progress.total_steps or step
+    return progress.model_copy(
+        update={
+            "step": step,
+            "total_steps": total,
+            "percent": round(min(100.0, 100 * step / total), 1) if total else progress.percent,
+            "loss": figures.train_loss if figures.train_loss is not None else progress.loss,
+            "eval_loss": figures.eval_loss if figures.eval_loss is not None else progress.eval_loss,
+            "tokens_per_second": figures.tokens_per_second or progress.tokens_per_second,
+            "eta": None,
+        }
+    )
+
+
+def _condition_table(
+    assessment: Assessment, drift: SpecDrift | None = None
+) -> list[tuple[ConditionType, bool, str, str]]:
     """Each condition type: whether it holds, and its reason and message."""
     outcome, reason, message = assessment.outcome, assessment.reason, assessment.message
     queued = outcome is Outcome.QUEUED
     suspended, succeeded, failed = (outcome is o for o in (Outcome.SUSPENDED, Outcome.SUCCEEDED, Outcome.FAILED))
+    valid = (False, IMMUTABLE_SPEC_CHANGED, drift.message) if drift is not None else (True, "Valid", "")
     return [
-        (ConditionType.VALID, True, "Valid", ""),
+        (ConditionType.VALID, *valid),
         (ConditionType.ADMITTED, not queued, reason if queued else "Admitted", message if queued else ""),
         (ConditionType.RUNNING, outcome is Outcome.RUNNING, reason, message),
         (ConditionType.SUSPENDED, suspended, "Suspended" if suspended else "NotSuspended", ""),

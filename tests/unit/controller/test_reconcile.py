@@ -143,13 +143,12 @@ def dataclass_replace(state: JobState, **changes: Any) -> JobState:
     return dataclasses.replace(state, **changes)
 
 
-def test_a_retryable_failure_deletes_the_attempt_and_starts_the_next(job: dict[str, Any]) -> None:
+def test_a_retryable_failure_keeps_the_attempt_s_job_and_starts_the_next(job: dict[str, Any]) -> None:
     snapshot = Snapshot(attempts={1: _failed(1, 1, "TrainingFailed")})
 
     actions = plan(_body(job, _started()), snapshot, SETTINGS, NOW)
 
     assert _kinds(actions) == [
-        "delete Job demo-a1",
         "status Pending attempts=2 preemptions=0",
         "create ConfigMap demo-spec",
         "create Service demo",
@@ -174,8 +173,50 @@ def test_the_attempt_after_a_preemption_has_the_next_number(job: dict[str, Any])
 
     actions = plan(_body(job, _started(attempts=1, preemptions=1)), snapshot, SETTINGS, NOW)
 
-    assert _kinds(actions)[0] == "delete Job demo-a1"
-    assert not any(isinstance(a, Create) for a in actions)
+    assert not any(isinstance(a, Create | Delete) for a in actions)
+    assert _status(actions).phase is Phase.RUNNING
+
+
+@pytest.mark.parametrize(("kept", "deleted"), [(3, ["demo-a1", "demo-a2"]), (0, [f"demo-a{n}" for n in range(1, 6)])])
+def test_failed_attempts_jobs_are_kept_up_to_the_bound_the_oldest_going_first(
+    job: dict[str, Any], kept: int, deleted: list[str]
+) -> None:
+    failed = {n: _failed(n, 1, "TrainingFailed") for n in range(1, 6)}
+    snapshot = Snapshot(attempts={**failed, 6: _running(6)})
+
+    actions = plan(_body(job, _started(attempts=6), maxRetries=9), snapshot, Settings(kept_failed_attempts=kept), NOW)
+
+    assert [a.name for a in actions if isinstance(a, Delete)] == deleted
+
+
+def test_the_attempt_that_just_failed_counts_toward_the_bound_as_the_retry_starts(job: dict[str, Any]) -> None:
+    snapshot = Snapshot(attempts={1: _failed(1, 1, "TrainingFailed"), 2: _failed(2, 1, "TrainingFailed")})
+
+    actions = plan(_body(job, _started(attempts=2), maxRetries=5), snapshot, Settings(kept_failed_attempts=1), NOW)
+
+    assert [k for k in _kinds(actions) if k.startswith(("delete", "create Job"))] == [
+        "delete Job demo-a1",
+        "create Job demo-a3",
+    ]
+
+
+def test_a_disrupted_preflight_starts_again_without_counting_an_attempt(job: dict[str, Any]) -> None:
+    failed = _failed(0, 143, "Interrupted", disruption="EvictionByEvictionAPI")
+    preflight = Attempt(dataclass_replace(failed.job, name="demo-preflight"), failed.pods)
+    status = _status(plan(_body(job), Snapshot(), SETTINGS, NOW - timedelta(minutes=1)))
+
+    actions = plan(_body(job, status), Snapshot(preflight=preflight), SETTINGS, NOW)
+
+    assert _kinds(actions) == [
+        "delete Job demo-preflight",
+        "status Pending attempts=0 preemptions=0",
+        "create ConfigMap demo-spec",
+        "create Service demo",
+        "create Job demo-preflight",
+        "warning Preempted",
+    ]
+    running = next(c for c in _status(actions).conditions if c.type == "Running")
+    assert running.reason == "Preflight" and "EvictionByEvictionAPI" in running.message
 
 
 def test_retries_run_out(job: dict[str, Any]) -> None:
@@ -216,6 +257,39 @@ def test_success_reports_where_the_output_landed(job: dict[str, Any]) -> None:
     assert status.output is not None and status.output.location == "pvc://results/demo"
     event = next(a for a in actions if isinstance(a, Emit))
     assert not event.warning and "pvc://results/demo" in event.message
+
+
+def test_a_run_that_ends_between_two_polls_keeps_its_final_figures(job: dict[str, Any]) -> None:
+    metrics = {"steps": 40, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.9, "precision": "bf16"}
+    summary = {"status": "Succeeded", "message": "trained 40 steps", "metrics": metrics}
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    done = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True), (pod,))
+    polled = FineTuneJobStatus.model_validate(
+        {**_started().model_dump(by_alias=True), "progress": {"step": 10, "totalSteps": 40, "loss": 1.5}}
+    )
+
+    never = _status(plan(_body(job, _started(phase=Phase.PENDING)), Snapshot(attempts={1: done}), SETTINGS, NOW))
+    once = _status(plan(_body(job, polled), Snapshot(attempts={1: done}), SETTINGS, NOW))
+
+    assert never.progress is not None and (never.progress.step, never.progress.loss) == (40, 0.41)
+    assert never.progress.eval_loss == 0.52 and never.progress.percent == 100.0
+    assert once.progress is not None and (once.progress.step, once.progress.total_steps, once.progress.loss) == (
+        40,
+        40,
+        0.41,
+    )
+    assert never.metrics == {"steps": 40.0, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.9}
+
+
+def test_pods_that_end_before_their_job_s_condition_keep_the_job_running(job: dict[str, Any]) -> None:
+    ended = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary={"status": "Succeeded"})
+    ending = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, active=0), (ended,))
+    running = _status(plan(_body(job, _started()), Snapshot(attempts={1: _running()}), SETTINGS, NOW))
+
+    actions = plan(_body(job, running), Snapshot(attempts={1: ending}), SETTINGS, NOW + timedelta(seconds=1))
+
+    assert [_status(actions).phase] == [Phase.RUNNING]
+    assert not any(isinstance(a, Emit) for a in actions)
 
 
 def test_live_progress_is_mirrored_while_running(job: dict[str, Any]) -> None:
@@ -389,3 +463,84 @@ def test_progress_is_read_from_the_running_pod_of_index_0_taken_from_the_snapsho
 
     assert Attempt(job, (worker, starting)).rank0_address is None
     assert Attempt(job, (worker, running)).rank0_address == "10.0.0.1"
+
+
+# ----------------------------------------------------------------------------- a spec edited under a running job
+
+
+def _edited(job: dict[str, Any], **spec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The spec recorded at the start, and the job as an API server without CEL rules lets it be edited."""
+    started = {k: v for k, v in json.loads(json.dumps(job["spec"])).items() if k != "suspend"}
+    body = _body(job, _started().model_copy(update={"observed_generation": 1}))
+    body["spec"].update(spec)
+    body["metadata"]["generation"] = 2
+    return started, body
+
+
+def test_a_new_job_records_the_spec_it_starts_with_on_its_config_map(job: dict[str, Any]) -> None:
+    actions = plan(_body(job, suspend=False), Snapshot(), SETTINGS, NOW)
+
+    config_map = next(a.manifest for a in actions if isinstance(a, Create) and a.manifest["kind"] == "ConfigMap")
+    recorded = json.loads(config_map["metadata"]["annotations"]["kubetune.io/started-spec"])
+    assert recorded == {k: v for k, v in job["spec"].items() if k != "suspend"}
+
+
+def test_an_edit_of_a_fixed_field_under_a_running_attempt_is_reported_not_applied(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "full"}, maxRetries=7)
+
+    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+
+    status = _status(actions)
+    valid = next(c for c in status.conditions if c.type == "Valid")
+    assert (valid.status, valid.reason) == ("False", "ImmutableSpecChanged")
+    assert "spec.maxRetries, spec.method changed after the job started" in valid.message
+    assert "Put spec.maxRetries, spec.method back, or create a new FineTuneJob" in valid.message
+    assert status.observed_generation == 1  # the generation in training, not the edited one
+    assert (status.method, status.model, status.phase) == ("lora", job["spec"]["model"]["preset"], Phase.RUNNING)
+    assert [a.reason for a in actions if isinstance(a, Emit)] == ["ImmutableSpecChanged", "Training"]
+
+    body = _body(body, status)
+    body["metadata"]["generation"] = 2
+    again = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+    assert again == []  # said once
+
+
+def test_a_retry_after_an_edit_is_built_from_the_spec_in_training(job: dict[str, Any]) -> None:
+    started, body = _edited(job, resources={"accelerators": 1, "nodes": 2}, maxRetries=0)
+
+    actions = plan(body, Snapshot(attempts={1: _failed(1, 1, "TrainingFailed")}, started_spec=started), SETTINGS, NOW)
+
+    retry = next(a.manifest for a in actions if isinstance(a, Create) and a.manifest["metadata"]["name"] == "demo-a2")
+    assert retry["spec"]["completions"] == 1  # the started spec's one node, and its retry budget
+    assert _status(actions).attempts == 2
+
+
+def test_suspend_still_follows_an_edit_while_fixed_fields_do_not(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "full"}, suspend=True)
+
+    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+
+    assert "suspend demo-a1 True" in _kinds(actions)
+
+
+def test_an_invalid_edit_under_a_running_attempt_does_not_fail_the_job(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "no-such-method"})
+
+    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+
+    status = _status(actions)
+    assert status.phase is Phase.RUNNING
+    assert next(c for c in status.conditions if c.type == "Valid").reason == "ImmutableSpecChanged"
+
+
+def test_an_edit_put_back_clears_the_condition(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "full"})
+    drifted = _status(plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW))
+    body = _body(body, drifted, method=started["method"])
+    body["metadata"]["generation"] = 3
+
+    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+
+    status = _status(actions)
+    assert next(c for c in status.conditions if c.type == "Valid").status == "True"
+    assert status.observed_generation == 3

@@ -107,6 +107,24 @@ ATTEMPT_CASES: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]], dict
         "1 of 2",
     ),
     (
+        "every pod ended before the Job's condition came",
+        _job(active=0),
+        [_pod(0, "Succeeded", exit_code=0, reason="Completed"), _pod(1, "Succeeded", exit_code=0, reason="Completed")],
+        {"resources": {"nodes": 2}, "output": {"s3": {"uri": "s3://models/demo"}}},
+        Outcome.RUNNING,
+        "Training",
+        "2 of 2 pod(s) ended; waiting for the Job's result",
+    ),
+    (
+        "one pod failed, the other still running, before the Job's condition came",
+        _job(active=1),
+        [_pod(0), _pod(1, "Failed", exit_code=1)],
+        {"resources": {"nodes": 2}, "output": {"s3": {"uri": "s3://models/demo"}}},
+        Outcome.RUNNING,
+        "Training",
+        "1 of 2 pod(s) ended",
+    ),
+    (
         "no room on any node",
         _job(active=1),
         [_pod(0, phase="Pending", unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")],
@@ -283,6 +301,15 @@ def test_preflight_assessment(job: dict[str, Any]) -> None:
     assert assess_preflight(job_state(_job(active=1)), [pod_state(_pod(0))], spec).outcome is Outcome.PREFLIGHT
     failed = assess_preflight(job_state(_job(failed=("PodFailurePolicy", ""))), bad, spec)
     assert failed is not None and (failed.outcome, failed.reason) == (Outcome.FAILED, "DatasetInvalid")
+
+
+def test_a_disrupted_preflight_is_preempted_not_failed(job: dict[str, Any]) -> None:
+    evicted = [pod_state(_pod(0, "Failed", exit_code=143, disruption="EvictionByEvictionAPI"))]
+
+    assessment = assess_preflight(job_state(_job(failed=("PodFailurePolicy", "DisruptionTarget"))), evicted, _spec(job))
+
+    assert assessment is not None and (assessment.outcome, assessment.reason) == (Outcome.PREEMPTED, "Preempted")
+    assert "EvictionByEvictionAPI" in assessment.message
 
 
 @pytest.mark.parametrize(
