@@ -41,3 +41,10 @@ def test_a_bad_allowed_dataset_network_names_the_variable_and_the_entry(entry: s
     message = str(raised.value)
     assert message.startswith("KUBETUNE_DATASET_ALLOWED_NETWORKS: ")
     assert repr(entry) in message and why in message
+
+
+def test_kept_failed_attempts_is_read_and_must_not_be_negative() -> None:
+    assert Settings.from_env({"KUBETUNE_KEPT_FAILED_ATTEMPTS": "0"}).kept_failed_attempts == 0
+    assert Settings.from_env({}).kept_failed_attempts == 3
+    with pytest.raises(SettingsError, match="KUBETUNE_KEPT_FAILED_ATTEMPTS=-1 must be 0 or more"):
+        Settings.from_env({"KUBETUNE_KEPT_FAILED_ATTEMPTS": "-1"})

@@ -46,6 +46,7 @@ CONTRACT_ENV = {
     "KUBETUNE_ACCELERATOR_PROFILES",
     "KUBETUNE_PROGRESS_PORT",
     "KUBETUNE_PROGRESS_INTERVAL",
+    "KUBETUNE_KEPT_FAILED_ATTEMPTS",
     "KUBETUNE_DEFAULT_CPU",
     "KUBETUNE_DEFAULT_MEMORY",
     "KUBETUNE_MODEL_CACHE_PVC",
@@ -262,6 +263,7 @@ def test_default_settings_reach_the_operator() -> None:
     assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0"
     assert settings.trainer_cpu_image == "ghcr.io/kubetune/trainer:0.1.0-cpu"
     assert settings.progress_port == 9090
+    assert settings.kept_failed_attempts == Settings().kept_failed_attempts
     assert settings.allowed_images == () and settings.allowed_service_accounts == ()
     assert settings.dataset_allowed_networks == ()
 
@@ -282,6 +284,7 @@ def test_every_value_reaches_the_operator() -> None:
     assert [p.name for p in settings.accelerator_profiles] == ["a100-80gb", "l4"]
     assert settings.progress_port == 9191
     assert settings.progress_interval_seconds == 2.5
+    assert settings.kept_failed_attempts == 5
     assert (settings.default_cpu, settings.default_memory) == ("8", "32Gi")
     assert (env["KUBETUNE_MODEL_CACHE_PVC"], env["KUBETUNE_DEFAULT_QUEUE"]) == ("model-cache", "team-a-queue")
     assert (env["KUBETUNE_LOG_LEVEL"], env["KUBETUNE_LOG_FORMAT"]) == ("debug", "text")
