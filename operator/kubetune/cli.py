@@ -417,13 +417,16 @@ def watch(name: str, interval: float, namespace: str | None, kube_context: str |
 @cli.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the trainer writes.")
-@click.option("--rank", default=0, show_default=True, help="Node rank (pod index) of the newest attempt.")
+@click.option("--rank", default=0, show_default=True, help="Node rank (pod index) of the attempt.")
+@click.option("--attempt", type=int, help="Attempt number (default: the newest); failed ones are kept for a while.")
 @_cluster_options
 @_api_errors
-def logs(name: str, follow: bool, rank: int, namespace: str | None, kube_context: str | None) -> None:
-    """The trainer's log of one node of a FineTuneJob's newest attempt."""
+def logs(
+    name: str, follow: bool, rank: int, attempt: int | None, namespace: str | None, kube_context: str | None
+) -> None:
+    """The trainer's log of one node of a FineTuneJob's newest attempt (or of --attempt N)."""
     remote = _remote(namespace, kube_context)
-    for chunk in remote.logs(remote.rank_pod(name, rank), follow):
+    for chunk in remote.logs(remote.rank_pod(name, rank, attempt), follow):
         click.echo(chunk, nl=False)
 
 

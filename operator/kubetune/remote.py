@@ -99,10 +99,14 @@ class Remote:
 
     # ------------------------------------------------------------------------- logs
 
-    def rank_pod(self, name: str, rank: int) -> str:
-        """The pod of the given node rank in the newest attempt (or the preflight before it)."""
+    def rank_pod(self, name: str, rank: int, attempt: int | None = None) -> str:
+        """The pod of the given node rank in the attempt (the newest by default; the preflight
+        before the first). The operator keeps a few failed attempts' Jobs for these logs."""
         status = self.job(name).get("status") or {}
-        attempt = int(status.get("attempts") or 0) + int(status.get("preemptions") or 0)
+        newest = int(status.get("attempts") or 0) + int(status.get("preemptions") or 0)
+        if attempt is not None and not 1 <= attempt <= newest:
+            raise NotFound(f"{name} has no attempt {attempt} (attempts 1 to {newest} were started)")
+        attempt = newest if attempt is None else attempt
         selector = f"{JOB_LABEL}={names.label_value(name)}," + (
             f"{ATTEMPT_LABEL}={attempt},{ROLE_LABEL}=train" if attempt else f"{ROLE_LABEL}=preflight"
         )
@@ -110,7 +114,7 @@ class Remote:
         matching = [p for p in pods.get("items") or [] if pod_state(p).index == rank]
         if not matching:
             which = f"attempt {attempt}" if attempt else "the preflight"
-            raise NotFound(f"no pod of rank {rank} in {which} of {name} (yet)")
+            raise NotFound(f"no pod of rank {rank} in {which} of {name} (yet, or any more)")
         newest = max(matching, key=lambda p: p["metadata"].get("creationTimestamp") or "")
         return str(newest["metadata"]["name"])
 

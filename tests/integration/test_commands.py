@@ -143,3 +143,22 @@ async def test_list_all_namespaces_shows_each_job_s_namespace(
     ]
     assert [line.split()[0] for line in here.output.splitlines()] == ["NAME", "demo"]
     assert both.exit_code == 2 and "leave out -n/--namespace" in both.output
+
+
+async def test_logs_of_a_failed_attempt_kept_after_the_retry_started(
+    operator: Operator, cluster: Cluster, apiserver: ApiServer, job: dict[str, Any], tmp_path: Path
+) -> None:
+    job["spec"]["dataset"]["preflight"] = False
+    assert (await kubetune("submit", _file(tmp_path, job))).exit_code == 0
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    (first,) = await cluster.start_pods("demo-a1")
+    apiserver.emulator.pod_logs[("default", first)] = "step 7 loss nan\nTraceback: NaN loss\n"
+    await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
+    await eventually(lambda: "demo-a2" in cluster.jobs(), "attempt 2")
+
+    failed = await kubetune("logs", "demo", "--attempt", "1")
+    beyond = await kubetune("logs", "demo", "--attempt", "3")
+
+    assert failed.exit_code == 0, failed.output
+    assert failed.output == "step 7 loss nan\nTraceback: NaN loss\n"
+    assert beyond.exit_code == 1 and "demo has no attempt 3 (attempts 1 to 2 were started)" in beyond.output
