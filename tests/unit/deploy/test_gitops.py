@@ -79,10 +79,15 @@ def test_health_samples_cover_every_phase() -> None:
 
 
 def test_health_check_maps_phases_as_argo_cd_expects() -> None:
+    """By phase; a job going on with a spec edited under it (one the operator does not apply)
+    is Degraded: the edited spec will never be reached."""
     expected = {"Succeeded": "Healthy", "Failed": "Degraded", "Suspended": "Suspended"}
     for case in HEALTH_CASES:
-        phase = _sample(case).get("status", {}).get("phase")
-        assert case["healthStatus"]["status"] == expected.get(phase, "Progressing"), case["inputPath"]
+        status = _sample(case).get("status", {})
+        valid = next((c for c in status.get("conditions", []) if c["type"] == "Valid"), {})
+        edited = valid.get("reason") == "ImmutableSpecChanged" and status.get("phase") not in expected
+        wanted = "Degraded" if edited else expected.get(status.get("phase"), "Progressing")
+        assert case["healthStatus"]["status"] == wanted, case["inputPath"]
 
 
 def test_kustomize_component_puts_the_script_into_argocd_cm(tmp_path: Path) -> None:

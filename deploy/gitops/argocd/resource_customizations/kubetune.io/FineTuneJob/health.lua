@@ -1,6 +1,7 @@
 -- Argo CD health of a kubetune FineTuneJob, read from the status the operator writes:
 -- Succeeded is Healthy, Failed is Degraded (with the Failed condition's message), Suspended
--- is Suspended, and anything else (Pending, Queued, Running, or no status yet) is
+-- is Suspended, a fixed field edited under a running job (Valid False, ImmutableSpecChanged)
+-- is Degraded with what to do, and anything else (Pending, Queued, Running, or no status yet) is
 -- Progressing, with the training progress when there is some.
 -- Argo CD runs this with Lua 5.1 and only the base, string, table and math libraries.
 
@@ -78,7 +79,13 @@ elseif phase == "Suspended" then
 else
   hs.status = "Progressing"
   local generation = obj.metadata and obj.metadata.generation
-  if generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then
+  local valid = condition(status, "Valid")
+  if valid ~= nil and valid.status == "False" and valid.reason == "ImmutableSpecChanged" then
+    -- An edit the API server let through (no CEL rules) that the operator does not apply:
+    -- the job goes on with its old spec, and the edited one will never be reached.
+    hs.status = "Degraded"
+    hs.message = explain(valid, "The spec changed after the job started")
+  elseif generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then
     hs.message = "Waiting for the operator to observe generation " .. string.format("%d", generation)
   elseif phase == "Running" then
     hs.message = "Running: " .. (progress(status.progress) or "starting")
