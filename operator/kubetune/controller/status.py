@@ -61,6 +61,13 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
         failed = _failure(job, pods)
         if failed.outcome is Outcome.PREEMPTED:
             return failed  # no fault of the data: the preflight starts again, as a preempted attempt does
+        if failed.reason == "OOMKilled":
+            # spec.resources.memory sizes the training pods, not the preflight's fixed limit.
+            message = (
+                f"{failed.message.split(';')[0]}, the preflight's fixed limit: set spec.dataset.preflight: false "
+                "to check and tokenise the data in the training pods (spec.resources.memory)"
+            )
+            return Assessment(Outcome.FAILED, failed.reason, message, failed.summary)
         # A preflight that fails cannot be fixed by trying again with the same data.
         return Assessment(Outcome.FAILED, failed.reason, failed.message, failed.summary)
     waiting = _waiting(job, pods, spec)

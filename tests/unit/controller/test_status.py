@@ -393,3 +393,15 @@ def test_invalid_spec_fails_with_every_problem() -> None:
     assert status.phase is Phase.FAILED
     assert failed.reason == "InvalidSpec"
     assert failed.message == "spec.method.lora: takes no lora block; spec.training.epochs: not both"
+
+
+def test_a_preflight_killed_for_memory_says_what_the_author_can_change(job: dict[str, Any]) -> None:
+    killed = _pod(0, "Failed", exit_code=137, reason="OOMKilled")
+    killed["spec"]["containers"][0]["resources"]["limits"]["memory"] = "4Gi"
+
+    assessment = assess_preflight(job_state(_job(failed=("BackoffLimitExceeded", ""))), [pod_state(killed)], _spec(job))
+
+    assert assessment is not None and (assessment.outcome, assessment.reason) == (Outcome.FAILED, "OOMKilled")
+    assert "memory limit of 4Gi, the preflight's fixed limit" in assessment.message
+    assert "spec.dataset.preflight: false" in assessment.message
+    assert "raise spec.resources.memory" not in assessment.message
