@@ -93,14 +93,13 @@ def metadata(context: Context, name: str, **extra_labels: str) -> Manifest:
 # ----------------------------------------------------------------------------- ConfigMap and Service
 
 
-def build_config_map(context: Context, started: Mapping[str, Any] | None = None) -> Manifest:
-    """The spec the trainer reads (as this installation runs it), and, in an annotation, the
-    spec as the author wrote it when the job started (but for suspend): the operator tells
-    from it an edit that an API server without the CRD's CEL rules let through."""
-    meta = metadata(context, names.config_map_name(context.name))
-    if started is not None:
-        meta["annotations"] = {STARTED_SPEC_ANNOTATION: json.dumps(started, sort_keys=True, separators=(",", ":"))}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {SPEC_FILE: dump_spec(context.spec)}}
+def build_config_map(context: Context) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(context, names.config_map_name(context.name)),
+        "data": {SPEC_FILE: dump_spec(context.spec)},
+    }
 
 
 def build_service(context: Context) -> Manifest:
@@ -136,8 +135,10 @@ def accelerators_per_node(spec: FineTuneJobSpec) -> int:
     return count
 
 
-def build_training_job(context: Context, attempt: int, deadline_seconds: int | None = None) -> Manifest:
-    """One attempt: an Indexed Job of `nodes` pods, all or nothing."""
+def build_training_job(
+    context: Context, attempt: int, deadline_seconds: int | None = None, started: Mapping[str, Any] | None = None
+) -> Manifest:
+    """One attempt: an Indexed Job of `nodes` pods, all or nothing. `started`: see `with_started_spec`."""
     spec = context.spec
     job_name = names.attempt_job_name(context.name, attempt)
     per_node = accelerators_per_node(spec)
@@ -165,17 +166,16 @@ def build_training_job(context: Context, attempt: int, deadline_seconds: int | N
     }
     if deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = deadline_seconds
+    meta = metadata(context, job_name, **{ATTEMPT_LABEL: str(attempt), ROLE_LABEL: "train"})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _with_queue(
-            context, metadata(context, job_name, **{ATTEMPT_LABEL: str(attempt), ROLE_LABEL: "train"})
-        ),
+        "metadata": with_started_spec(_with_queue(context, meta), started),
         "spec": job_spec,
     }
 
 
-def build_preflight_job(context: Context) -> Manifest:
+def build_preflight_job(context: Context, started: Mapping[str, Any] | None = None) -> Manifest:
     """Fetch, check and tokenise the data on a CPU before any accelerator is asked for."""
     pod = _pod(
         context,
@@ -188,8 +188,11 @@ def build_preflight_job(context: Context) -> Manifest:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _with_queue(
-            context, metadata(context, names.preflight_job_name(context.name), **{ROLE_LABEL: "preflight"})
+        "metadata": with_started_spec(
+            _with_queue(
+                context, metadata(context, names.preflight_job_name(context.name), **{ROLE_LABEL: "preflight"})
+            ),
+            started,
         ),
         "spec": {
             "completions": 1,
@@ -220,6 +223,15 @@ def _failure_policy() -> Manifest:
             },
         ]
     }
+
+
+def with_started_spec(meta: Manifest, started: Mapping[str, Any] | None) -> Manifest:
+    """The spec as the author wrote it when the job started (but for suspend), on each Job the
+    operator makes for it: the operator tells from it an edit that an API server without the
+    CRD's CEL rules let through, and reads it with the Jobs it lists anyway."""
+    if started is not None:
+        meta["annotations"] = {STARTED_SPEC_ANNOTATION: json.dumps(started, sort_keys=True, separators=(",", ":"))}
+    return meta
 
 
 def _with_queue(context: Context, meta: Manifest) -> Manifest:

@@ -28,7 +28,7 @@ from kubetune.api.resource import PLURAL
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.controller import names
 from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, ROLE_LABEL, Manifest
-from kubetune.controller.observe import job_state, owning_job, pod_state, started_spec, workload_state
+from kubetune.controller.observe import job_state, owning_job, pod_state, workload_state
 from kubetune.controller.reconcile import (
     Action,
     Attempt,
@@ -121,9 +121,8 @@ class Cluster:
 
     # ------------------------------------------------------------------------- reading
 
-    def snapshot(self, namespace: str, name: str, queued: bool, started: bool = False) -> Snapshot:
-        """The job's Jobs with their pods (and Workloads when queued); with `started`, the spec
-        the job started with, from its ConfigMap."""
+    def snapshot(self, namespace: str, name: str, queued: bool) -> Snapshot:
+        """The job's Jobs with their pods (and Workloads when queued)."""
         selector = [("labelSelector", f"{JOB_LABEL}={names.label_value(name)}")]
         jobs = self._list("Job", namespace, selector)
         pods_by_job: dict[str, list[Manifest]] = defaultdict(list)
@@ -152,17 +151,7 @@ class Cluster:
                 preflight = attempt
             elif role == "train":
                 attempts[int(meta["labels"].get(ATTEMPT_LABEL, "0"))] = attempt
-        spec = self._started_spec(namespace, name) if started else None
-        return Snapshot(preflight=preflight, attempts=attempts, started_spec=spec)
-
-    def _started_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            config_map = self.rest.call("GET", KINDS["ConfigMap"].path(namespace, names.config_map_name(name)))
-        except ApiException as error:
-            if _absent(error):  # not made yet, or deleted by hand: the next attempt makes it again
-                return None
-            raise
-        return started_spec(config_map)
+        return Snapshot(preflight=preflight, attempts=attempts)
 
     def _list(
         self, kind: str, namespace: str, query: Sequence[tuple[str, str]], missing_ok: bool = False

@@ -209,12 +209,7 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
     if previous.start_time is None:
         snapshot = Snapshot()  # nothing is created before the status says the job started
     else:
-        # The spec the job started with is read only when the generation moved since the last
-        # status: an edit of a fixed field is found then, and stays found while it lasts (the
-        # status then keeps the generation in training).
-        generation = int((body.get("metadata") or {}).get("generation") or 1)
-        moved = generation != previous.observed_generation
-        snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name, queued, moved)
+        snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name, queued)
     progress, polled = None, False
     current = previous.attempts + previous.preemptions
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:

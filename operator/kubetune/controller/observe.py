@@ -28,6 +28,8 @@ class JobState:
     """Reason of the Job's Failed condition: BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy, ..."""
     failed_message: str = ""
     start_time: str | None = None
+    started_spec: dict[str, Any] | None = None
+    """The spec as the FineTuneJob started (but for suspend), as the operator recorded it on the Job."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def job_state(job: dict[str, Any]) -> JobState:
         failed_reason=failed.get("reason") if failed.get("status") == "True" else None,
         failed_message=failed.get("message", "") if failed.get("status") == "True" else "",
         start_time=status.get("startTime"),
+        started_spec=_started_spec(job),
     )
 
 
@@ -125,10 +128,9 @@ def owning_job(pod: dict[str, Any]) -> str:
     return str(labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid") or "")
 
 
-def started_spec(config_map: dict[str, Any]) -> dict[str, Any] | None:
-    """The spec a job started with, as its ConfigMap records it; None when it does not (made
-    by an older operator) or the record cannot be read."""
-    text = ((config_map.get("metadata") or {}).get("annotations") or {}).get(STARTED_SPEC_ANNOTATION)
+def _started_spec(job: dict[str, Any]) -> dict[str, Any] | None:
+    """None when the Job does not record it (made by an older operator) or it cannot be read."""
+    text = ((job.get("metadata") or {}).get("annotations") or {}).get(STARTED_SPEC_ANNOTATION)
     if not text:
         return None
     try:

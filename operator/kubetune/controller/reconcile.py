@@ -81,9 +81,12 @@ class Snapshot:
     preflight: Attempt | None = None
     attempts: dict[int, Attempt] = field(default_factory=dict)
     """Training attempts by number."""
-    started_spec: dict[str, Any] | None = None
-    """The spec as the job started (but for suspend), recorded on its ConfigMap; read only
-    when the FineTuneJob's generation moved since its status was written."""
+
+    @property
+    def started_spec(self) -> dict[str, Any] | None:
+        """The spec as the job started (but for suspend), as its Jobs record it."""
+        jobs = [self.preflight, *self.attempts.values()]
+        return next((a.job.started_spec for a in jobs if a is not None and a.job.started_spec is not None), None)
 
 
 # ----------------------------------------------------------------------------- what to do
@@ -283,7 +286,7 @@ class _Planner:
     drift: SpecDrift | None = None
     """Fixed fields edited after the start (the plan is made from the started spec)."""
     started: dict[str, Any] = field(default_factory=dict)
-    """The spec as written (but for suspend), recorded on the ConfigMap when the job starts."""
+    """The spec as written (but for suspend), recorded on each Job made for the job."""
     planned: list[Action] = field(default_factory=list)
 
     @property
@@ -324,8 +327,8 @@ class _Planner:
 
     def _shared_children(self) -> None:
         """The spec ConfigMap and the rendezvous Service, before any Job that needs them
-        (creating one that exists is a no-op, so the ConfigMap keeps the spec of the start)."""
-        self.planned.append(Create(build_config_map(self.context, self.started)))
+        (creating one that exists is a no-op)."""
+        self.planned.append(Create(build_config_map(self.context)))
         self.planned.append(Create(build_service(self.context)))
 
     def _deadline_passed(self) -> bool:
@@ -356,7 +359,7 @@ class _Planner:
                 Assessment(Outcome.PREFLIGHT, "Preflight", "checking and tokenising the dataset on a CPU"), force=True
             )
             self._shared_children()
-            self.planned.append(Create(build_preflight_job(self.context)))
+            self.planned.append(Create(build_preflight_job(self.context, self.started)))
             return False
         self._follow_suspend(preflight)
         assessment = assess_preflight(preflight.job, preflight.pods, self.spec)
@@ -378,7 +381,7 @@ class _Planner:
         )
         self._report(again, force=True)
         self._shared_children()
-        self.planned.append(Create(build_preflight_job(self.context)))
+        self.planned.append(Create(build_preflight_job(self.context, self.started)))
 
     def _remove_failed_attempts(self, current: int) -> None:
         """Jobs of attempts before the current one failed (their reasons are in the status);
@@ -427,7 +430,7 @@ class _Planner:
         remaining = None
         if limit is not None and started is not None:
             remaining = max(1, int(limit - (self.now - started).total_seconds()))
-        return build_training_job(self.context, number, deadline_seconds=remaining)
+        return build_training_job(self.context, number, deadline_seconds=remaining, started=self.started)
 
     def _report(self, assessment: Assessment, force: bool = False) -> None:
         """Write the status that follows, when it differs from what is stored; emit an Event

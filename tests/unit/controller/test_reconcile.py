@@ -44,7 +44,9 @@ def _running(attempt: int = 1, **job: Any) -> Attempt:
     )
 
 
-def _failed(attempt: int, exit_code: int, reason: str, disruption: str | None = None) -> Attempt:
+def _failed(
+    attempt: int, exit_code: int, reason: str, disruption: str | None = None, started: dict[str, Any] | None = None
+) -> Attempt:
     summary = {"reason": reason, "message": f"{reason} happened"}
     pod = PodState(
         name=f"demo-a{attempt}-0",
@@ -56,7 +58,12 @@ def _failed(attempt: int, exit_code: int, reason: str, disruption: str | None = 
         disruption=disruption,
     )
     job = JobState(
-        name=f"demo-a{attempt}", attempt=attempt, suspended=False, failed=1, failed_reason="PodFailurePolicy"
+        name=f"demo-a{attempt}",
+        attempt=attempt,
+        suspended=False,
+        failed=1,
+        failed_reason="PodFailurePolicy",
+        started_spec=started,
     )
     return Attempt(job, (pod,))
 
@@ -477,18 +484,21 @@ def _edited(job: dict[str, Any], **spec: Any) -> tuple[dict[str, Any], dict[str,
     return started, body
 
 
-def test_a_new_job_records_the_spec_it_starts_with_on_its_config_map(job: dict[str, Any]) -> None:
-    actions = plan(_body(job, suspend=False), Snapshot(), SETTINGS, NOW)
+def test_every_job_made_records_the_spec_the_job_started_with(job: dict[str, Any]) -> None:
+    preflight = plan(_body(job, suspend=False), Snapshot(), SETTINGS, NOW)
+    retry = plan(_body(job, _started()), Snapshot(attempts={1: _failed(1, 1, "TrainingFailed")}), SETTINGS, NOW)
 
-    config_map = next(a.manifest for a in actions if isinstance(a, Create) and a.manifest["kind"] == "ConfigMap")
-    recorded = json.loads(config_map["metadata"]["annotations"]["kubetune.io/started-spec"])
-    assert recorded == {k: v for k, v in job["spec"].items() if k != "suspend"}
+    made = [a.manifest for a in preflight + retry if isinstance(a, Create) and a.manifest["kind"] == "Job"]
+    assert [m["metadata"]["name"] for m in made] == ["demo-preflight", "demo-a2"]
+    for manifest in made:
+        recorded = json.loads(manifest["metadata"]["annotations"]["kubetune.io/started-spec"])
+        assert recorded == {k: v for k, v in job["spec"].items() if k != "suspend"}
 
 
 def test_an_edit_of_a_fixed_field_under_a_running_attempt_is_reported_not_applied(job: dict[str, Any]) -> None:
     started, body = _edited(job, method={"type": "full"}, maxRetries=7)
 
-    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+    actions = plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW)
 
     status = _status(actions)
     valid = next(c for c in status.conditions if c.type == "Valid")
@@ -501,14 +511,14 @@ def test_an_edit_of_a_fixed_field_under_a_running_attempt_is_reported_not_applie
 
     body = _body(body, status)
     body["metadata"]["generation"] = 2
-    again = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+    again = plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW)
     assert again == []  # said once
 
 
 def test_a_retry_after_an_edit_is_built_from_the_spec_in_training(job: dict[str, Any]) -> None:
     started, body = _edited(job, resources={"accelerators": 1, "nodes": 2}, maxRetries=0)
 
-    actions = plan(body, Snapshot(attempts={1: _failed(1, 1, "TrainingFailed")}, started_spec=started), SETTINGS, NOW)
+    actions = plan(body, Snapshot(attempts={1: _failed(1, 1, "TrainingFailed", started=started)}), SETTINGS, NOW)
 
     retry = next(a.manifest for a in actions if isinstance(a, Create) and a.manifest["metadata"]["name"] == "demo-a2")
     assert retry["spec"]["completions"] == 1  # the started spec's one node, and its retry budget
@@ -518,7 +528,7 @@ def test_a_retry_after_an_edit_is_built_from_the_spec_in_training(job: dict[str,
 def test_suspend_still_follows_an_edit_while_fixed_fields_do_not(job: dict[str, Any]) -> None:
     started, body = _edited(job, method={"type": "full"}, suspend=True)
 
-    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+    actions = plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW)
 
     assert "suspend demo-a1 True" in _kinds(actions)
 
@@ -526,7 +536,7 @@ def test_suspend_still_follows_an_edit_while_fixed_fields_do_not(job: dict[str, 
 def test_an_invalid_edit_under_a_running_attempt_does_not_fail_the_job(job: dict[str, Any]) -> None:
     started, body = _edited(job, method={"type": "no-such-method"})
 
-    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+    actions = plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW)
 
     status = _status(actions)
     assert status.phase is Phase.RUNNING
@@ -535,11 +545,11 @@ def test_an_invalid_edit_under_a_running_attempt_does_not_fail_the_job(job: dict
 
 def test_an_edit_put_back_clears_the_condition(job: dict[str, Any]) -> None:
     started, body = _edited(job, method={"type": "full"})
-    drifted = _status(plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW))
+    drifted = _status(plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW))
     body = _body(body, drifted, method=started["method"])
     body["metadata"]["generation"] = 3
 
-    actions = plan(body, Snapshot(attempts={1: _running()}, started_spec=started), SETTINGS, NOW)
+    actions = plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW)
 
     status = _status(actions)
     assert next(c for c in status.conditions if c.type == "Valid").status == "True"
