@@ -18,7 +18,7 @@ from kubetune.controller.reconcile import effective_job
 from kubetune.controller.settings import Settings, SettingsError
 from kubetune.crd import render_crd
 from kubetune.manifests import ManifestError, iter_files, read_documents
-from kubetune.validate import validate_document
+from kubetune.validate import config_map_problems, validate_document
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,6 +175,10 @@ def _valid_jobs(
     for document in documents:
         body = document.body
         if isinstance(body, dict) and body.get("kind") == "ConfigMap":
+            problems = config_map_problems(body)
+            if problems:
+                listed = "".join(f"\n  - {problem}" for problem in problems)
+                raise click.ClickException(f"{document.label}: the ConfigMap cannot be mounted as a pod would:{listed}")
             config_maps[body["metadata"]["name"]] = dict(body.get("data") or {})
             continue
         verdict = validate_document(document, allowed_networks)

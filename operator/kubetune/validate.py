@@ -3,10 +3,13 @@ its CEL rules (the API server's part), then the models' cross-field rules (the o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kubetune.api import API_VERSION, KIND, FineTuneJobSpec, InvalidSpec, parse_finetunejob
+from kubetune.api.base import KEY_PATTERN, KEY_RULE, NAME_PATTERN, NAME_RULE
 from kubetune.api.problems import Problem
 from kubetune.api.spec import DatasetSource
 from kubetune.contract import Network, literal_host_refusal
@@ -62,3 +65,16 @@ def dataset_url_problems(spec: FineTuneJobSpec, allowed_networks: Sequence[Netwo
         for index, item in enumerate(source.urls or [])
         if (reason := literal_host_refusal(item.url, allowed_networks)) is not None
     ]
+
+
+def config_map_problems(body: dict[str, Any]) -> list[Problem]:
+    """What the API server would refuse in a ConfigMap's name and keys (kubetune run lays its
+    keys out as files, one folder per ConfigMap, where no API server has checked them)."""
+    name = (body.get("metadata") or {}).get("name")
+    problems = []
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        problems.append(Problem("metadata.name", f"{name!r} is not a Kubernetes object name ({NAME_RULE})"))
+    for key in body.get("data") or {}:
+        if not isinstance(key, str) or not re.fullmatch(KEY_PATTERN, key):
+            problems.append(Problem(f"data[{key!r}]", f"{key!r} is not a ConfigMap key ({KEY_RULE})"))
+    return problems
