@@ -3,10 +3,14 @@
 The spec and the stores it names give paths relative to a mount; `inside` is the one place
 they are joined onto it, so no path read or written by the trainer leads outside the
 volume the spec names, whether by a '..' segment or by a symbolic link on the volume.
+`readable` says which file of a volume the trainer may not read, and why, before a
+library reports it as a missing file.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from kubetune_trainer.errors import InvalidSpec, TrainerError
@@ -24,3 +28,44 @@ def inside(base: Path, relative: str, what: str, error: type[TrainerError] = Inv
     if resolved != root and root not in resolved.parents:
         raise error(f"{what} {relative!r} leads outside {base} (a symbolic link to {resolved}); refused")
     return target
+
+
+def readable(path: Path, what: str, error: type[TrainerError] = InvalidSpec) -> Path:
+    """`path`, once every file in it (a file, or a folder and everything under it) opens for
+    reading. Raises `error` naming the first file or folder this process may not read, its
+    owner and mode: a claim written by another user is otherwise reported by the libraries
+    that read it as a file that does not exist. A path that does not exist passes (the
+    caller says what is missing)."""
+    try:
+        if path.is_dir():
+            for folder, _, names in os.walk(path, onerror=_raise):
+                for name in names:
+                    _open(Path(folder) / name)
+        elif path.is_file():
+            _open(path)
+    except PermissionError as denied:
+        raise error(f"{what}: {permission_denied(Path(denied.filename or path))}") from None
+    return path
+
+
+def permission_denied(path: Path) -> str:
+    """Why this process may not read `path`, in words a person can act on."""
+    try:
+        facts = path.stat()
+        whose = f"owned by uid {facts.st_uid} gid {facts.st_gid}, mode {stat.S_IMODE(facts.st_mode):04o}"
+    except OSError:
+        whose = "a folder above it cannot be searched"
+    return (
+        f"cannot read {path}: permission denied ({whose}; the trainer runs as uid {os.getuid()} gid "
+        f"{os.getgid()}): give the trainer's user read access to it"
+    )
+
+
+def _open(file: Path) -> None:
+    if file.is_file():  # not a FIFO or a device, which an open would wait on
+        with file.open("rb"):
+            pass
+
+
+def _raise(error: OSError) -> None:
+    raise error

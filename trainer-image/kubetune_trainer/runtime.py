@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kubetune.contract import DEFAULT_PATHS, DEFAULT_PROGRESS_PORT, Env, Network, parse_networks
 from kubetune_trainer.errors import InvalidSpec
-from kubetune_trainer.mounts import inside
+from kubetune_trainer.mounts import inside, permission_denied
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,8 @@ class Runtime:
         file = inside(self.secrets / name, key, f"Secret {name} key")
         try:
             return file.read_text().strip()
+        except PermissionError:
+            raise InvalidSpec(f"Secret {name} key {key}: {permission_denied(file)}") from None
         except OSError as error:
             raise InvalidSpec(f"Secret {name} key {key} is not mounted at {file} ({error.strerror})") from None
 

@@ -11,7 +11,7 @@ from kubetune_trainer.data.fetch import FetchPolicy, fetch
 from kubetune_trainer.data.readers import SUFFIXES, Row, read_rows
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidData, InvalidSpec
-from kubetune_trainer.mounts import inside
+from kubetune_trainer.mounts import inside, readable
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.storage import Bucket
 
@@ -92,7 +92,9 @@ def mounted_files(source: DatasetSource, runtime: Runtime) -> list[Path]:
 
 
 def data_files(path: Path) -> list[Path]:
-    """A file, or the dataset files under a folder (sorted, so the order is stable)."""
+    """A file, or the dataset files under a folder (sorted, so the order is stable), each
+    readable by the trainer."""
+    readable(path, "dataset", InvalidData)
     if path.is_file():
         return [path]
     if path.is_dir():
