@@ -48,17 +48,48 @@ def readable(path: Path, what: str, error: type[TrainerError] = InvalidSpec) -> 
     return path
 
 
-def permission_denied(path: Path) -> str:
-    """Why this process may not read `path`, in words a person can act on."""
-    try:
-        facts = path.stat()
-        whose = f"owned by uid {facts.st_uid} gid {facts.st_gid}, mode {stat.S_IMODE(facts.st_mode):04o}"
-    except OSError:
-        whose = "a folder above it cannot be searched"
+def permission_denied(path: Path, doing: str = "read") -> str:
+    """Why this process may not read (or write) `path`, in words a person can act on."""
     return (
-        f"cannot read {path}: permission denied ({whose}; the trainer runs as uid {os.getuid()} gid "
-        f"{os.getgid()}): give the trainer's user read access to it"
+        f"cannot {doing} {path}: permission denied ({_whose(path)}; the trainer runs as uid {os.getuid()} "
+        f"gid {os.getgid()}): give the trainer's user {doing} access to it"
     )
+
+
+def access_denied(error: BaseException) -> InvalidSpec | None:
+    """The failure an error stands for when a file's permissions caused it (the error is a
+    PermissionError, or one is among its causes): not retried, since the next attempt would
+    meet the same permissions. None for any other error."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen and not isinstance(cause, PermissionError):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, PermissionError) or not cause.filename:
+        return None
+    path = Path(cause.filename)
+    return InvalidSpec(permission_denied(path, "read" if _unreadable(path) else "write"))
+
+
+def _whose(path: Path) -> str:
+    """The owner and mode of `path`, or of the nearest folder above it, where it does not exist."""
+    for candidate in (path, *path.parents):
+        try:
+            facts = candidate.stat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+        where = "" if candidate == path else f"{candidate} "
+        return f"{where}owned by uid {facts.st_uid} gid {facts.st_gid}, mode {stat.S_IMODE(facts.st_mode):04o}"
+    return "a folder above it cannot be searched"
+
+
+def _unreadable(path: Path) -> bool:
+    try:
+        return path.exists() and not os.access(path, os.R_OK)
+    except OSError:
+        return True
 
 
 def _open(file: Path) -> None:

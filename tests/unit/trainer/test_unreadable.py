@@ -33,6 +33,7 @@ from pathlib import Path
 from kubetune.api import Precision, parse_finetunejob
 from kubetune_trainer.checkpoints import newest_complete
 from kubetune_trainer.data.sources import source_rows
+from kubetune_trainer.main import run
 from kubetune_trainer.model import load_model, resolve_source
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.warm import warm_start_folder
@@ -50,12 +51,20 @@ spec = parse_finetunejob(job).spec
 def model():
     load_model(spec, resolve_source(spec, runtime), Precision.FP32, runtime)
 
+def output():
+    body = {**job, "spec": {**job["spec"], "model": {"pvc": {"claimName": "models", "path": "open"}},
+            "dataset": {"pvc": {"claimName": "data", "path": "open"}}, "training": {"maxSteps": 1},
+            "resources": {"accelerators": 0}, "output": {"pvc": {"claimName": "locked", "path": "demo"}}}}
+    code, summary = run(parse_finetunejob(body).spec, runtime)
+    raise RuntimeError(f"exit {int(code)} {summary['reason']}: {summary['message']}")
+
 cases = {
     "model": model,
     "dataset": lambda: list(source_rows(spec.dataset, runtime)),
     "warm start": lambda: warm_start_folder(spec, runtime),
     "checkpoint": lambda: newest_complete(root / "volumes" / "results" / "demo" / "checkpoints"),
     "secret": lambda: runtime.secret_value("hub", "token"),
+    "output": output,
 }
 found = {}
 for name, case in cases.items():
@@ -68,14 +77,15 @@ print(json.dumps(found))
 """
 
 
-def _lock(file: Path) -> None:
-    """Make `file` unreadable to the child: another user's, mode 0600 (or mode 0000 when the
-    tests do not run as root)."""
+def _lock(path: Path, mode: int = 0o600) -> None:
+    """Make `path` another user's, with `mode`, which lets the child read it (0600: no; 0755:
+    a folder it may read, not write). Run as another user than root, the tests' own files
+    lose the permissions the owner would have had beyond `mode`'s others' ones."""
     if os.geteuid() == 0:
-        os.chown(file, OTHER_USER, OTHER_USER)
-        file.chmod(0o600)
+        os.chown(path, OTHER_USER, OTHER_USER)
+        path.chmod(mode)
     else:
-        file.chmod(0o000)
+        path.chmod(mode & 0o007 | (mode & 0o007) << 3 | (mode & 0o007) << 6)
 
 
 def _bound_by_file_permissions() -> None:
@@ -101,6 +111,10 @@ def reports(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     checkpoint.mkdir(parents=True)
     (checkpoint / "COMPLETE").write_text("{}")
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    shutil.copytree(volumes / "models" / "tiny-phi3", root / "volumes" / "models" / "open")
+    write_jsonl(root / "volumes" / "data" / "open" / "train.jsonl", chat_rows())
+    (root / "volumes" / "locked").mkdir()
+    _lock(root / "volumes" / "locked", mode=0o755)
     (root / "secrets" / "hub").mkdir(parents=True)
     (root / "secrets" / "hub" / "token").write_text("hf_token")
     for file in (
@@ -144,3 +158,12 @@ def test_an_unreadable_file_is_reported_as_permission_denied(
     assert report.startswith(error), report
     assert f"{file}: permission denied (owned by uid" in report, report
     assert "No such file" not in report and "not mounted" not in report, report
+
+
+def test_a_claim_the_trainer_may_not_write_ends_the_run_as_invalid_not_as_a_crash(reports: dict[str, str]) -> None:
+    report = reports["output"]
+
+    # exit 41: not retried, as the next attempt would meet the same permissions
+    assert report.startswith("RuntimeError: exit 41 InvalidSpec: cannot write "), report
+    assert "volumes/locked/demo: permission denied (" in report, report
+    assert "volumes/locked owned by uid" in report and "give the trainer's user write access" in report, report
