@@ -9,8 +9,10 @@ library reports it as a missing file.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from kubetune_trainer.errors import InvalidSpec, TrainerError
@@ -46,6 +48,25 @@ def readable(path: Path, what: str, error: type[TrainerError] = InvalidSpec) -> 
     except PermissionError as denied:
         raise error(f"{what}: {permission_denied(Path(denied.filename or path))}") from None
     return path
+
+
+def writable(folder: Path, what: str) -> Path:
+    """`folder`, created if need be, once this process has created a file in it. Raises
+    InvalidSpec when the volume is read-only or its permissions refuse the trainer: a run
+    finds that out otherwise at its first checkpoint, or at the end."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kubetune-write-check-"):
+            pass
+    except PermissionError as denied:
+        refused = Path(denied.filename) if denied.filename else folder
+        where = folder if refused.parent == folder else refused  # the probe file's name says nothing
+        raise InvalidSpec(f"{what}: {permission_denied(where, 'write')}") from None
+    except OSError as error:
+        if error.errno != errno.EROFS:
+            raise
+        raise InvalidSpec(f"{what}: cannot write {folder}: the volume is mounted read-only") from None
+    return folder
 
 
 def permission_denied(path: Path, doing: str = "read") -> str:

@@ -28,12 +28,14 @@ CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 OTHER_USER = 65534
 
 CHILD = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from kubetune.api import Precision, parse_finetunejob
+from kubetune.api.resource import dump_spec
 from kubetune_trainer.checkpoints import newest_complete
 from kubetune_trainer.data.sources import source_rows
 from kubetune_trainer.main import run
+from kubetune_trainer.preflight import main as preflight_main
 from kubetune_trainer.model import load_model, resolve_source
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.warm import warm_start_folder
@@ -58,6 +60,19 @@ def output():
     code, summary = run(parse_finetunejob(body).spec, runtime)
     raise RuntimeError(f"exit {int(code)} {summary['reason']}: {summary['message']}")
 
+def preflight():
+    body = {**job, "spec": {**job["spec"], "model": {"pvc": {"claimName": "models", "path": "open"}},
+            "dataset": {"pvc": {"claimName": "data", "path": "open"}}, "training": {},
+            "output": {"pvc": {"claimName": "locked", "path": "demo"}}}}
+    (root / "spec.json").write_text(dump_spec(parse_finetunejob(body).spec))
+    os.environ.update({"KUBETUNE_SPEC": str(root / "spec.json"), "KUBETUNE_VOLUMES": str(root / "volumes"),
+                       "KUBETUNE_WORK": str(root / "work"), "KUBETUNE_TERMINATION_LOG": str(root / "preflight-log")})
+    try:
+        preflight_main()
+    except SystemExit as exit:
+        summary = json.loads((root / "preflight-log").read_text())
+        raise RuntimeError(f"exit {exit.code} {summary['reason']}: {summary['message']}") from None
+
 cases = {
     "model": model,
     "dataset": lambda: list(source_rows(spec.dataset, runtime)),
@@ -65,6 +80,7 @@ cases = {
     "checkpoint": lambda: newest_complete(root / "volumes" / "results" / "demo" / "checkpoints"),
     "secret": lambda: runtime.secret_value("hub", "token"),
     "output": output,
+    "preflight": preflight,
 }
 found = {}
 for name, case in cases.items():
@@ -167,3 +183,11 @@ def test_a_claim_the_trainer_may_not_write_ends_the_run_as_invalid_not_as_a_cras
     assert report.startswith("RuntimeError: exit 41 InvalidSpec: cannot write "), report
     assert "volumes/locked/demo: permission denied (" in report, report
     assert "volumes/locked owned by uid" in report and "give the trainer's user write access" in report, report
+
+
+def test_the_preflight_finds_an_output_claim_it_may_not_write_before_any_accelerator(reports: dict[str, str]) -> None:
+    report = reports["preflight"]
+
+    assert report.startswith("RuntimeError: exit 41 InvalidSpec: checkpoints: cannot write "), report
+    assert "volumes/locked/demo: permission denied (" in report, report
+    assert "volumes/locked owned by uid" in report, report
