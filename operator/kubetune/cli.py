@@ -12,13 +12,13 @@ import yaml
 from kubetune import __version__
 from kubetune.api import FineTuneJob, InvalidSpec, parse_finetunejob
 from kubetune.catalog import presets
-from kubetune.contract import Network, parse_networks
+from kubetune.contract import Env, Network, parse_networks
 from kubetune.controller.builders import Context, NotBuildable, build_children
 from kubetune.controller.reconcile import effective_job
 from kubetune.controller.settings import Settings, SettingsError
 from kubetune.crd import render_crd
 from kubetune.manifests import ManifestError, iter_files, read_documents
-from kubetune.validate import validate_document
+from kubetune.validate import config_map_problems, validate_document
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,11 +27,35 @@ def cli() -> None:
     """Fine-tune language models on Kubernetes, or on this machine, from one FineTuneJob manifest."""
 
 
+def _networks(values: tuple[str, ...]) -> tuple[Network, ...]:
+    try:
+        return parse_networks(",".join(values))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--allow-network") from None
+
+
+# What the operator's setting of the same name is in a cluster: validate and run judge
+# dataset URLs against it, and run's trainer fetches within it.
+_allow_network_option = click.option(
+    "--allow-network",
+    "allowed_networks",
+    multiple=True,
+    metavar="CIDR",
+    envvar=Env.DATASET_ALLOWED_NETWORKS.value,
+    show_envvar=True,
+    callback=lambda context, parameter, values: _networks(values),
+    help="A private network dataset URLs may reach, e.g. 192.168.1.0/24 for a local mirror (repeatable; "
+    "the variable takes a comma-separated list). Cloud metadata addresses stay refused.",
+)
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def validate(paths: tuple[Path, ...]) -> None:
-    """Check FineTuneJob manifests offline: the CRD schema, its CEL rules and the cross-field
-    rules. Folders are searched for YAML files. Exits 1 when any manifest is invalid."""
+@_allow_network_option
+def validate(paths: tuple[Path, ...], allowed_networks: tuple[Network, ...]) -> None:
+    """Check FineTuneJob manifests offline: the CRD schema, its CEL rules, the cross-field
+    rules, and dataset URLs the trainer would refuse to fetch. Folders are searched for YAML
+    files. Exits 1 when any manifest is invalid."""
     failed = checked = 0
     for path in iter_files(list(paths)):
         try:
@@ -41,7 +65,7 @@ def validate(paths: tuple[Path, ...]) -> None:
             failed += 1
             continue
         for document in documents:
-            verdict = validate_document(document)
+            verdict = validate_document(document, allowed_networks)
             if verdict.skipped:
                 click.echo(f"skipped {document.label}: {verdict.skipped}")
                 continue
@@ -102,15 +126,7 @@ def render(path: Path, attempt: int) -> None:
     help="Scratch folder (downloads, caches). Default: <volumes>/.work/<name>.",
 )
 @click.option("--nproc", default=1, show_default=True, help="Training processes (through torchrun when above 1).")
-@click.option(
-    "--allow-network",
-    "allowed_networks",
-    multiple=True,
-    metavar="CIDR",
-    callback=lambda context, parameter, values: _networks(values),
-    help="A private network dataset URLs may reach, e.g. 192.168.1.0/24 for a local mirror (repeatable). "
-    "Cloud metadata addresses stay refused.",
-)
+@_allow_network_option
 def run(
     path: Path,
     volumes: Path,
@@ -124,7 +140,7 @@ def run(
     same command again resumes from it."""
     from kubetune_trainer.local import LocalPlan, ProgressLine, run_local
 
-    job, config_maps = _one_job(path)
+    job, config_maps = _one_job(path, allowed_networks)
     name = job.metadata.name or "local"
     plan = LocalPlan(
         job,
@@ -144,16 +160,13 @@ def run(
         sys.exit(int(code))
 
 
-def _networks(values: tuple[str, ...]) -> tuple[Network, ...]:
-    try:
-        return parse_networks(",".join(values))
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--allow-network") from None
-
-
-def _valid_jobs(path: Path) -> tuple[list[tuple[str, FineTuneJob]], dict[str, dict[str, str]]]:
+def _valid_jobs(
+    path: Path, allowed_networks: tuple[Network, ...] | None = None
+) -> tuple[list[tuple[str, FineTuneJob]], dict[str, dict[str, str]]]:
     """Every FineTuneJob in a file, validated as the cluster would, and the data of the
-    ConfigMaps written beside them. Stops with every problem of the first invalid one."""
+    ConfigMaps written beside them. Stops with every problem of the first invalid one.
+    Dataset URLs are judged only against known `allowed_networks` (run's); commands bound
+    for a cluster leave them to its operator, whose setting may allow more."""
     try:
         documents = read_documents(path)
     except ManifestError as error:
@@ -162,9 +175,13 @@ def _valid_jobs(path: Path) -> tuple[list[tuple[str, FineTuneJob]], dict[str, di
     for document in documents:
         body = document.body
         if isinstance(body, dict) and body.get("kind") == "ConfigMap":
+            problems = config_map_problems(body)
+            if problems:
+                listed = "".join(f"\n  - {problem}" for problem in problems)
+                raise click.ClickException(f"{document.label}: the ConfigMap cannot be mounted as a pod would:{listed}")
             config_maps[body["metadata"]["name"]] = dict(body.get("data") or {})
             continue
-        verdict = validate_document(document)
+        verdict = validate_document(document, allowed_networks)
         if verdict.skipped:
             continue
         if not verdict.ok:
@@ -173,8 +190,10 @@ def _valid_jobs(path: Path) -> tuple[list[tuple[str, FineTuneJob]], dict[str, di
     return jobs, config_maps
 
 
-def _one_job(path: Path) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
-    jobs, config_maps = _valid_jobs(path)
+def _one_job(
+    path: Path, allowed_networks: tuple[Network, ...] | None = None
+) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
+    jobs, config_maps = _valid_jobs(path, allowed_networks)
     if len(jobs) != 1:
         raise click.ClickException(f"{path}: expected one FineTuneJob, found {len(jobs)}")
     return jobs[0][1], config_maps

@@ -9,11 +9,14 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
-from collections.abc import Mapping
+import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ExitCode(enum.IntEnum):
@@ -125,3 +128,113 @@ class FinalFigures:
             tokens_per_second=numbers.get("tokensPerSecond"),
             numbers=numbers,
         )
+
+
+# ---------------------------------------------------------------------------- addresses a pod must not fetch from
+# `kubetune validate`, the operator's admission and the trainer's fetch all judge a dataset
+# URL's host with these functions, so the three gates refuse the same addresses.
+
+METADATA_ADDRESSES = {
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+}
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+"""RFC 1918, carrier-grade NAT (RFC 6598) and IPv6 unique-local: where a cluster's pods,
+services and nodes live."""
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+METADATA = "a cloud metadata address, refused even inside an allowed network"
+HOW_TO_ALLOW = (
+    f"a cluster administrator can allow a network with the operator setting {Env.DATASET_ALLOWED_NETWORKS.value} "
+    "(chart value trainer.allowedDatasetNetworks); kubetune validate and kubetune run take --allow-network CIDR"
+)
+
+
+def address_refusal(address: Address, allowed: Sequence[Network] = ()) -> str | None:
+    """Why a pod must not fetch from this address, or None when it may. An IPv6 address that
+    carries an IPv4 one (mapped, compatible, 6to4, NAT64) is judged by the IPv4 address it reaches."""
+    address = embedded_ipv4(address) or address
+    if address in METADATA_ADDRESSES:
+        return METADATA
+    if any(address in network for network in allowed if network.version == address.version):
+        return None
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    private = next((n for n in PRIVATE_NETWORKS if n.version == address.version and address in n), None)
+    if private is not None:
+        return f"a private address (in {private})"
+    if address.is_unspecified or address.is_multicast or address.is_reserved or not address.is_global:
+        return "a special-purpose address"
+    return None
+
+
+def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, compatible, 6to4, NAT64), if any."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def literal_host_refusal(url: str, allowed: Sequence[Network] = ()) -> str | None:
+    """Why the trainer would refuse to fetch this URL, judged from its host alone when the host
+    is an address (a name is judged when the trainer resolves it); None when it may be fetched."""
+    host = urlsplit(url).hostname or ""
+    address = host_address(host)
+    reason = address_refusal(address, allowed) if address is not None else None
+    if address is None or reason is None:
+        return None
+    reached = embedded_ipv4(address) or address
+    spelled = f" ({reached})" if str(reached) != host else ""
+    hint = "" if reason == METADATA else f"; {HOW_TO_ALLOW}"
+    return f"the trainer refuses to fetch {url}: its host {host}{spelled} is {reason}{hint}"
+
+
+def host_address(host: str) -> Address | None:
+    """The address a URL's host names by itself, or None for a name that DNS must resolve.
+
+    Besides the forms `ipaddress` reads, the resolver (inet_aton) reads an IPv4 address
+    written in one to four parts, each decimal, octal (leading 0) or hexadecimal (0x):
+    2852039166, 0xa9fea9fe and 0251.0376.0251.0376 all reach 169.254.169.254, so they are
+    read here the same way."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return _inet_aton(host)
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    numbers = [_c_number(part) for part in host.split(".")]
+    if not 1 <= len(numbers) <= 4 or None in numbers:
+        return None
+    *leading, last = [n for n in numbers if n is not None]
+    if any(n > 0xFF for n in leading) or last >= 1 << (8 * (4 - len(leading))):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value |= number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def _c_number(text: str) -> int | None:
+    """A number as C's strtoul reads it with base 0: 0x hex, leading-0 octal, else decimal."""
+    if text[:2].lower() == "0x":
+        digits, base, allowed = text[2:], 16, string.hexdigits
+    elif text.startswith("0"):
+        digits, base, allowed = text, 8, string.octdigits
+    else:
+        digits, base, allowed = text, 10, string.digits
+    if not digits or any(c not in allowed for c in digits):
+        return None
+    return int(digits, base)

@@ -103,8 +103,9 @@ def test_run_refuses_a_dataset_url_on_a_private_network(tmp_path: Path, job: dic
 
     result = CliRunner().invoke(cli, ["run", str(manifest), "--volumes", str(tmp_path / "volumes")])
 
-    assert result.exit_code == 42, result.output
-    assert "DatasetInvalid: https://10.255.255.1/train.jsonl: refused" in result.output
+    # Refused while reading the manifest, before a model is loaded or a process started.
+    assert result.exit_code == 1, result.output
+    assert "spec.dataset.urls[0].url: the trainer refuses to fetch https://10.255.255.1/train.jsonl" in result.output
     assert "a private address (in 10.0.0.0/8)" in result.output
     assert "--allow-network" in result.output
 
@@ -117,7 +118,7 @@ def test_run_allow_network_lets_the_trainer_reach_a_listed_network(tmp_path: Pat
     refused = CliRunner().invoke(cli, args)
     allowed = CliRunner().invoke(cli, [*args, "--allow-network", "10.0.0.0/8", "--allow-network", "127.0.0.0/8"])
 
-    assert "127.0.0.1, a loopback address" in refused.output
+    assert "its host 127.0.0.1 is a loopback address" in refused.output
     assert allowed.exit_code == 42, allowed.output
     assert "https://127.0.0.1:1/train.jsonl: cannot fetch:" in allowed.output
     assert "refused," not in allowed.output

@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
 
 from kubetune_trainer.errors import TrainerError, UnsafeCheckpoint
+from kubetune_trainer.mounts import readable
 from kubetune_trainer.ranks import every_rank
 from kubetune_trainer.storage import Bucket
 
@@ -72,6 +73,9 @@ def newest_complete(folder: Path) -> Path | None:
         if not (path / MARKER).is_file():
             log.warning("skipping checkpoint %s: it was not completed (no %s marker)", path.name, MARKER)
             continue
+        # Not skipped as damaged: starting over would redo the steps it holds, and then fail
+        # to write where it may not read.
+        readable(path, f"checkpoint {path}")
         try:
             state = json.loads((path / "trainer_state.json").read_text())
         except (OSError, ValueError) as error:

@@ -20,6 +20,7 @@ from typing import Any
 from kubetune.api import FineTuneJob
 from kubetune.api.resource import dump_spec
 from kubetune.contract import Env, ExitCode, Network
+from kubetune_trainer.mounts import inside
 from kubetune_trainer.progress import Progress
 from kubetune_trainer.runtime import Runtime
 
@@ -58,8 +59,9 @@ def write_config_maps(config_maps: dict[str, dict[str, str]], folder: Path) -> N
     """Lay out ConfigMaps as a pod's volume would: one file per key."""
     for name, data in config_maps.items():
         for key, value in data.items():
-            (folder / name).mkdir(parents=True, exist_ok=True)
-            (folder / name / key).write_text(value)
+            file = inside(folder / name, key, f"ConfigMap {name} key")
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(value)
 
 
 class ProgressLine:

@@ -23,6 +23,7 @@ from kubetune.api.problems import problems_from_validation_error
 from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidSpec, OutOfMemory, TrainerError
+from kubetune_trainer.mounts import access_denied
 from kubetune_trainer.progress import Progress, ProgressServer
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
@@ -56,11 +57,11 @@ def run(
     except torch.OutOfMemoryError as error:
         oom = OutOfMemory(f"{_memory_figures()}: {error}")
         summary, code = _failure(oom.reason, str(oom)), oom.exit_code
-    except Exception as error:  # a full disk speaks through many libraries' exception types
-        full = disk_full(error, _written_folders(spec, runtime))
-        if full is None:
+    except Exception as error:  # a full disk or a file's permissions speak through many libraries' types
+        known = disk_full(error, _written_folders(spec, runtime)) or access_denied(error)
+        if known is None:
             raise
-        summary, code = _failure(full.reason, str(full)), full.exit_code
+        summary, code = _failure(known.reason, str(known)), known.exit_code
     if runtime.is_main:
         write_summary(summary, runtime.termination_log)
     if code is not ExitCode.OK:

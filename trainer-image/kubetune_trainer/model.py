@@ -25,6 +25,7 @@ from kubetune_trainer.disk import disk_full
 from kubetune_trainer.engine import full_elements
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
+from kubetune_trainer.mounts import readable
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.tasks import task_for
 
@@ -62,7 +63,7 @@ def resolve_source(spec: FineTuneJobSpec, runtime: Runtime) -> ModelSource:
         repo = model.hugging_face
         return ModelSource(repo.repo, repo.revision, token, model.trust_remote_code, None)
     assert model.pvc is not None
-    folder = runtime.claim_path(model.pvc.claim_name, model.pvc.path)
+    folder = readable(runtime.claim_path(model.pvc.claim_name, model.pvc.path), f"model {model.display}")
     if not (folder / "config.json").is_file():
         raise InvalidSpec(f"no model at {model.pvc.claim_name}:{model.pvc.path} (no config.json in {folder})")
     refuse_pickled_weights(folder, f"model {model.pvc.claim_name}:{model.pvc.path}")

@@ -15,6 +15,8 @@ from kubetune_trainer.data.cache import save_for_training
 from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
 from kubetune_trainer.errors import TrainerError
 from kubetune_trainer.model import load_tokenizer, resolve_source
+from kubetune_trainer.mounts import access_denied, writable
+from kubetune_trainer.outputs import checkpoint_folder, output_folder
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
 from kubetune_trainer.tasks import task_for
@@ -24,6 +26,7 @@ log = logging.getLogger("kubetune_trainer.preflight")
 
 def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
     """The data summary of a dataset that passed, or a TrainerError saying why it did not."""
+    check_destinations(spec, runtime)
     examples = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
     labels = label_map(examples, spec.dataset, spec.task)
     tokenizer = load_tokenizer(resolve_source(spec, runtime), runtime)
@@ -41,6 +44,15 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
     }
 
 
+def check_destinations(spec: FineTuneJobSpec, runtime: Runtime) -> None:
+    """The output and checkpoint folders on claims can be written: a run that cannot write them
+    fails at its first checkpoint or at its end, after the accelerators' hours."""
+    output = output_folder(spec, runtime)
+    for folder, what in ((checkpoint_folder(spec, runtime, output), "checkpoints"), (output, "output")):
+        if folder.is_relative_to(runtime.volumes):
+            writable(folder, what)
+
+
 def main() -> None:
     from kubetune_trainer.main import read_spec
 
@@ -51,9 +63,12 @@ def main() -> None:
         termination_log = runtime.termination_log
         summary = check(read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC]))), runtime)
         code = ExitCode.OK
-    except TrainerError as error:
-        summary, code = {"status": "Failed", "reason": error.reason, "message": str(error)}, error.exit_code
-        log.error("%s: %s", error.reason, error)
+    except Exception as error:  # a file's permissions speak through many libraries' types
+        failure = error if isinstance(error, TrainerError) else access_denied(error)
+        if failure is None:
+            raise
+        summary, code = {"status": "Failed", "reason": failure.reason, "message": str(failure)}, failure.exit_code
+        log.error("%s: %s", failure.reason, failure)
     write_summary(summary, termination_log)
     sys.exit(int(code))
 

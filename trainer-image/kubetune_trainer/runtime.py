@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kubetune.contract import DEFAULT_PATHS, DEFAULT_PROGRESS_PORT, Env, Network, parse_networks
 from kubetune_trainer.errors import InvalidSpec
+from kubetune_trainer.mounts import inside, permission_denied
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,21 @@ class Runtime:
         )
 
     def claim_path(self, claim_name: str, path: str) -> Path:
-        """Where a path on a PersistentVolumeClaim is in this pod's file system."""
-        return self.volumes / claim_name / path.lstrip("/")
+        """Where a path on a PersistentVolumeClaim is in this pod's file system (never outside
+        the claim: InvalidSpec says so)."""
+        return inside(self.volumes / claim_name, path, f"path on claim {claim_name}")
+
+    def config_map_file(self, name: str, key: str) -> Path:
+        """Where a key of a mounted ConfigMap is (never outside its folder)."""
+        return inside(self.configmaps / name, key, f"ConfigMap {name} key")
 
     def secret_value(self, name: str, key: str) -> str:
         """A key of a mounted Secret, stripped of its trailing newline. Never logged."""
-        file = self.secrets / name / key
+        file = inside(self.secrets / name, key, f"Secret {name} key")
         try:
             return file.read_text().strip()
+        except PermissionError:
+            raise InvalidSpec(f"Secret {name} key {key}: {permission_denied(file)}") from None
         except OSError as error:
             raise InvalidSpec(f"Secret {name} key {key} is not mounted at {file} ({error.strerror})") from None
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from kubetune.api.base import S3Location
 from kubetune_trainer.errors import InvalidData, TrainerError
+from kubetune_trainer.mounts import inside
 from kubetune_trainer.runtime import Runtime
 
 CREDENTIAL_KEYS = {
@@ -90,7 +91,7 @@ class Bucket:
             files = []
             for key in sorted(wanted):
                 relative = key[len(self.folder) :] if key != self.prefix else Path(key).name
-                target = _inside(folder, relative, InvalidData)
+                target = inside(folder, relative, "object key", InvalidData)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.name, key, str(target))
                 files.append(target)
@@ -113,7 +114,7 @@ class Bucket:
         """Download these objects (paths relative to the prefix) into `folder`, keeping their paths."""
         with self._failing(TrainerError, "read from"):
             for relative in relatives:
-                target = _inside(folder, relative, TrainerError)
+                target = inside(folder, relative, "object key", TrainerError)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.name, self.folder + relative, str(target))
 
@@ -147,12 +148,3 @@ class Bucket:
             yield
         except (BotoCoreError, ClientError, Boto3Error) as error:
             raise error_class(f"{self.location.uri}: cannot {doing} object storage: {error}") from None
-
-
-def _inside(folder: Path, relative: str, error_class: type[TrainerError]) -> Path:
-    """Where an object lands under `folder`. A key that would land outside it (an absolute
-    path, a `..` part) is refused: a bucket holds data others may write."""
-    path = PurePosixPath(relative)
-    if not relative or path.is_absolute() or ".." in path.parts:
-        raise error_class(f"object key {relative!r} would be written outside {folder}; it was not downloaded")
-    return folder / path

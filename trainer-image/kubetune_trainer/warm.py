@@ -28,6 +28,7 @@ from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.hub import hub_endpoint
 from kubetune_trainer.model import PICKLED_WEIGHTS, once_per_node
+from kubetune_trainer.mounts import readable
 from kubetune_trainer.oci import ADAPTER_FILES, Registry
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.storage import Bucket
@@ -85,7 +86,8 @@ def describe(warm: AdapterSource) -> str:
 def _fetch(warm: AdapterSource, spec: FineTuneJobSpec, runtime: Runtime, scratch: Path) -> Path:
     """The adapter's local folder (local rank 0 only), fetched unless it is on a volume."""
     if warm.pvc is not None:
-        return _adapter_in(runtime.claim_path(warm.pvc.claim_name, warm.pvc.path), warm, spec)
+        folder = runtime.claim_path(warm.pvc.claim_name, warm.pvc.path)
+        return _adapter_in(readable(folder, f"warm start from {describe(warm)}"), warm, spec)
     # A fresh folder each time: one that an earlier attempt's marker names stays whole.
     folder = Path(tempfile.mkdtemp(prefix="adapter-", dir=scratch))
     if warm.s3 is not None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 # A Kubernetes object passed through untouched (tolerations, affinity, volumes, ...).
@@ -21,11 +22,81 @@ Quantity = Annotated[
     WithJsonSchema({"x-kubernetes-int-or-string": True}),
 ]
 
-Name = Annotated[str, Field(min_length=1, max_length=253)]
+# What Kubernetes takes as the name of a claim, ConfigMap, Secret or account (RFC 1123
+# subdomain). The trainer joins these names onto its mount folders, so "..", "/" and the
+# like must not pass where no API server checks them first (kubetune run).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+NAME_RULE = "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+
+
+def _kubernetes_name(name: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"{name!r} is not a Kubernetes object name ({NAME_RULE})")
+    return name
+
+
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=253),
+    AfterValidator(_kubernetes_name),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253, "pattern": NAME_PATTERN}),
+]
 """A Kubernetes object name."""
 
-Path = Annotated[str, Field(min_length=1, max_length=4096)]
-"""A path inside a volume or a bucket."""
+# What Kubernetes takes as a key of a ConfigMap or Secret: each key is a file in the
+# mounted folder, so ".", ".." and names starting with ".." are not keys.
+KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+KEY_RULE = "letters, digits, '-', '_' and '.', not '.' or '..' nor starting with '..'"
+
+
+def _key(key: str) -> str:
+    if not re.fullmatch(KEY_PATTERN, key):
+        raise ValueError(f"{key!r} is not a ConfigMap or Secret key ({KEY_RULE})")
+    return key
+
+
+Key = Annotated[
+    str,
+    Field(min_length=1, max_length=253),
+    AfterValidator(_key),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253, "pattern": KEY_PATTERN}),
+]
+"""A key of a ConfigMap or Secret (a file name where it is mounted)."""
+
+# A path is joined onto the folder its volume (or bucket prefix) is mounted at, so a ".."
+# segment would reach outside it. The same rule, in CEL for the API server and in Python
+# for the models; a leading "/" is the volume's root, not the pod's.
+ESCAPE_RULE = "!(self == '..' || self.startsWith('../') || self.endsWith('/..') || self.contains('/../'))"
+ESCAPE_MESSAGE = "must not contain a '..' segment: the path stays inside its volume or bucket"
+
+
+def _no_parent_segment(path: str) -> str:
+    if ".." in path.split("/"):
+        raise ValueError(f"{path!r} {ESCAPE_MESSAGE}")
+    return path
+
+
+def _no_escape_schema(bounds: dict[str, Any]) -> WithJsonSchema:
+    rule = {"rule": ESCAPE_RULE, "message": ESCAPE_MESSAGE}
+    return WithJsonSchema({"type": "string", **bounds, "x-kubernetes-validations": [rule]})
+
+
+Path = Annotated[
+    str,
+    Field(min_length=1, max_length=4096),
+    AfterValidator(_no_parent_segment),
+    _no_escape_schema({"minLength": 1, "maxLength": 4096}),
+]
+"""A path inside a volume."""
+
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
+S3Uri = Annotated[
+    str,
+    Field(pattern=S3_URI_PATTERN, max_length=2048),
+    AfterValidator(_no_parent_segment),
+    _no_escape_schema({"pattern": S3_URI_PATTERN, "maxLength": 2048}),
+]
+"""s3://bucket/prefix: the prefix is laid out as folders when it is downloaded."""
 
 
 class ApiModel(BaseModel):
@@ -89,7 +160,7 @@ class SecretKeyRef(ApiModel):
 
     name: Name
     """Name of the Secret."""
-    key: Annotated[str, Field(min_length=1, max_length=253)] = "token"
+    key: Key = "token"
     """Key inside the Secret."""
 
 
@@ -115,7 +186,7 @@ class PvcLocation(ApiModel):
 class S3Location(ApiModel):
     """An object-store prefix reached over the S3 protocol (AWS, MinIO, Ceph, GCS interop)."""
 
-    uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", max_length=2048)]
+    uri: S3Uri
     """URI of the form s3://bucket/prefix."""
     endpoint: Annotated[str, Field(pattern=r"^https?://", max_length=2048)] | None = None
     """Endpoint URL for S3-compatible stores; empty means AWS."""
@@ -129,7 +200,7 @@ class S3Location(ApiModel):
 class HubRepoRef(ApiModel):
     """A repository on the Hugging Face Hub."""
 
-    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$", max_length=256)]
+    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.\-]*/[\w\-][\w.\-]*$", max_length=256)]
     """Repository id, owner/name."""
     revision: Annotated[str, Field(min_length=1, max_length=256)] = "main"
     """Branch, tag or commit."""

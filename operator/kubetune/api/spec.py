@@ -16,6 +16,7 @@ from kubetune.api.base import (
     ApiModel,
     HubRepoRef,
     HuggingFaceRepo,
+    Key,
     KubeObject,
     Name,
     OciReference,
@@ -152,7 +153,7 @@ class UrlSource(ApiModel):
 class HuggingFaceDataset(ApiModel):
     """A dataset on the Hugging Face Hub."""
 
-    name: Annotated[str, Field(pattern=r"^[\w.\-]+(/[\w.\-]+)?$", max_length=256)]
+    name: Annotated[str, Field(pattern=r"^[\w\-][\w.\-]*(/[\w\-][\w.\-]*)?$", max_length=256)]
     """Dataset id, owner/name."""
     config: ShortText | None = None
     """Configuration (subset) of the dataset."""
@@ -169,7 +170,7 @@ class ConfigMapFile(ApiModel):
 
     name: Name
     """Name of the ConfigMap."""
-    key: Annotated[str, Field(min_length=1, max_length=253)]
+    key: Key
     """Key holding the file, e.g. train.jsonl; the extension tells the file type."""
 
 

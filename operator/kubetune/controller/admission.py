@@ -9,6 +9,7 @@ from kubetune.api.problems import Problem
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.contract import Env
 from kubetune.controller.settings import Settings
+from kubetune.validate import dataset_url_problems
 
 
 def image_allowed(image: str, allowed: tuple[str, ...]) -> bool:
@@ -45,6 +46,7 @@ def admission_problems(spec: FineTuneJobSpec, settings: Settings) -> list[Proble
             )
         )
     problems += _installation_env(spec)
+    problems += dataset_url_problems(spec, settings.dataset_allowed_networks)
     return problems
 
 

@@ -310,7 +310,9 @@ def test_a_key_leading_out_of_the_checkpoint_is_refused(
     client.put_object(Bucket=bucket, Key="job/checkpoint-10/../../../escaped.txt", Body=b"planted")
     mirror = _mirror(endpoint, cloud_runtime, f"s3://{bucket}/job")
 
-    with pytest.raises(TrainerError, match=r"object key '\.\./\.\./\.\./escaped.txt' would be written outside"):
+    with pytest.raises(
+        TrainerError, match=r"object key '\.\./\.\./\.\./escaped.txt' leads outside .* \(a '\.\.' segment\)"
+    ):
         mirror.restore(tmp_path / "pod" / "checkpoints")
 
     assert not list(tmp_path.rglob("escaped.txt"))

@@ -23,63 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from kubetune.contract import Env, Network
+from kubetune.contract import HOW_TO_ALLOW, METADATA, Network, address_refusal, embedded_ipv4, host_address
 from kubetune_trainer.disk import WHAT, no_space
 from kubetune_trainer.errors import InvalidData
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-METADATA_ADDRESSES = {
-    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
-    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
-    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-}
-PRIVATE_NETWORKS = tuple(
-    ipaddress.ip_network(cidr)
-    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
-)
-"""RFC 1918, carrier-grade NAT (RFC 6598) and IPv6 unique-local: where a cluster's pods,
-services and nodes live."""
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
 MAX_REDIRECTS = 5
 CHUNK = 1 << 20
-METADATA = "a cloud metadata address, refused even inside an allowed network"
-HOW_TO_ALLOW = (
-    f"a cluster administrator can allow a network with the operator setting {Env.DATASET_ALLOWED_NETWORKS.value} "
-    "(chart value trainer.allowedDatasetNetworks); kubetune run takes --allow-network CIDR"
-)
-
-
-def refusal(address: Address, allowed: Sequence[Network] = ()) -> str | None:
-    """Why a pod must not fetch from this address, or None when it may. An IPv6 address that
-    carries an IPv4 one (mapped, 6to4, NAT64) is judged by the IPv4 address it reaches."""
-    address = _embedded_ipv4(address) or address
-    if address in METADATA_ADDRESSES:
-        return METADATA
-    if any(address in network for network in allowed if network.version == address.version):
-        return None
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
-    private = next((n for n in PRIVATE_NETWORKS if n.version == address.version and address in n), None)
-    if private is not None:
-        return f"a private address (in {private})"
-    if address.is_unspecified or address.is_multicast or not address.is_global:
-        return "a special-purpose address"
-    return None
-
-
-def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
-    if isinstance(address, ipaddress.IPv4Address):
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -156,9 +105,10 @@ def _open(url: str, policy: FetchPolicy) -> tuple[http.client.HTTPResponse, http
 def _vetted_addresses(host: str, port: int, policy: FetchPolicy, url: str) -> list[str]:
     """Every address the host has, each checked: one refused address refuses the host, as the
     connection could go to any of them."""
-    try:
-        answers = [ipaddress.ip_address(host)]
-    except ValueError:
+    literal = host_address(host)
+    if literal is not None:
+        answers = [literal]
+    else:
         try:
             answers = [ipaddress.ip_address(answer) for answer in policy.resolver(host, port)]
         except OSError as error:
@@ -166,9 +116,9 @@ def _vetted_addresses(host: str, port: int, policy: FetchPolicy, url: str) -> li
     if not answers:
         raise InvalidData(f"{url}: cannot resolve {host}: no address")
     for address in answers:
-        reason = refusal(address, policy.allowed_networks)
+        reason = address_refusal(address, policy.allowed_networks)
         if reason is not None:
-            embedded = _embedded_ipv4(address)
+            embedded = embedded_ipv4(address)
             reaches = f" ({embedded})" if embedded else ""
             hint = "" if reason == METADATA else f"; {HOW_TO_ALLOW}"
             raise InvalidData(f"{url}: refused, {host} resolves to {address}{reaches}, {reason}{hint}")

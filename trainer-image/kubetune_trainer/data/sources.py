@@ -11,6 +11,7 @@ from kubetune_trainer.data.fetch import FetchPolicy, fetch
 from kubetune_trainer.data.readers import SUFFIXES, Row, read_rows
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidData, InvalidSpec
+from kubetune_trainer.mounts import inside, readable
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.storage import Bucket
 
@@ -48,7 +49,7 @@ def _rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
                 yield from read_rows(file)
         case "configMap":
             assert source.config_map is not None
-            file = runtime.configmaps / source.config_map.name / source.config_map.key
+            file = runtime.config_map_file(source.config_map.name, source.config_map.key)
             if not file.is_file():
                 raise InvalidSpec(
                     f"ConfigMap {source.config_map.name} key {source.config_map.key} is not mounted at {file}"
@@ -59,7 +60,9 @@ def _rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
         case "s3":
             assert source.s3 is not None
             bucket = Bucket.open(source.s3, runtime)
-            folder = runtime.work / "downloads" / "s3" / bucket.name / bucket.prefix.strip("/")
+            folder = inside(
+                runtime.work / "downloads" / "s3" / bucket.name, bucket.prefix, "bucket prefix", InvalidData
+            )
             for file in bucket.download(folder, SUFFIXES):
                 yield from read_rows(file)
         case "urls":
@@ -83,13 +86,15 @@ def mounted_files(source: DatasetSource, runtime: Runtime) -> list[Path]:
             except InvalidData:
                 return []
         case "configMap" if source.config_map is not None:
-            file = runtime.configmaps / source.config_map.name / source.config_map.key
+            file = runtime.config_map_file(source.config_map.name, source.config_map.key)
             return [file] if file.is_file() else []
     return []
 
 
 def data_files(path: Path) -> list[Path]:
-    """A file, or the dataset files under a folder (sorted, so the order is stable)."""
+    """A file, or the dataset files under a folder (sorted, so the order is stable), each
+    readable by the trainer."""
+    readable(path, "dataset", InvalidData)
     if path.is_file():
         return [path]
     if path.is_dir():

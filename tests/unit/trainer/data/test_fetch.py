@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from kubetune.contract import Network
-from kubetune_trainer.data.fetch import FetchPolicy, fetch, refusal, resolve
+from kubetune.contract import address_refusal as refusal
+from kubetune_trainer.data.fetch import FetchPolicy, fetch, resolve
 from kubetune_trainer.errors import InvalidData
 
 BODY = b'{"text": "hello"}\n' * 100
