@@ -20,6 +20,7 @@ from typing import Any
 from kubetune.api import FineTuneJob
 from kubetune.api.resource import dump_spec
 from kubetune.contract import Env, ExitCode, Network
+from kubetune_trainer.logs import quiet_libraries
 from kubetune_trainer.progress import Progress
 from kubetune_trainer.runtime import Runtime
 
@@ -90,6 +91,7 @@ def run_local(
     plan.work.mkdir(parents=True, exist_ok=True)
     write_config_maps(plan.config_maps, plan.work / "configmaps")
     if plan.processes == 1:
+        quiet_libraries()  # before they load: the terminal shows kubetune's words first
         from kubetune_trainer.main import run
 
         return run(plan.job.spec, plan.runtime(), [on_progress] if on_progress else [])

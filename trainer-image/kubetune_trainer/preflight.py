@@ -14,6 +14,7 @@ from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
 from kubetune_trainer.data.cache import save_for_training
 from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
 from kubetune_trainer.errors import TrainerError
+from kubetune_trainer.logs import configure_pod_logging
 from kubetune_trainer.model import load_tokenizer, resolve_source
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
@@ -44,7 +45,7 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
 def main() -> None:
     from kubetune_trainer.main import read_spec
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_pod_logging()
     termination_log = Path(os.environ.get(Env.TERMINATION_LOG, DEFAULT_PATHS[Env.TERMINATION_LOG]))
     try:
         runtime = Runtime.from_env()  # a bad setting in the pod's environment is refused here
