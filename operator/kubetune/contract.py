@@ -72,6 +72,9 @@ DEFAULT_PATHS = {
 DEFAULT_PROGRESS_PORT = 9090
 TERMINATION_MESSAGE_LIMIT = 4096
 """Kubernetes keeps at most this many bytes of a container's termination message."""
+MODEL_FACTS_KEY = "modelFacts"
+"""Where the preflight's summary carries what it read of a model that is not a preset
+(kubetune.api.facts.ModelFacts, camelCase), for sizing `accelerators: auto`."""
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:

@@ -9,13 +9,15 @@ import os
 import sys
 from pathlib import Path
 
+from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
+from kubetune.contract import DEFAULT_PATHS, MODEL_FACTS_KEY, Env, ExitCode
+from kubetune.estimate import UnreadableConfig, read_model_facts
 from kubetune_trainer.data.cache import save_for_training
 from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
-from kubetune_trainer.errors import TrainerError
+from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.logs import configure_pod_logging
-from kubetune_trainer.model import load_tokenizer, resolve_source
+from kubetune_trainer.model import fetch_config, load_tokenizer, resolve_source
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
 from kubetune_trainer.tasks import task_for
@@ -34,12 +36,28 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
     if labels is not None:
         stats["labels"] = list(labels.names)
-    return {
+    summary: dict[str, object] = {
         "status": "Succeeded",
         "reason": "DataValid",
         "message": f"{stats['kept']} of {stats['examples']} examples ready to train",
         "data": stats,
     }
+    if needs_model_facts(spec):
+        summary[MODEL_FACTS_KEY] = model_facts(spec, runtime).model_dump(mode="json", by_alias=True)
+    return summary
+
+
+def model_facts(spec: FineTuneJobSpec, runtime: Runtime) -> ModelFacts:
+    """What the operator sizes an `accelerators: auto` job from, read from the model's
+    config.json (no weights are fetched): the model is not a preset, whose size it knows."""
+    source = resolve_source(spec, runtime)
+    try:
+        return read_model_facts(fetch_config(source, runtime))
+    except UnreadableConfig as error:
+        raise InvalidSpec(
+            f"spec.model: cannot size {spec.model.display} for resources.accelerators: auto: {error}; "
+            "set resources.accelerators"
+        ) from None
 
 
 def main() -> None:
