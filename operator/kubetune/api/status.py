@@ -9,6 +9,7 @@ from pydantic import Field, WithJsonSchema
 
 from kubetune.api.base import ApiModel
 from kubetune.api.enums import ConditionStatus, ConditionType, OutputFormat, Phase
+from kubetune.api.facts import ModelFacts
 
 Timestamp = Annotated[datetime, WithJsonSchema({"type": "string", "format": "date-time"})]
 
@@ -91,6 +92,9 @@ class FineTuneJobStatus(ApiModel):
     """Attempts ended by preemption, eviction or a node drain; they do not count against maxRetries."""
     output: OutputStatus | None = None
     """Where the result landed."""
+    model_facts: ModelFacts | None = None
+    """The size of a model that is not a preset, as the preflight read it from its config.json:
+    what an `accelerators: auto` job is sized from."""
     start_time: Timestamp | None = None
     """When the first attempt was created. From then on the spec is immutable but for suspend."""
     completion_time: Timestamp | None = None
