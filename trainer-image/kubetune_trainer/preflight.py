@@ -43,7 +43,7 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
         "data": stats,
     }
     if needs_model_facts(spec):
-        summary[MODEL_FACTS_KEY] = model_facts(spec, runtime).model_dump(mode="json", by_alias=True)
+        summary[MODEL_FACTS_KEY] = model_facts(spec, runtime).model_dump(mode="json", by_alias=True, exclude_none=True)
     return summary
 
 
