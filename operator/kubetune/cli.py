@@ -138,8 +138,10 @@ def run(
         allowed_networks,
     )
     click.echo(f"training {name}: {job.spec.method.type} on {job.spec.model.display}, {nproc} process(es)", err=True)
-    code, summary = run_local(plan, ProgressLine())
-    click.echo("", err=True)
+    progress = ProgressLine()
+    code, summary = run_local(plan, progress)
+    if progress.shown:
+        click.echo("", err=True)  # ends the progress line
     _report(summary)
     if code:
         sys.exit(int(code))

@@ -56,5 +56,7 @@ def test_a_dataset_defect_is_said_once_in_kubetunes_words_and_nothing_comes_befo
     failures = [line for line in result.output.splitlines() if "unknown role 'tool'" in line]
     assert len(failures) == 1, result.output
     assert failures[0].startswith("DatasetInvalid: "), result.output
-    assert result.output.splitlines()[0].startswith("training defect: lora on phi-3-mini-4k-instruct")
+    lines = result.output.splitlines()
+    assert lines[0].startswith("training defect: lora on phi-3-mini-4k-instruct")
+    assert lines[1] == failures[0]  # no empty progress line between
     assert "kernels" not in result.output

@@ -69,6 +69,8 @@ class ProgressLine:
     def __init__(self, write: Callable[[str], object] = sys.stderr.write) -> None:
         self.write = write
         self.started = time.monotonic()
+        self.shown = False
+        """Whether a line was written (and so wants ending before anything else is said)."""
 
     def __call__(self, progress: Progress) -> None:
         total = progress.total_steps or 0
@@ -83,6 +85,7 @@ class ProgressLine:
             elapsed = time.monotonic() - self.started
             parts.append(f"eta {elapsed / progress.step * (total - progress.step):.0f}s")
         self.write("\r" + "  ".join(parts) + " " * 4)
+        self.shown = True
 
 
 def run_local(
