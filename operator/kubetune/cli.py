@@ -11,7 +11,7 @@ import yaml
 
 from kubetune import __version__
 from kubetune.api import FineTuneJob, FineTuneJobSpec, InvalidSpec, parse_finetunejob
-from kubetune.api.facts import ModelFacts
+from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.catalog import presets
 from kubetune.contract import Network, parse_networks
 from kubetune.controller.builders import Context, NotBuildable, build_children
@@ -63,7 +63,21 @@ def validate(paths: tuple[Path, ...]) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--attempt", default=1, show_default=True, help="Attempt number of the training Job.")
-def render(path: Path, attempt: int) -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="For accelerators: auto on a model that is not a preset: its config.json (or folder), as the "
+    "preflight would read it.",
+)
+@click.option(
+    "--volumes",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("volumes"),
+    show_default=True,
+    help="Folder holding one folder per PersistentVolumeClaim, where a model on a claim is read from.",
+)
+def render(path: Path, attempt: int, config_file: Path | None, volumes: Path) -> None:
     """Print the children the operator would create for each FineTuneJob in PATH: the spec
     ConfigMap, the headless Service, the preflight Job and the training Job."""
     jobs, _ = _valid_jobs(path)
@@ -71,9 +85,11 @@ def render(path: Path, attempt: int) -> None:
     for label, job in jobs:
         if not job.metadata.name:
             raise click.ClickException(f"{label}: metadata.name is required to name the children")
+        # What the preflight would report, read here: the operator sizes from the same.
+        reported = _model_facts(job.spec, config_file, volumes) if needs_model_facts(job.spec) else None
         try:
             settings = Settings.from_env()
-            effective, _ = effective_job(job, settings)
+            effective, _ = effective_job(job, settings, reported)
             rendered += build_children(Context(effective, settings), attempt)
         except (NotBuildable, SettingsError) as error:
             raise click.ClickException(f"{label}: {error}") from None

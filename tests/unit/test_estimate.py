@@ -336,3 +336,25 @@ def test_estimate_command_reads_a_models_config_from_its_claim_folder(job: dict[
     assert "mixture of experts: all 8 experts of each layer held in memory" in result.output
     assert missing.exit_code == 1
     assert "the model models:mixtral is not a preset and its config.json is not on this machine" in missing.output
+
+
+def test_render_sizes_an_auto_job_from_the_config_the_preflight_would_read(job: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    job["spec"]["model"] = {"pvc": {"claimName": "models", "path": "mixtral"}}
+    job["spec"]["resources"] = {"accelerators": "auto"}
+    job["spec"]["training"] = {"gradientCheckpointing": True}
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    folder = tmp_path / "volumes" / "models" / "mixtral"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(MIXTRAL_8X7B))
+    profiles = '[{"name": "a100", "resource": "nvidia.com/gpu", "memoryGiB": 80, "perNode": 8}]'
+
+    result = CliRunner(env={"KUBETUNE_ACCELERATOR_PROFILES": profiles}).invoke(
+        cli, ["render", str(manifest), "--volumes", str(tmp_path / "volumes")]
+    )
+
+    assert result.exit_code == 0, result.output
+    training = next(d for d in yaml.safe_load_all(result.output) if d["metadata"]["name"] == "demo-a1")
+    assert training["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
