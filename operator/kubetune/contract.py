@@ -54,6 +54,9 @@ class Env(enum.StrEnum):
     PROGRESS_PORT = "KUBETUNE_PROGRESS_PORT"
     MODEL_CACHE = "KUBETUNE_MODEL_CACHE"
     """Shared cache of downloaded models (the installation's model-cache claim); else in WORK."""
+    OUTCOME_SHOWN_BY_CALLER = "KUBETUNE_OUTCOME_SHOWN_BY_CALLER"
+    """Set by `kubetune run` for the processes it starts through torchrun: it prints the
+    outcome from the summary itself, so the ranks do not log a failure too."""
     DATASET_ALLOWED_NETWORKS = "KUBETUNE_DATASET_ALLOWED_NETWORKS"
     """Networks (comma-separated CIDRs) dataset URLs may reach although they are private;
     the operator passes its own setting of the same name."""

@@ -121,10 +121,11 @@ def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, dict[str, Any]]:
         env["KUBETUNE_OUTPUT"] = str(plan.output)
     if plan.allowed_networks:
         env[Env.DATASET_ALLOWED_NETWORKS] = ",".join(str(network) for network in plan.allowed_networks)
+    env[Env.OUTCOME_SHOWN_BY_CALLER] = "1"  # kubetune run says what failed, once
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "kubetune_trainer.torchrun",
         "--standalone",
         f"--nproc-per-node={plan.processes}",
         "-m",

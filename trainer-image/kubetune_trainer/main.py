@@ -112,7 +112,7 @@ def main() -> None:
             code, summary = run(spec, runtime, [_mirror_into(progress)])
     else:
         code, summary = run(spec, runtime)
-    if code is not ExitCode.OK:
+    if code is not ExitCode.OK and Env.OUTCOME_SHOWN_BY_CALLER not in os.environ:
         log.error("%s: %s", summary["reason"], summary["message"])
     sys.exit(int(code))
 
