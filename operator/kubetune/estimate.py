@@ -149,33 +149,94 @@ EXPERTS_ADAPTED = ("mixtral",)
 def _mixture_of_experts(config: dict[str, Any]) -> ModelFacts:
     """A decoder whose feed-forward layers are mixtures of experts. Every expert's weights are
     held in memory; a token passes through the experts it is routed to (and a shared expert,
-    where there is one), so activations follow those. The experts live in fused 3-D tensors
-    (transformers 5), not linear layers: adapters over all-linear and 4-bit quantisation leave
-    them as they are. Layers in `mlp_only_layers` or off `decoder_sparse_step` stay dense."""
-    h, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+    where there is one), so activations follow those (a dense layer among them is counted
+    as wide). The experts live in fused 3-D tensors (transformers 5), not linear layers:
+    4-bit quantisation leaves them in 16 bits."""
+    h, layers, model_type = int(config["hidden_size"]), int(config["num_hidden_layers"]), config.get("model_type")
     experts = int(next(config[key] for key in EXPERT_COUNTS if config.get(key)))
     active = int(config["num_experts_per_tok"])
-    expert_width = int(config.get("moe_intermediate_size") or config["intermediate_size"])
-    shared_width = int(config.get("shared_expert_intermediate_size") or 0)
-    step = int(config.get("decoder_sparse_step") or 1)
-    dense_only = set(config.get("mlp_only_layers") or ())
-    sparse = sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
-    dense = layers - sparse
+    width = int(config.get("moe_intermediate_size") or config["intermediate_size"])
+    shared = int(config.get("shared_expert_intermediate_size") or 0)
+    sparse = _expert_layers(config, layers)
+    linears = [*_attention_linears(config), *_shared_and_dense_linears(config, sparse, shared)]
+    router = sparse * experts * h
+    if model_type in ROUTER_ADAPTED:
+        linears.append(Linear(name="gate", inputs=h, outputs=experts, count=sparse))
+        router = 0
+    expert_adapters: tuple[Linear, ...] = ()
+    if model_type in EXPERTS_ADAPTED:  # the fused gate-and-up weights at twice the rank, down at once
+        expert_adapters = (
+            Linear(name="experts", inputs=h, outputs=2 * width, count=2 * experts * sparse),
+            Linear(name="experts", inputs=width, outputs=h, count=experts * sparse),
+        )
+    vocab, tied = int(config["vocab_size"]), bool(config.get("tie_word_embeddings"))
+    norm_weights = 2 if model_type == "phimoe" else 1  # a LayerNorm keeps a bias beside its weight
+    rest = (
+        sparse * experts * 3 * h * width  # every expert's gate, up and down
+        + router
+        + vocab * h * (1 if tied else 2)
+        + norm_weights * h * (2 * layers + 1)
+        + _attention_biases(config)
+    )
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
+    shape = Shape(
+        hidden=h, intermediate=active * width + shared, layers=layers, heads=heads, kv_heads=kv_heads, vocab=vocab
+    )
+    return ModelFacts(
+        shape=shape,
+        parameters=sum(layer.parameters for layer in linears) + rest,
+        linears=tuple(linears),
+        lm_head=0 if tied else None,
+        expert_adapters=expert_adapters,
+        experts=experts,
+        active_experts=active,
+    )
+
+
+def _expert_layers(config: dict[str, Any], layers: int) -> int:
+    """Layers whose feed-forward is a mixture of experts: all but those in `mlp_only_layers`
+    and those off `decoder_sparse_step` (Qwen-MoE)."""
+    step = int(config.get("decoder_sparse_step") or 1)
+    dense_only = set(config.get("mlp_only_layers") or ())
+    return sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
+
+
+def _attention_widths(config: dict[str, Any]) -> tuple[int, int, int]:
+    """(hidden, query width, key and value width)."""
+    h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or h // heads)
-    kv = kv_heads * head_dim
-    linears = [
-        Linear(name="q_proj", inputs=h, outputs=heads * head_dim, count=layers),
+    return h, heads * head_dim, int(config.get("num_key_value_heads") or heads) * head_dim
+
+
+def _attention_linears(config: dict[str, Any]) -> list[Linear]:
+    h, q, kv = _attention_widths(config)
+    layers = int(config["num_hidden_layers"])
+    return [
+        Linear(name="q_proj", inputs=h, outputs=q, count=layers),
         Linear(name="k_proj", inputs=h, outputs=kv, count=layers),
         Linear(name="v_proj", inputs=h, outputs=kv, count=layers),
-        Linear(name="o_proj", inputs=heads * head_dim, outputs=h, count=layers),
+        Linear(name="o_proj", inputs=q, outputs=h, count=layers),
     ]
-    if shared_width:
+
+
+def _attention_biases(config: dict[str, Any]) -> int:
+    """Qwen-MoE biases its query, key and value; `attention_bias` adds the output's too."""
+    h, q, kv = _attention_widths(config)
+    layers = int(config["num_hidden_layers"])
+    biases = layers * (q + 2 * kv) if config.get("model_type") in QKV_BIASED or config.get("attention_bias") else 0
+    return biases + (layers * h if config.get("attention_bias") else 0)
+
+
+def _shared_and_dense_linears(config: dict[str, Any], sparse: int, shared: int) -> list[Linear]:
+    """The shared expert of each expert layer (and its gate), and the MLP of each dense layer."""
+    h, dense = int(config["hidden_size"]), int(config["num_hidden_layers"]) - sparse
+    linears = []
+    if shared:
         linears += [
-            Linear(name="gate_proj", inputs=h, outputs=shared_width, count=sparse),
-            Linear(name="up_proj", inputs=h, outputs=shared_width, count=sparse),
-            Linear(name="down_proj", inputs=shared_width, outputs=h, count=sparse),
+            Linear(name="gate_proj", inputs=h, outputs=shared, count=sparse),
+            Linear(name="up_proj", inputs=h, outputs=shared, count=sparse),
+            Linear(name="down_proj", inputs=shared, outputs=h, count=sparse),
             Linear(name="shared_expert_gate", inputs=h, outputs=1, count=sparse),
         ]
     if dense:
@@ -185,49 +246,7 @@ def _mixture_of_experts(config: dict[str, Any]) -> ModelFacts:
             Linear(name="up_proj", inputs=h, outputs=width, count=dense),
             Linear(name="down_proj", inputs=width, outputs=h, count=dense),
         ]
-    vocab = int(config["vocab_size"])
-    tied = bool(config.get("tie_word_embeddings"))
-    biased = config.get("model_type") in QKV_BIASED or bool(config.get("attention_bias"))
-    biases = layers * (heads * head_dim + 2 * kv) if biased else 0
-    if config.get("attention_bias"):
-        biases += layers * h  # the output projection's too
-    norm_weights = 2 if config.get("model_type") == "phimoe" else 1  # LayerNorm keeps a bias beside its weight
-    model_type = config.get("model_type")
-    router = sparse * experts * h
-    if model_type in ROUTER_ADAPTED:
-        linears.append(Linear(name="gate", inputs=h, outputs=experts, count=sparse))
-        router = 0
-    expert_adapters: tuple[Linear, ...] = ()
-    if model_type in EXPERTS_ADAPTED:  # the fused gate-and-up weights at twice the rank, down at once
-        expert_adapters = (
-            Linear(name="experts", inputs=h, outputs=2 * expert_width, count=2 * experts * sparse),
-            Linear(name="experts", inputs=expert_width, outputs=h, count=experts * sparse),
-        )
-    rest = (
-        sparse * experts * 3 * h * expert_width  # every expert's gate, up and down
-        + router
-        + vocab * h * (1 if tied else 2)
-        + norm_weights * h * (2 * layers + 1)
-        + biases
-    )
-    shape = Shape(
-        hidden=h,
-        intermediate=active * expert_width + shared_width,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        vocab=vocab,
-    )
-    total = sum(layer.parameters for layer in linears) + rest
-    return ModelFacts(
-        shape=shape,
-        parameters=total,
-        linears=tuple(linears),
-        lm_head=0 if tied else None,
-        expert_adapters=expert_adapters,
-        experts=experts,
-        active_experts=active,
-    )
+    return linears
 
 
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet")
