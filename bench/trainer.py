@@ -75,10 +75,10 @@ def run_spec(workload: Workload, setting: Setting, prepared: Prepared, contender
 def kubetune_estimate_mib(run: RunSpec, shape: ModelShape, vocab: int) -> float:
     """What `kubetune estimate` says kubetune's run needs per device, in MiB."""
     from kubetune.api import parse_finetunejob
-    from kubetune.estimate import ModelFacts, estimate
+    from kubetune.estimate import estimate, read_model_facts
 
     spec = parse_finetunejob(kubetune_manifest(run)).spec
-    facts = ModelFacts.of_config(shape.config(vocab))
+    facts = read_model_facts(shape.config(vocab))
     return estimate(spec, facts, world_size=max(1, run.accelerators)).total / 2**20
 
 

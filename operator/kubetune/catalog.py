@@ -17,7 +17,9 @@ from pydantic.alias_generators import to_camel
 
 
 class _Data(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
 
 class ChatTemplate(_Data):
@@ -33,12 +35,19 @@ class Shape(_Data):
     """The sizes of a decoder-only transformer, enough to count its parameters by layer."""
 
     hidden: int
+    """Width of the hidden states."""
     intermediate: int
+    """Width of the feed-forward layer a token passes through (with experts: those it is routed to)."""
     layers: int
+    """Transformer blocks (an encoder-decoder's both stacks)."""
     heads: int
+    """Attention heads."""
     kv_heads: int
+    """Key and value heads (fewer than heads under grouped-query attention)."""
     vocab: int
+    """Vocabulary entries."""
     fused: str = "none"
+    """How the linear layers are packed: phi3 fuses q/k/v and gate/up, phi3small q/k/v, none keeps them apart."""
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one decoder block, by module name."""

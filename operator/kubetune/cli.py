@@ -10,7 +10,8 @@ import click
 import yaml
 
 from kubetune import __version__
-from kubetune.api import FineTuneJob, InvalidSpec, parse_finetunejob
+from kubetune.api import FineTuneJob, FineTuneJobSpec, InvalidSpec, parse_finetunejob
+from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.catalog import presets
 from kubetune.contract import Env, Network, parse_networks
 from kubetune.controller.builders import Context, NotBuildable, build_children
@@ -86,7 +87,21 @@ def validate(paths: tuple[Path, ...], allowed_networks: tuple[Network, ...]) -> 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--attempt", default=1, show_default=True, help="Attempt number of the training Job.")
-def render(path: Path, attempt: int) -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="For accelerators: auto on a model that is not a preset: its config.json (or folder), as the "
+    "preflight would read it.",
+)
+@click.option(
+    "--volumes",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("volumes"),
+    show_default=True,
+    help="Folder holding one folder per PersistentVolumeClaim, where a model on a claim is read from.",
+)
+def render(path: Path, attempt: int, config_file: Path | None, volumes: Path) -> None:
     """Print the children the operator would create for each FineTuneJob in PATH: the spec
     ConfigMap, the headless Service, the preflight Job and the training Job."""
     jobs, _ = _valid_jobs(path)
@@ -94,9 +109,11 @@ def render(path: Path, attempt: int) -> None:
     for label, job in jobs:
         if not job.metadata.name:
             raise click.ClickException(f"{label}: metadata.name is required to name the children")
+        # What the preflight would report, read here: the operator sizes from the same.
+        reported = _model_facts(job.spec, config_file, volumes) if needs_model_facts(job.spec) else None
         try:
             settings = Settings.from_env()
-            effective, _ = effective_job(job, settings)
+            effective, _ = effective_job(job, settings, reported)
             rendered += build_children(Context(effective, settings), attempt)
         except (NotBuildable, SettingsError) as error:
             raise click.ClickException(f"{label}: {error}") from None
@@ -153,8 +170,10 @@ def run(
         allowed_networks,
     )
     click.echo(f"training {name}: {job.spec.method.type} on {job.spec.model.display}, {nproc} process(es)", err=True)
-    code, summary = run_local(plan, ProgressLine())
-    click.echo("", err=True)
+    progress = ProgressLine()
+    code, summary = run_local(plan, progress)
+    if progress.shown:
+        click.echo("", err=True)  # ends the progress line
     _report(summary)
     if code:
         sys.exit(int(code))
@@ -227,24 +246,26 @@ def _report(summary: dict[str, Any]) -> None:
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The model's config.json, for models that are not presets.",
+    type=click.Path(exists=True, path_type=Path),
+    help="The model's config.json (or the folder holding it), for models that are not presets.",
 )
-def estimate(path: Path, device_memory: str | None, world_size: int | None, config_file: Path | None) -> None:
+@click.option(
+    "--volumes",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("volumes"),
+    show_default=True,
+    help="Folder holding one folder per PersistentVolumeClaim, where a model on a claim is read from.",
+)
+def estimate(
+    path: Path, device_memory: str | None, world_size: int | None, config_file: Path | None, volumes: Path
+) -> None:
     """Accelerator memory per device that the FineTuneJob in PATH needs, part by part."""
-    import json
-
-    from kubetune.estimate import GIB, ModelFacts
+    from kubetune.estimate import GIB
     from kubetune.estimate import estimate as compute
 
     job, _ = _one_job(path)
     spec = job.spec
-    if spec.model.preset:
-        model = ModelFacts.of_preset(presets()[spec.model.preset])
-    elif config_file is not None:
-        model = ModelFacts.of_config(json.loads(config_file.read_text()))
-    else:
-        raise click.ClickException("the model is not a preset: pass its config.json with --config")
+    model = _model_facts(spec, config_file, volumes)
     devices = world_size or spec.resources.world_size
     if devices is None:
         raise click.ClickException("resources.accelerators is auto: pass --world-size to estimate for a size")
@@ -264,6 +285,44 @@ def estimate(path: Path, device_memory: str | None, world_size: int | None, conf
     click.echo("assumptions:")
     for assumption in result.assumptions:
         click.echo(f"  - {assumption}")
+
+
+def _model_facts(spec: FineTuneJobSpec, config_file: Path | None, volumes: Path) -> ModelFacts:
+    """The preset's facts, or those the preflight would read from the model's config.json,
+    found here: --config, the claim's folder under --volumes, or this machine's Hub cache."""
+    import json
+
+    from kubetune.estimate import UnreadableConfig, read_model_facts
+
+    if spec.model.preset:
+        return ModelFacts.of_preset(presets()[spec.model.preset])
+    found = config_file or _local_config(spec, volumes)
+    if found is None:
+        raise click.ClickException(
+            f"the model {spec.model.display} is not a preset and its config.json is not on this machine: "
+            "pass it with --config"
+        )
+    config = found / "config.json" if found.is_dir() else found
+    try:
+        return read_model_facts(json.loads(config.read_text()))
+    except (OSError, ValueError) as error:  # UnreadableConfig is a ValueError too
+        what = "" if isinstance(error, UnreadableConfig) else "cannot read it: "
+        raise click.ClickException(f"{config}: {what}{error}") from None
+
+
+def _local_config(spec: FineTuneJobSpec, volumes: Path) -> Path | None:
+    model = spec.model
+    if model.pvc is not None:
+        folder = volumes / model.pvc.claim_name / model.pvc.path.lstrip("/")
+        return folder / "config.json" if (folder / "config.json").is_file() else None
+    if model.hugging_face is not None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # the operator's install has no Hub client
+            return None
+        cached = try_to_load_from_cache(model.hugging_face.repo, "config.json", revision=model.hugging_face.revision)
+        return Path(cached) if isinstance(cached, str) else None
+    return None
 
 
 def _quantity_bytes(quantity: str) -> float:

@@ -61,6 +61,9 @@ class Env(enum.StrEnum):
     PROGRESS_PORT = "KUBETUNE_PROGRESS_PORT"
     MODEL_CACHE = "KUBETUNE_MODEL_CACHE"
     """Shared cache of downloaded models (the installation's model-cache claim); else in WORK."""
+    OUTCOME_SHOWN_BY_CALLER = "KUBETUNE_OUTCOME_SHOWN_BY_CALLER"
+    """Set by `kubetune run` for the processes it starts through torchrun: it prints the
+    outcome from the summary itself, so the ranks do not log a failure too."""
     DATASET_ALLOWED_NETWORKS = "KUBETUNE_DATASET_ALLOWED_NETWORKS"
     """Networks (comma-separated CIDRs) dataset URLs may reach although they are private;
     the operator passes its own setting of the same name."""
@@ -79,6 +82,9 @@ DEFAULT_PATHS = {
 DEFAULT_PROGRESS_PORT = 9090
 TERMINATION_MESSAGE_LIMIT = 4096
 """Kubernetes keeps at most this many bytes of a container's termination message."""
+MODEL_FACTS_KEY = "modelFacts"
+"""Where the preflight's summary carries what it read of a model that is not a preset
+(kubetune.api.facts.ModelFacts, camelCase), for sizing `accelerators: auto`."""
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:

@@ -22,8 +22,9 @@ from typing import Any
 
 from kubetune.api import MethodType, StrategyType, TaskType
 from kubetune.api.enums import QuantType
+from kubetune.api.facts import Linear, ModelFacts, decoder_linears
 from kubetune.api.spec import DeepSpeedSpec, FineTuneJobSpec
-from kubetune.catalog import Preset, Shape
+from kubetune.catalog import Shape
 
 GIB = 1024**3
 OPTIMIZER_BYTES = 12
@@ -69,24 +70,10 @@ class Estimate:
         return self.total <= device_bytes
 
 
-@dataclass(frozen=True)
-class Linear:
-    """Linear layers of one kind in a model: the name peft targets them by, and their size."""
-
-    name: str
-    inputs: int
-    outputs: int
-    count: int
-
-    @property
-    def parameters(self) -> int:
-        return self.count * self.inputs * self.outputs
-
-
 def lora_parameters(shape: Shape, targets: list[str] | str, rank: int, dora: bool) -> int:
     """Trainable adapter parameters of a decoder: r x (in + out) per adapted linear layer (DoRA
     adds one magnitude per output feature)."""
-    return adapter_parameters(_decoder_linears(shape), targets, rank, dora)
+    return adapter_parameters(decoder_linears(shape), targets, rank, dora)
 
 
 def adapter_parameters(linears: tuple[Linear, ...], targets: list[str] | str, rank: int, dora: bool) -> int:
@@ -94,10 +81,6 @@ def adapter_parameters(linears: tuple[Linear, ...], targets: list[str] | str, ra
     return sum(
         layer.count * (rank * (layer.inputs + layer.outputs) + (layer.outputs if dora else 0)) for layer in chosen
     )
-
-
-def _decoder_linears(shape: Shape) -> tuple[Linear, ...]:
-    return tuple(Linear(name, a, b, shape.layers) for name, (a, b) in shape.linear_shapes().items())
 
 
 def zero_stage(spec: FineTuneJobSpec) -> int:
@@ -108,70 +91,162 @@ def zero_stage(spec: FineTuneJobSpec) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the estimate needs of a model: its shape, parameter count and default targets.
-    `shape.layers` counts every transformer block (an encoder-decoder's both stacks)."""
+class UnreadableConfig(ValueError):
+    """A config.json that does not say what the estimate needs."""
 
-    shape: Shape
-    parameters: int
-    target_modules: tuple[str, ...] = ()
-    linears: tuple[Linear, ...] | None = None
-    """Every linear layer of the blocks; None for a decoder, whose shape says them."""
-    lm_head: int | None = None
-    """Parameters of the language-model head counted in `parameters`, which a classifier
-    drops; None for an untied decoder head (vocab x hidden)."""
-    pooler: Linear | None = None
-    """An encoder's pooler (counted in `parameters`, apart from `linears`): only a sequence
-    classifier keeps it."""
 
-    def linear_layers(self, task: TaskType = TaskType.CAUSAL_LM) -> tuple[Linear, ...]:
-        linears = self.linears if self.linears is not None else _decoder_linears(self.shape)
-        return (*linears, self.pooler) if self.pooler and task is TaskType.SEQUENCE_CLASSIFICATION else linears
+def read_model_facts(config: dict[str, Any]) -> ModelFacts:
+    """From a transformers config.json: decoders (Llama, Mistral, Qwen2, Phi-3 and alike),
+    mixtures of experts (Mixtral, Qwen-MoE, Phi-3.5-MoE), BERT-like encoders and T5 or BART
+    encoder-decoders. Raises UnreadableConfig naming the first field it lacks."""
+    try:
+        return _read(config)
+    except KeyError as error:
+        raise UnreadableConfig(
+            f"config.json has no {error.args[0]} (model_type {config.get('model_type', 'unset')}), "
+            "which sizing the model needs"
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise UnreadableConfig(f"config.json has a field of the wrong kind: {error}") from None
 
-    def linear_parameters(self, task: TaskType = TaskType.CAUSAL_LM) -> int:
-        return sum(layer.parameters for layer in self.linear_layers(task))
 
-    def dropped(self, task: TaskType) -> int:
-        """Parameters of `parameters` that the task's model does not have (an unused pooler)."""
-        if self.pooler is None or task is TaskType.SEQUENCE_CLASSIFICATION:
-            return 0
-        return self.pooler.parameters + self.pooler.outputs
+def _read(config: dict[str, Any]) -> ModelFacts:
+    model_type = config.get("model_type")
+    if model_type in ENCODERS:
+        return _encoder(config)
+    if model_type in ("t5", "mt5", "umt5"):
+        return _t5(config)
+    if model_type in ("bart", "mbart", "marian"):
+        return _bart(config)
+    if any(key in config for key in EXPERT_COUNTS):
+        return _mixture_of_experts(config)
+    fused = "phi3" if model_type == "phi3" else "none"
+    shape = Shape(
+        hidden=int(config["hidden_size"]),
+        intermediate=int(config["intermediate_size"]),
+        layers=int(config["num_hidden_layers"]),
+        heads=int(config["num_attention_heads"]),
+        kv_heads=int(config.get("num_key_value_heads") or config["num_attention_heads"]),
+        vocab=int(config["vocab_size"]),
+        fused=fused,
+    )
+    tied = bool(config.get("tie_word_embeddings"))
+    embeddings = shape.vocab * shape.hidden * (1 if tied else 2)
+    norms = shape.hidden * (2 * shape.layers + 1)
+    return ModelFacts(shape=shape, parameters=shape.linear_parameters + embeddings + norms, lm_head=0 if tied else None)
 
-    @property
-    def lm_head_parameters(self) -> int:
-        return self.lm_head if self.lm_head is not None else self.shape.vocab * self.shape.hidden
 
-    @classmethod
-    def of_preset(cls, preset: Preset) -> ModelFacts:
-        # Every preset keeps its output head apart from its input embeddings.
-        return cls(preset.shape, preset.parameters, preset.target_modules)
+EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts")
+"""Where configs say how many experts a layer has: Mixtral and Phi-3.5-MoE, Qwen-MoE, DeepSeek."""
+QKV_BIASED = ("qwen2_moe",)
+# What peft's all-linear adapts in a mixture of experts besides the attention and shared linear
+# layers (held by tests/unit/test_estimate.py against peft itself): the router where it is
+# linear-like, and Mixtral's fused expert weights.
+ROUTER_ADAPTED = ("mixtral", "phimoe")
+EXPERTS_ADAPTED = ("mixtral",)
 
-    @classmethod
-    def of_config(cls, config: dict[str, Any]) -> ModelFacts:
-        """From a transformers config.json: decoders (Llama, Mistral, Qwen2, Phi-3 and alike),
-        BERT-like encoders and T5 or BART encoder-decoders."""
-        model_type = config.get("model_type")
-        if model_type in ENCODERS:
-            return _encoder(config)
-        if model_type in ("t5", "mt5", "umt5"):
-            return _t5(config)
-        if model_type in ("bart", "mbart", "marian"):
-            return _bart(config)
-        fused = "phi3" if model_type == "phi3" else "none"
-        shape = Shape(
-            hidden=config["hidden_size"],
-            intermediate=config["intermediate_size"],
-            layers=config["num_hidden_layers"],
-            heads=config["num_attention_heads"],
-            kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-            vocab=config["vocab_size"],
-            fused=fused,
+
+def _mixture_of_experts(config: dict[str, Any]) -> ModelFacts:
+    """A decoder whose feed-forward layers are mixtures of experts. Every expert's weights are
+    held in memory; a token passes through the experts it is routed to (and a shared expert,
+    where there is one), so activations follow those (a dense layer among them is counted
+    as wide). The experts live in fused 3-D tensors (transformers 5), not linear layers:
+    4-bit quantisation leaves them in 16 bits."""
+    h, layers, model_type = int(config["hidden_size"]), int(config["num_hidden_layers"]), config.get("model_type")
+    experts = int(next(config[key] for key in EXPERT_COUNTS if config.get(key)))
+    active = int(config["num_experts_per_tok"])
+    width = int(config.get("moe_intermediate_size") or config["intermediate_size"])
+    shared = int(config.get("shared_expert_intermediate_size") or 0)
+    sparse = _expert_layers(config, layers)
+    linears = [*_attention_linears(config), *_shared_and_dense_linears(config, sparse, shared)]
+    router = sparse * experts * h
+    if model_type in ROUTER_ADAPTED:
+        linears.append(Linear(name="gate", inputs=h, outputs=experts, count=sparse))
+        router = 0
+    expert_adapters: tuple[Linear, ...] = ()
+    if model_type in EXPERTS_ADAPTED:  # the fused gate-and-up weights at twice the rank, down at once
+        expert_adapters = (
+            Linear(name="experts", inputs=h, outputs=2 * width, count=2 * experts * sparse),
+            Linear(name="experts", inputs=width, outputs=h, count=experts * sparse),
         )
-        tied = bool(config.get("tie_word_embeddings"))
-        embeddings = shape.vocab * shape.hidden * (1 if tied else 2)
-        norms = shape.hidden * (2 * shape.layers + 1)
-        return cls(shape, shape.linear_parameters + embeddings + norms, lm_head=0 if tied else None)
+    vocab, tied = int(config["vocab_size"]), bool(config.get("tie_word_embeddings"))
+    norm_weights = 2 if model_type == "phimoe" else 1  # a LayerNorm keeps a bias beside its weight
+    rest = (
+        sparse * experts * 3 * h * width  # every expert's gate, up and down
+        + router
+        + vocab * h * (1 if tied else 2)
+        + norm_weights * h * (2 * layers + 1)
+        + _attention_biases(config)
+    )
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    shape = Shape(
+        hidden=h, intermediate=active * width + shared, layers=layers, heads=heads, kv_heads=kv_heads, vocab=vocab
+    )
+    return ModelFacts(
+        shape=shape,
+        parameters=sum(layer.parameters for layer in linears) + rest,
+        linears=tuple(linears),
+        lm_head=0 if tied else None,
+        expert_adapters=expert_adapters,
+        experts=experts,
+        active_experts=active,
+    )
+
+
+def _expert_layers(config: dict[str, Any], layers: int) -> int:
+    """Layers whose feed-forward is a mixture of experts: all but those in `mlp_only_layers`
+    and those off `decoder_sparse_step` (Qwen-MoE)."""
+    step = int(config.get("decoder_sparse_step") or 1)
+    dense_only = set(config.get("mlp_only_layers") or ())
+    return sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
+
+
+def _attention_widths(config: dict[str, Any]) -> tuple[int, int, int]:
+    """(hidden, query width, key and value width)."""
+    h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or h // heads)
+    return h, heads * head_dim, int(config.get("num_key_value_heads") or heads) * head_dim
+
+
+def _attention_linears(config: dict[str, Any]) -> list[Linear]:
+    h, q, kv = _attention_widths(config)
+    layers = int(config["num_hidden_layers"])
+    return [
+        Linear(name="q_proj", inputs=h, outputs=q, count=layers),
+        Linear(name="k_proj", inputs=h, outputs=kv, count=layers),
+        Linear(name="v_proj", inputs=h, outputs=kv, count=layers),
+        Linear(name="o_proj", inputs=q, outputs=h, count=layers),
+    ]
+
+
+def _attention_biases(config: dict[str, Any]) -> int:
+    """Qwen-MoE biases its query, key and value; `attention_bias` adds the output's too."""
+    h, q, kv = _attention_widths(config)
+    layers = int(config["num_hidden_layers"])
+    biases = layers * (q + 2 * kv) if config.get("model_type") in QKV_BIASED or config.get("attention_bias") else 0
+    return biases + (layers * h if config.get("attention_bias") else 0)
+
+
+def _shared_and_dense_linears(config: dict[str, Any], sparse: int, shared: int) -> list[Linear]:
+    """The shared expert of each expert layer (and its gate), and the MLP of each dense layer."""
+    h, dense = int(config["hidden_size"]), int(config["num_hidden_layers"]) - sparse
+    linears = []
+    if shared:
+        linears += [
+            Linear(name="gate_proj", inputs=h, outputs=shared, count=sparse),
+            Linear(name="up_proj", inputs=h, outputs=shared, count=sparse),
+            Linear(name="down_proj", inputs=shared, outputs=h, count=sparse),
+            Linear(name="shared_expert_gate", inputs=h, outputs=1, count=sparse),
+        ]
+    if dense:
+        width = int(config["intermediate_size"])
+        linears += [
+            Linear(name="gate_proj", inputs=h, outputs=width, count=dense),
+            Linear(name="up_proj", inputs=h, outputs=width, count=dense),
+            Linear(name="down_proj", inputs=width, outputs=h, count=dense),
+        ]
+    return linears
 
 
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet")
@@ -191,21 +266,21 @@ def _encoder(config: dict[str, Any]) -> ModelFacts:
         vocab=config["vocab_size"],
     )
     linears = (
-        Linear("query", h, h, layers),
-        Linear("key", h, h, layers),
-        Linear("value", h, h, layers),
-        Linear("dense", h, h, layers),
-        Linear("dense", h, i, layers),
-        Linear("dense", i, h, layers),
+        Linear(name="query", inputs=h, outputs=h, count=layers),
+        Linear(name="key", inputs=h, outputs=h, count=layers),
+        Linear(name="value", inputs=h, outputs=h, count=layers),
+        Linear(name="dense", inputs=h, outputs=h, count=layers),
+        Linear(name="dense", inputs=h, outputs=i, count=layers),
+        Linear(name="dense", inputs=i, outputs=h, count=layers),
     )
-    pooler = Linear("dense", h, h, 1)
+    pooler = Linear(name="dense", inputs=h, outputs=h, count=1)
     biases = layers * (4 * h + i + h)
     positions = config.get("max_position_embeddings", 512) + config.get("type_vocab_size", 2)
     embeddings = (shape.vocab + positions) * h
     norms = 2 * h * (2 * layers + 1)
     linear = sum(layer.parameters for layer in linears)
     parameters = linear + biases + embeddings + norms + pooler.parameters + h
-    return ModelFacts(shape, parameters, linears=linears, lm_head=0, pooler=pooler)
+    return ModelFacts(shape=shape, parameters=parameters, linears=linears, lm_head=0, pooler=pooler)
 
 
 def _t5(config: dict[str, Any]) -> ModelFacts:
@@ -219,7 +294,7 @@ def _t5(config: dict[str, Any]) -> ModelFacts:
     mlp = (("wi_0", h, ff), ("wi_1", h, ff), ("wo", ff, h)) if gated else (("wi", h, ff), ("wo", ff, h))
     attention = [("q", h, inner), ("k", h, inner), ("v", h, inner), ("o", inner, h)]
     linears = tuple(
-        Linear(name, a, b, count)
+        Linear(name=name, inputs=a, outputs=b, count=count)
         for name, a, b, count in [
             *[(n, a, b, encoder + 2 * decoder) for n, a, b in attention],
             *[(n, a, b, encoder + decoder) for n, a, b in mlp],
@@ -241,9 +316,9 @@ def _bart(config: dict[str, Any]) -> ModelFacts:
     ff = config["encoder_ffn_dim"]
     attention = ("q_proj", "k_proj", "v_proj", "out_proj")
     linears = (
-        *(Linear(name, h, h, encoder + 2 * decoder) for name in attention),
-        Linear("fc1", h, ff, encoder + decoder),
-        Linear("fc2", ff, h, encoder + decoder),
+        *(Linear(name=name, inputs=h, outputs=h, count=encoder + 2 * decoder) for name in attention),
+        Linear(name="fc1", inputs=h, outputs=ff, count=encoder + decoder),
+        Linear(name="fc2", inputs=ff, outputs=h, count=encoder + decoder),
     )
     biases = sum(layer.count * layer.outputs for layer in linears)
     positions = 2 * (config.get("max_position_embeddings", 1024) + 2) * h
@@ -262,7 +337,7 @@ def _encoder_decoder(
     tied = config.get("tie_word_embeddings", True)
     head = 0 if tied else shape.vocab * h
     parameters = sum(layer.parameters for layer in linears) + shape.vocab * h + head + rest
-    return ModelFacts(shape, parameters, linears=linears, lm_head=head)
+    return ModelFacts(shape=shape, parameters=parameters, linears=linears, lm_head=head)
 
 
 @dataclass(frozen=True)
@@ -319,6 +394,11 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
     ]
     if head_assumption:
         assumptions.append(head_assumption)
+    if model.experts:
+        assumptions.append(
+            f"mixture of experts: all {model.experts} experts of each layer held in memory, activations "
+            f"through the {model.active_experts} each token is routed to"
+        )
     if spec.task is TaskType.SEQ2SEQ:
         assumptions.append("seq2seq: targets as long as sources (maxSeqLength each), through both stacks")
 
@@ -330,7 +410,10 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         base = shard(total * WEIGHT_BYTES, 3)
     else:
         adapters = adapter_parameters(
-            model.linear_layers(spec.task), _targets(spec, model), method.adapter.r, method.type is MethodType.DORA
+            model.adapted_layers(spec.task, _targets(spec, model)),
+            "all-linear",
+            method.adapter.r,
+            method.type is MethodType.DORA,
         )
         trainable = adapters + head.parameters
         quant = method.quantized

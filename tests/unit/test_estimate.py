@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from kubetune.api import parse_finetunejob
+from kubetune.api import FineTuneJobSpec, parse_finetunejob
 from kubetune.catalog import presets
 from kubetune.cli import cli
-from kubetune.estimate import GIB, ModelFacts, estimate, lora_parameters
+from kubetune.estimate import GIB, ModelFacts, UnreadableConfig, estimate, lora_parameters, read_model_facts
 
 PHI3_MINI = 3_821_079_552
 
@@ -95,7 +96,7 @@ def test_adapter_count_matches_peft_on_the_tiny_model(tmp_path: Path, dora: bool
     from kubetune_trainer.tiny import make_tiny_model
 
     folder = make_tiny_model(tmp_path / "tiny", ["some words to train a tokenizer on"] * 20)
-    facts = ModelFacts.of_config(json.loads((folder / "config.json").read_text()))
+    facts = read_model_facts(json.loads((folder / "config.json").read_text()))
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(folder),
         LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_dora=dora),
@@ -169,7 +170,7 @@ def test_counts_match_peft_on_minilm_with_its_new_head(job: dict[str, Any], task
         LoraConfig(r=8, target_modules="all-linear", exclude_modules=["classifier"], modules_to_save=["classifier"]),
     )
 
-    result = estimate(spec, ModelFacts.of_config(json.loads((folder / "config.json").read_text())), 1)
+    result = estimate(spec, read_model_facts(json.loads((folder / "config.json").read_text())), 1)
 
     # A tagger has no pooler: both the total and the adapted layers leave it out.
     assert result.total_parameters == real_total
@@ -202,7 +203,7 @@ def test_counts_match_peft_on_a_t5(job: dict[str, Any], tmp_path: Path, feed_for
         method={"type": "lora", "lora": {"r": 4, "targetModules": ["all-linear"]}},
     )
 
-    result = estimate(spec, ModelFacts.of_config(json.loads(config.to_json_string())), 1)
+    result = estimate(spec, read_model_facts(json.loads(config.to_json_string())), 1)
 
     assert result.total_parameters == real_total
     assert result.trainable_parameters == sum(p.numel() for p in peft.parameters() if p.requires_grad)
@@ -219,3 +220,141 @@ def test_estimate_command_reads_an_encoder_config_for_a_classifier(repo: Path) -
 
     assert result.exit_code == 0, result.output
     assert "sequence-classification head: 384 x 3 labels (from dataset.labels)" in result.output
+
+
+def _tiny_moe_configs() -> list[Any]:
+    from transformers import MixtralConfig, PhimoeConfig, Qwen2MoeConfig
+
+    shared = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2}
+    shared |= {"vocab_size": 128, "num_experts_per_tok": 2}
+    return [
+        MixtralConfig(intermediate_size=96, num_local_experts=4, **shared),
+        PhimoeConfig(intermediate_size=96, num_local_experts=4, **shared),
+        Qwen2MoeConfig(
+            intermediate_size=160,
+            moe_intermediate_size=48,
+            shared_expert_intermediate_size=80,
+            num_experts=4,
+            mlp_only_layers=[1],
+            **shared,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["mixtral", "phimoe", "qwen2-moe"])
+def test_mixture_of_experts_configs_count_every_expert_as_transformers_builds_them(index: int) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = _tiny_moe_configs()[index]
+    model = AutoModelForCausalLM.from_config(config)
+    facts = read_model_facts(json.loads(config.to_json_string()))
+    real_total = sum(p.numel() for p in model.parameters())
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+
+    assert facts.parameters == real_total
+    assert (facts.experts, facts.active_experts) == (4, 2)
+    # all-linear adapts linear layers only: the experts' fused 3-D weights are left as they are.
+    lora = estimate(_spec_for_any_model(4), facts, 1)
+    assert lora.trainable_parameters == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+
+
+def _spec_for_any_model(rank: int, dropout: float = 0.05) -> Any:
+    return FineTuneJobSpec.model_validate(
+        {
+            "model": {"huggingFace": {"repo": "org/model"}},
+            "dataset": {"configMap": {"name": "d", "key": "d.jsonl"}},
+            "method": {"type": "lora", "lora": {"r": rank, "dropout": dropout, "targetModules": ["all-linear"]}},
+            "output": {"pvc": {"claimName": "r"}},
+        }
+    )
+
+
+MIXTRAL_8X7B = {
+    "model_type": "mixtral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 32000,
+    "num_local_experts": 8,
+    "num_experts_per_tok": 2,
+}
+
+
+def test_mixtral_holds_every_expert_and_keeps_the_activations_of_the_two_it_routes_to() -> None:
+    moe = read_model_facts(MIXTRAL_8X7B)
+    dense_config = {k: v for k, v in MIXTRAL_8X7B.items() if k not in ("num_local_experts", "num_experts_per_tok")}
+    dense = read_model_facts(dense_config | {"model_type": "mistral"})
+    as_wide_as_two = read_model_facts(dense_config | {"model_type": "mistral", "intermediate_size": 2 * 14336})
+    spec = _spec_for_any_model(16, dropout=0.0)  # the adapters' dropout keeps per-layer copies of its own
+
+    moe_need, dense_need = estimate(spec, moe, 1), estimate(spec, dense, 1)
+    wide_need = estimate(spec, as_wide_as_two, 1)
+
+    assert moe.parameters == 46_702_792_704  # Mixtral-8x7B's published count
+    assert dense.parameters == 7_241_732_096  # Mistral-7B's
+    assert moe_need.parts["weights"] > 6 * dense_need.parts["weights"]
+    assert moe_need.parts["activations"] == wide_need.parts["activations"]
+    assert any("all 8 experts" in a and "the 2 each token is routed to" in a for a in moe_need.assumptions)
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("hidden_size", "config.json has no hidden_size (model_type mixtral)"),
+        ("num_experts_per_tok", "config.json has no num_experts_per_tok (model_type mixtral)"),
+    ],
+)
+def test_a_config_without_a_field_sizing_needs_names_it(drop: str, message: str) -> None:
+    with pytest.raises(UnreadableConfig, match=re.escape(message)):
+        read_model_facts({k: v for k, v in MIXTRAL_8X7B.items() if k != drop})
+
+
+def test_a_config_with_a_field_of_the_wrong_kind_says_so() -> None:
+    with pytest.raises(UnreadableConfig, match="wrong kind"):
+        read_model_facts(MIXTRAL_8X7B | {"hidden_size": "big"})
+
+
+def test_estimate_command_reads_a_models_config_from_its_claim_folder(job: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    job["spec"]["model"] = {"pvc": {"claimName": "models", "path": "mixtral"}}
+    job["spec"]["resources"] = {"accelerators": 8}
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    folder = tmp_path / "volumes" / "models" / "mixtral"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(MIXTRAL_8X7B))
+
+    result = CliRunner().invoke(cli, ["estimate", str(manifest), "--volumes", str(tmp_path / "volumes")])
+    missing = CliRunner().invoke(cli, ["estimate", str(manifest), "--volumes", str(tmp_path / "elsewhere")])
+
+    assert result.exit_code == 0, result.output
+    assert "of 46,702,792,704" in result.output
+    assert "mixture of experts: all 8 experts of each layer held in memory" in result.output
+    assert missing.exit_code == 1
+    assert "the model models:mixtral is not a preset and its config.json is not on this machine" in missing.output
+
+
+def test_render_sizes_an_auto_job_from_the_config_the_preflight_would_read(job: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    job["spec"]["model"] = {"pvc": {"claimName": "models", "path": "mixtral"}}
+    job["spec"]["resources"] = {"accelerators": "auto"}
+    job["spec"]["training"] = {"gradientCheckpointing": True}
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    folder = tmp_path / "volumes" / "models" / "mixtral"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(MIXTRAL_8X7B))
+    profiles = '[{"name": "a100", "resource": "nvidia.com/gpu", "memoryGiB": 80, "perNode": 8}]'
+
+    result = CliRunner(env={"KUBETUNE_ACCELERATOR_PROFILES": profiles}).invoke(
+        cli, ["render", str(manifest), "--volumes", str(tmp_path / "volumes")]
+    )
+
+    assert result.exit_code == 0, result.output
+    training = next(d for d in yaml.safe_load_all(result.output) if d["metadata"]["name"] == "demo-a1")
+    assert training["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from kubetune.contract import ExitCode
+from kubetune_trainer.logs import configure_pod_logging
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
 
@@ -56,7 +57,7 @@ def wait_for_name(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_pod_logging()
     env = os.environ
     host = env.get("KUBETUNE_MASTER_ADDR", "127.0.0.1")
     timeout = float(env.get("KUBETUNE_RESOLVE_TIMEOUT", DEFAULT_RESOLVE_TIMEOUT))

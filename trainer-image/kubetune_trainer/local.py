@@ -20,6 +20,7 @@ from typing import Any
 from kubetune.api import FineTuneJob
 from kubetune.api.resource import dump_spec
 from kubetune.contract import Env, ExitCode, Network
+from kubetune_trainer.logs import quiet_libraries
 from kubetune_trainer.mounts import inside
 from kubetune_trainer.progress import Progress
 from kubetune_trainer.runtime import Runtime
@@ -70,6 +71,8 @@ class ProgressLine:
     def __init__(self, write: Callable[[str], object] = sys.stderr.write) -> None:
         self.write = write
         self.started = time.monotonic()
+        self.shown = False
+        """Whether a line was written (and so wants ending before anything else is said)."""
 
     def __call__(self, progress: Progress) -> None:
         total = progress.total_steps or 0
@@ -84,6 +87,7 @@ class ProgressLine:
             elapsed = time.monotonic() - self.started
             parts.append(f"eta {elapsed / progress.step * (total - progress.step):.0f}s")
         self.write("\r" + "  ".join(parts) + " " * 4)
+        self.shown = True
 
 
 def run_local(
@@ -92,6 +96,7 @@ def run_local(
     plan.work.mkdir(parents=True, exist_ok=True)
     write_config_maps(plan.config_maps, plan.work / "configmaps")
     if plan.processes == 1:
+        quiet_libraries()  # before they load: the terminal shows kubetune's words first
         from kubetune_trainer.main import run
 
         return run(plan.job.spec, plan.runtime(), [on_progress] if on_progress else [])
@@ -118,10 +123,11 @@ def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, dict[str, Any]]:
         env["KUBETUNE_OUTPUT"] = str(plan.output)
     if plan.allowed_networks:
         env[Env.DATASET_ALLOWED_NETWORKS] = ",".join(str(network) for network in plan.allowed_networks)
+    env[Env.OUTCOME_SHOWN_BY_CALLER] = "1"  # kubetune run says what failed, once
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "kubetune_trainer.torchrun",
         "--standalone",
         f"--nproc-per-node={plan.processes}",
         "-m",

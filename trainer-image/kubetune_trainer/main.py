@@ -23,6 +23,7 @@ from kubetune.api.problems import problems_from_validation_error
 from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidSpec, OutOfMemory, TrainerError
+from kubetune_trainer.logs import configure_pod_logging
 from kubetune_trainer.mounts import access_denied
 from kubetune_trainer.progress import Progress, ProgressServer
 from kubetune_trainer.runtime import Runtime
@@ -64,9 +65,7 @@ def run(
         summary, code = _failure(known.reason, str(known)), known.exit_code
     if runtime.is_main:
         write_summary(summary, runtime.termination_log)
-    if code is not ExitCode.OK:
-        log.error("%s: %s", summary["reason"], summary["message"])
-    return code, summary
+    return code, summary  # the caller says what failed: the pod's log, or `kubetune run`'s own line
 
 
 def _written_folders(spec: FineTuneJobSpec, runtime: Runtime) -> list[Path]:
@@ -99,7 +98,7 @@ def _memory_figures() -> str:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_pod_logging()
     try:
         runtime = Runtime.from_env()
         spec = read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC])))
@@ -111,9 +110,11 @@ def main() -> None:
     progress = Progress()
     if runtime.is_main:
         with ProgressServer(progress, runtime.job_name, runtime.progress_port):
-            code, _ = run(spec, runtime, [_mirror_into(progress)])
+            code, summary = run(spec, runtime, [_mirror_into(progress)])
     else:
-        code, _ = run(spec, runtime)
+        code, summary = run(spec, runtime)
+    if code is not ExitCode.OK and Env.OUTCOME_SHOWN_BY_CALLER not in os.environ:
+        log.error("%s: %s", summary["reason"], summary["message"])
     sys.exit(int(code))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -118,6 +119,34 @@ def fetch_once(source: ModelSource, runtime: Runtime, timeout: float = 3600.0, p
 
     folder = once_per_node(markers, key, download, f"model {source.display}", runtime, timeout, pause)
     return dataclasses.replace(source, location=folder, revision=None, label=source.display)
+
+
+def fetch_config(source: ModelSource, runtime: Runtime) -> dict[str, Any]:
+    """The model's config.json alone, without its weights: a folder's own, or the Hub's file,
+    fetched into the cache the weights will later join."""
+    if Path(source.location).is_dir():
+        config = Path(source.location) / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        cache = runtime.model_cache or runtime.work / "hf-cache"
+        try:
+            config = Path(
+                hf_hub_download(
+                    source.location, "config.json", revision=source.revision, token=source.token, cache_dir=str(cache)
+                )
+            )
+        except Exception as error:  # the Hub client raises many types; the message is what matters
+            raise disk_full(error, [cache]) or InvalidSpec(
+                f"cannot download the config.json of model {source.display}: {error}"
+            ) from None
+    try:
+        body = json.loads(config.read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidSpec(f"cannot read the config.json of model {source.display}: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidSpec(f"the config.json of model {source.display} is not a JSON object")
+    return body
 
 
 def once_per_node(

@@ -9,12 +9,15 @@ import os
 import sys
 from pathlib import Path
 
+from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
+from kubetune.contract import DEFAULT_PATHS, MODEL_FACTS_KEY, Env, ExitCode
+from kubetune.estimate import UnreadableConfig, read_model_facts
 from kubetune_trainer.data.cache import save_for_training
 from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
-from kubetune_trainer.errors import TrainerError
-from kubetune_trainer.model import load_tokenizer, resolve_source
+from kubetune_trainer.errors import InvalidSpec, TrainerError
+from kubetune_trainer.logs import configure_pod_logging
+from kubetune_trainer.model import fetch_config, load_tokenizer, resolve_source
 from kubetune_trainer.mounts import access_denied, writable
 from kubetune_trainer.outputs import checkpoint_folder, output_folder
 from kubetune_trainer.runtime import Runtime
@@ -36,12 +39,28 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
     if labels is not None:
         stats["labels"] = list(labels.names)
-    return {
+    summary: dict[str, object] = {
         "status": "Succeeded",
         "reason": "DataValid",
         "message": f"{stats['kept']} of {stats['examples']} examples ready to train",
         "data": stats,
     }
+    if needs_model_facts(spec):
+        summary[MODEL_FACTS_KEY] = model_facts(spec, runtime).model_dump(mode="json", by_alias=True, exclude_none=True)
+    return summary
+
+
+def model_facts(spec: FineTuneJobSpec, runtime: Runtime) -> ModelFacts:
+    """What the operator sizes an `accelerators: auto` job from, read from the model's
+    config.json (no weights are fetched): the model is not a preset, whose size it knows."""
+    source = resolve_source(spec, runtime)
+    try:
+        return read_model_facts(fetch_config(source, runtime))
+    except UnreadableConfig as error:
+        raise InvalidSpec(
+            f"spec.model: cannot size {spec.model.display} for resources.accelerators: auto: {error}; "
+            "set resources.accelerators"
+        ) from None
 
 
 def check_destinations(spec: FineTuneJobSpec, runtime: Runtime) -> None:
@@ -56,7 +75,7 @@ def check_destinations(spec: FineTuneJobSpec, runtime: Runtime) -> None:
 def main() -> None:
     from kubetune_trainer.main import read_spec
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_pod_logging()
     termination_log = Path(os.environ.get(Env.TERMINATION_LOG, DEFAULT_PATHS[Env.TERMINATION_LOG]))
     try:
         runtime = Runtime.from_env()  # a bad setting in the pod's environment is refused here

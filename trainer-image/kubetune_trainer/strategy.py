@@ -7,6 +7,7 @@ the checkpoints, so a person can see exactly what ran.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 from kubetune.api import StrategyType
@@ -84,3 +85,22 @@ def strategy_arguments(spec: FineTuneJobSpec, on_cpu: bool) -> dict[str, Any]:
         case StrategyType.AUTO | StrategyType.NONE | StrategyType.DDP:
             return {}
     raise AssertionError(f"unhandled strategy {distributed.strategy}")
+
+
+PROCESS_GROUP_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
+"""What torchrun tells each process about its group. accelerate and transformers start a
+process group, and wrap the model in DistributedDataParallel, whenever LOCAL_RANK is set."""
+
+
+def trains_alone(spec: FineTuneJobSpec, world_size: int) -> bool:
+    """Whether this process trains the plain model: it is the only one, and no engine that
+    needs a process group of its own (DeepSpeed, FSDP: ZeRO offload on one device) was asked for."""
+    return world_size == 1 and spec.distributed.strategy not in (StrategyType.DEEPSPEED, StrategyType.FSDP)
+
+
+def leave_the_process_group(env: MutableMapping[str, str]) -> None:
+    """Forget torchrun's group variables, so that a process training alone (a one-process pod
+    goes through torchrun too) gets no one-member process group and no DDP wrapper, whose
+    gradient buckets would hold a second copy of every trainable gradient."""
+    for name in PROCESS_GROUP_VARIABLES:
+        env.pop(name, None)

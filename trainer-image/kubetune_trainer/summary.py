@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubetune.contract import TERMINATION_MESSAGE_LIMIT
+from kubetune.contract import MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT
 
 TRUNCATED = " [truncated]"
 
@@ -18,7 +18,7 @@ def termination_message(summary: dict[str, Any], limit: int = TERMINATION_MESSAG
     """Compact JSON of the summary within `limit` bytes: the message is cut first (marked),
     then the bulky parts (data statistics, metrics) are left out."""
     compact: dict[str, Any] = {
-        k: summary[k] for k in ("status", "reason", "message", "output", "metrics") if k in summary
+        k: summary[k] for k in ("status", "reason", "message", "output", "metrics", MODEL_FACTS_KEY) if k in summary
     }
     text = _dump(compact)
     if len(text.encode()) <= limit:

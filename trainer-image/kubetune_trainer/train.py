@@ -51,6 +51,7 @@ from kubetune_trainer.ranks import any_rank, barrier
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.samples import SAMPLES, fill
+from kubetune_trainer.strategy import leave_the_process_group, trains_alone
 from kubetune_trainer.tasks import task_for
 from kubetune_trainer.tracking import tracking_environment
 from kubetune_trainer.trainers import ListDataset
@@ -121,6 +122,8 @@ def train(
     # make from_pretrained place each rank's shard straight away.
     resume = newest_complete(checkpoint_dir)
     os.environ.update(tracking_environment(spec, runtime, out))
+    if trains_alone(spec, runtime.world_size):
+        leave_the_process_group(os.environ)
     args = training_arguments(
         spec,
         precision,

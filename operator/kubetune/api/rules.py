@@ -184,6 +184,12 @@ def _dataset(spec: FineTuneJobSpec) -> Iterator[Problem]:
     evaluation = spec.dataset.evaluation
     if evaluation is not None and (evaluation.fraction is None) == (evaluation.source is None):
         yield Problem("dataset.evaluation", "set exactly one of: fraction, source")
+    if not spec.dataset.preflight and spec.resources.accelerators == "auto" and spec.model.preset is None:
+        yield Problem(
+            "dataset.preflight",
+            f"resources.accelerators: auto sizes {spec.model.display} from its config.json, which the preflight "
+            "reads: keep the preflight, or set resources.accelerators",
+        )
 
 
 def _task(spec: FineTuneJobSpec) -> Iterator[Problem]:

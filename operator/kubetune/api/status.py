@@ -9,6 +9,7 @@ from pydantic import Field, WithJsonSchema
 
 from kubetune.api.base import ApiModel
 from kubetune.api.enums import ConditionStatus, ConditionType, MethodType, OutputFormat, Phase
+from kubetune.api.facts import ModelFacts
 
 Timestamp = Annotated[datetime, WithJsonSchema({"type": "string", "format": "date-time"})]
 
@@ -97,6 +98,9 @@ class FineTuneJobStatus(ApiModel):
     metrics: dict[str, float] | None = None
     """Final figures of the run, from the trainer's summary: steps, trainLoss, evalLoss and the
     task's own (evalAccuracy, perplexity, ...)."""
+    model_facts: ModelFacts | None = None
+    """The size of a model that is not a preset, as the preflight read it from its config.json:
+    what an `accelerators: auto` job is sized from."""
     start_time: Timestamp | None = None
     """When the first attempt was created. From then on the spec is immutable but for suspend."""
     completion_time: Timestamp | None = None

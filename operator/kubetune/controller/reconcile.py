@@ -27,8 +27,10 @@ from kubetune.api import (
     Phase,
     parse_finetunejob,
 )
+from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.problems import Problem
 from kubetune.api.status import Progress
+from kubetune.contract import MODEL_FACTS_KEY
 from kubetune.controller import names
 from kubetune.controller.admission import admission_problems
 from kubetune.controller.builders import (
@@ -163,14 +165,28 @@ def plan(
         return _refuse(previous, refused, "NotAllowed", generation, now)
     if previous.start_time is not None and previous.phase.finished:
         return _after_finish(job, snapshot, previous, now)
+    preflight_passed = snapshot.preflight is not None and snapshot.preflight.job.complete
+    reported = previous.model_facts or reported_facts(snapshot.preflight)
+    first_sized_from_facts = needs_model_facts(job.spec) and previous.model_facts is None and reported is not None
     try:
-        job, sized = effective_job(job, settings)
+        job, sized = effective_job(job, settings, reported, preflight_passed)
     except NotBuildable as error:
         return _refuse(previous, [Problem("spec.resources.accelerators", str(error))], "DoesNotFit", generation, now)
     if previous.start_time is None:
         previous = FineTuneJobStatus()  # a job that was refused before and is valid now starts afresh
+    if first_sized_from_facts:
+        previous = previous.model_copy(update={"model_facts": reported})  # kept: a restart sizes the same
     planner = _Planner(
-        Context(job, settings), snapshot, previous, generation, now, progress, sized, drift, started_spec(body["spec"])
+        Context(job, settings),
+        snapshot,
+        previous,
+        generation,
+        now,
+        progress,
+        sized,
+        drift,
+        started_spec(body["spec"]),
+        respec=first_sized_from_facts,
     )
     return _events_last(planner.actions())
 
@@ -180,13 +196,34 @@ def _events_last(actions: list[Action]) -> list[Action]:
     return [a for a in actions if not isinstance(a, Emit)] + [a for a in actions if isinstance(a, Emit)]
 
 
-def effective_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, str]:
+def effective_job(
+    job: FineTuneJob, settings: Settings, reported: ModelFacts | None = None, preflight_passed: bool = False
+) -> tuple[FineTuneJob, str]:
     """The job as this installation runs it: the default Kueue queue when it names none, and
     accelerators chosen when it says auto (with the sentence saying what was chosen).
+    A model that is not a preset is sized from the facts its preflight `reported`; until the
+    preflight has passed, the job stays unsized (the preflight needs no accelerator).
     `kubetune render` shows the same."""
     if settings.default_queue and job.spec.queue_name is None:
         job = job.model_copy(update={"spec": job.spec.model_copy(update={"queue_name": settings.default_queue})})
-    return size_job(job, settings)
+    if needs_model_facts(job.spec) and reported is None and job.spec.dataset.preflight and not preflight_passed:
+        return job, ""
+    return size_job(job, settings, reported)
+
+
+def reported_facts(preflight: Attempt | None) -> ModelFacts | None:
+    """What a preflight that passed read of the model (its pod's summary); None before, or
+    when it reported none (a preset, or a job that sized itself)."""
+    if preflight is None or not preflight.job.complete:
+        return None
+    for pod in preflight.pods:
+        raw = pod.summary.get(MODEL_FACTS_KEY)
+        if raw is not None:
+            try:
+                return ModelFacts.model_validate(raw)
+            except ValueError:
+                return None  # sizing then says that no facts came
+    return None
 
 
 MUTABLE_SPEC_FIELDS = frozenset({"suspend"})
@@ -287,6 +324,9 @@ class _Planner:
     """Fixed fields edited after the start (the plan is made from the started spec)."""
     started: dict[str, Any] = field(default_factory=dict)
     """The spec as written (but for suspend), recorded on each Job made for the job."""
+    respec: bool = False
+    """The job was sized from the preflight's facts just now: the spec ConfigMap, made for the
+    preflight before the size was known, is made again before the training Job reads it."""
     planned: list[Action] = field(default_factory=list)
 
     @property
@@ -411,6 +451,9 @@ class _Planner:
         else:
             update["preemptions"] = self.previous.preemptions + 1
         number = self.previous.attempts + self.previous.preemptions + 1
+        if self.respec:
+            # Before the status that counts the attempt: a restart in between deletes it again.
+            self.planned.append(Delete("ConfigMap", names.config_map_name(self.context.name)))
         self.previous = self.previous.model_copy(update=update)
         if number > 1:
             message = f"attempt {number} after {why.reason}: {why.message}"

@@ -13,18 +13,30 @@ from collections.abc import Iterator
 
 from kubetune.api import FineTuneJob
 from kubetune.api.enums import StrategyType
+from kubetune.api.facts import ModelFacts
 from kubetune.api.spec import DeepSpeedSpec, DistributedSpec, FineTuneJobSpec
 from kubetune.catalog import presets
 from kubetune.controller.builders import NotBuildable
 from kubetune.controller.settings import AcceleratorProfile, Settings
-from kubetune.estimate import GIB, ModelFacts, estimate
+from kubetune.estimate import GIB, estimate
 
 MAX_NODES = 8
 
 
-def size_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, str]:
+def known_facts(spec: FineTuneJobSpec, reported: ModelFacts | None) -> ModelFacts:
+    """The model's facts: the preset's, or those the preflight reported (a job whose model is
+    not a preset keeps its preflight: the API's rules refuse it otherwise)."""
+    if spec.model.preset is not None:
+        return ModelFacts.of_preset(presets()[spec.model.preset])
+    if reported is not None:
+        return reported
+    raise NotBuildable(f"the preflight reported no facts of {spec.model.display} (its config.json) to size the job")
+
+
+def size_job(job: FineTuneJob, settings: Settings, reported: ModelFacts | None = None) -> tuple[FineTuneJob, str]:
     """The job with its accelerators chosen, and a sentence saying what was chosen and why;
-    a job that sized itself already comes back as it is, with an empty sentence."""
+    a job that sized itself already comes back as it is, with an empty sentence. A model
+    that is not a preset is sized from the facts the preflight `reported`."""
     spec = job.spec
     if spec.resources.accelerators != "auto":
         return job, ""
@@ -33,11 +45,7 @@ def size_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, str]:
             "accelerators: auto needs accelerator profiles in the operator's settings "
             "(chart value acceleratorProfiles); or set resources.accelerators"
         )
-    if spec.model.preset is None:
-        raise NotBuildable(
-            "accelerators: auto knows the size of preset models only; set resources.accelerators for this model"
-        )
-    model = ModelFacts.of_preset(presets()[spec.model.preset])
+    model = known_facts(spec, reported)
     tried = []
     for profile in settings.accelerator_profiles:
         for nodes, per_node in _sizes(profile, spec.resources.nodes):
@@ -59,7 +67,7 @@ def size_job(job: FineTuneJob, settings: Settings) -> tuple[FineTuneJob, str]:
         for d in _strategies(spec.distributed, world)
     )
     raise NotBuildable(
-        f"{spec.model.preset} with method {spec.method.type} fits none of the accelerator profiles "
+        f"{spec.model.display} with method {spec.method.type} fits none of the accelerator profiles "
         f"({', '.join(tried)}): even on {MAX_NODES} nodes of {largest.per_node} x {largest.name} it needs "
         f"{best / GIB:.1f} GiB per device of {largest.memory_gib:g} GiB; "
         "try qlora, DeepSpeed offload, or a shorter maxSeqLength"

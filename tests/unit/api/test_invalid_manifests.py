@@ -280,6 +280,16 @@ CASES: list[tuple[str, Callable[[Manifest], None], str, str]] = [
         "sequence-classification x fsdp is not supported: FSDP has not been checked with this task on GPUs yet",
     ),
     (
+        "auto-sized model from the Hub without a preflight",
+        _all(
+            _set("spec.model", {"huggingFace": {"repo": "microsoft/Phi-3-mini-128k-instruct"}}),
+            _set("spec.resources", {"accelerators": "auto"}),
+            _set("spec.dataset.preflight", False),
+        ),
+        "spec.dataset.preflight",
+        "resources.accelerators: auto sizes microsoft/Phi-3-mini-128k-instruct from its config.json",
+    ),
+    (
         "seq2seq on a decoder-only preset",
         _all(_set("spec.task", "seq2seq"), _set("spec.dataset.format", "source-target")),
         "spec.task",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import parse_finetunejob
-from kubetune.estimate import ModelFacts, activation_bytes_per_token_layer
+from kubetune.estimate import activation_bytes_per_token_layer, read_model_facts
 
 torch = pytest.importorskip("torch")
 
@@ -79,7 +79,7 @@ def test_the_estimate_counts_what_autograd_keeps(
     architecture: str, method: str, dropout: float, job: dict[str, Any]
 ) -> None:
     config = _config(architecture)
-    facts = ModelFacts.of_config(json.loads(config.to_json_string()))
+    facts = read_model_facts(json.loads(config.to_json_string()))
     job["spec"]["method"] = {"type": method} | ({"lora": {"dropout": dropout}} if method != "full" else {})
     estimated = activation_bytes_per_token_layer(parse_finetunejob(job).spec, facts)
 

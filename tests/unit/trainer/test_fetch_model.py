@@ -72,3 +72,24 @@ def test_the_installations_model_cache_holds_the_files_and_the_pod_keeps_the_mar
     assert asked["cache_dir"] == str(tmp_path / "shared")
     assert fetched.location == str(tmp_path / "shared" / "snapshot")
     assert (runtime.work / "hf-cache" / f".ready-{_key()}").is_file()
+
+
+def test_the_config_alone_comes_from_the_hub_cache_the_weights_will_join(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune_trainer.model import fetch_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the file must come from the cache, as the Hub left it
+    commit = "0" * 40
+    repo = runtime.work / "hf-cache" / "models--microsoft--Phi-3-mini-4k-instruct"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text('{"model_type": "phi3", "hidden_size": 3072}')
+
+    assert fetch_config(HUB, runtime) == {"model_type": "phi3", "hidden_size": 3072}
+    uncached = dataclasses.replace(HUB, location="microsoft/Phi-3-medium-4k-instruct")
+    with pytest.raises(
+        InvalidSpec, match=r"cannot download the config\.json of model microsoft/Phi-3-medium-4k-instruct"
+    ):
+        fetch_config(uncached, runtime)

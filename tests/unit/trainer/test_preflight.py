@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kubetune.contract import ExitCode
-from kubetune_trainer.errors import InvalidData
+from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.preflight import check
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.tasks import task_for
@@ -66,3 +68,38 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_preflight(
 
     assert summary["reason"] == "DataValid"
     assert "the tokenised data could not be kept" in caplog.text
+
+
+def test_an_auto_sized_job_gets_the_models_facts_from_its_config_through_the_termination_message(
+    runtime: Runtime,
+) -> None:
+    from kubetune.controller.observe import JobState, PodState
+    from kubetune.controller.reconcile import Attempt, reported_facts
+    from kubetune.estimate import read_model_facts
+    from kubetune_trainer.summary import termination_message
+
+    config = json.loads((runtime.volumes / "models" / "tiny-phi3" / "config.json").read_text())
+
+    summary = check(memorise_spec("lora", ["adapter"], resources={"accelerators": "auto"}), runtime)
+
+    pod = PodState(name="p", index=0, phase="Succeeded", summary=json.loads(termination_message(summary)))
+    passed = Attempt(JobState(name="demo-preflight", attempt=0, suspended=False, complete=True), (pod,))
+    assert reported_facts(passed) == read_model_facts(config)
+    assert "modelFacts" not in check(memorise_spec("lora", ["adapter"]), runtime)  # it sized itself
+
+
+def test_a_config_that_cannot_size_the_model_fails_the_preflight_naming_the_field(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    claims = tmp_path / "claims"
+    shutil.copytree(runtime.volumes, claims)
+    config_file = claims / "models" / "tiny-phi3" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["num_hidden_layers"]
+    config_file.write_text(json.dumps(config))
+    spec = memorise_spec("lora", ["adapter"], resources={"accelerators": "auto"})
+
+    with pytest.raises(
+        InvalidSpec, match=r"spec.model: cannot size models:tiny-phi3 .*config.json has no num_hidden_layers"
+    ):
+        check(spec, dataclasses.replace(runtime, volumes=claims))

@@ -8,7 +8,7 @@ import pytest
 from kubetune.api import Precision
 from kubetune.api.spec import DeepSpeedSpec, FsdpSpec
 from kubetune_trainer.arguments import training_arguments
-from kubetune_trainer.strategy import deepspeed_config, fsdp_settings
+from kubetune_trainer.strategy import deepspeed_config, fsdp_settings, leave_the_process_group, trains_alone
 
 from .conftest import memorise_spec
 
@@ -66,3 +66,34 @@ def test_training_arguments_translate_the_spec(
         actual = getattr(args, key)
         assert (actual.value if isinstance(actual, enum.Enum) else actual) == value, key
     assert args.bf16 is True and args.ddp_backend is None
+
+
+TORCHRUN_ONE_PROCESS = {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "HOME": "/root"}
+
+
+@pytest.mark.parametrize("strategy", ["auto", "none", "ddp"])
+def test_one_process_leaves_torchruns_group_and_trains_the_plain_model(strategy: str) -> None:
+    spec = memorise_spec("full", ["merged"], distributed={"strategy": strategy})
+    env = dict(TORCHRUN_ONE_PROCESS)
+
+    assert trains_alone(spec, world_size=1)
+    leave_the_process_group(env)
+
+    assert env == {"HOME": "/root"}
+
+
+@pytest.mark.parametrize(
+    ("distributed", "world_size"),
+    [
+        ({"strategy": "ddp"}, 2),
+        ({"strategy": "auto"}, 2),
+        ({"strategy": "deepspeed", "deepspeed": {"stage": 3, "offloadOptimizer": True}}, 1),
+        ({"strategy": "fsdp"}, 1),
+    ],
+)
+def test_several_processes_or_a_sharding_engine_keep_the_process_group(
+    distributed: dict[str, object], world_size: int
+) -> None:
+    spec = memorise_spec("full", ["merged"], distributed=distributed, resources={"accelerators": world_size})
+
+    assert not trains_alone(spec, world_size)

@@ -1,0 +1,3 @@
+from ...unit.trainer.conftest import volumes
+
+__all__ = ["volumes"]
