@@ -149,6 +149,31 @@ async def test_a_disrupted_preflight_starts_again_without_counting(
     assert cluster.status()["attempts"] == 1
 
 
+async def test_a_preflight_that_failed_for_a_passing_reason_runs_again_counted(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, maxRetries=1))
+    first = await eventually(lambda: cluster.jobs().get("demo-preflight"), "the preflight")
+    await cluster.start_pods("demo-preflight")
+
+    timed_out = {"status": "Failed", "reason": "TrainingFailed", "message": "https://data.example/x.jsonl: timed out"}
+    await cluster.finish("demo-preflight", 1, timed_out)
+
+    await eventually(
+        lambda: (j := cluster.jobs().get("demo-preflight")) and j["metadata"]["uid"] != first["metadata"]["uid"],
+        "a new preflight",
+    )
+    status = cluster.status()
+    assert (status["phase"], status.get("attempts", 0), status["preflightRetries"]) == ("Pending", 0, 1)
+    await cluster.start_pods("demo-preflight")
+    await cluster.finish("demo-preflight", 1, timed_out)
+
+    await eventually(lambda: cluster.status().get("phase") == "Failed", "retries exhausted")
+    failed = next(c for c in cluster.status()["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RetriesExhausted" and "timed out" in failed["message"]
+    assert set(cluster.jobs()) == {"demo-preflight"}
+
+
 async def test_pods_that_end_before_the_job_s_condition_do_not_send_the_job_back(
     operator: Operator, cluster: Cluster, job: dict[str, Any]
 ) -> None:

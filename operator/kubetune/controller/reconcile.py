@@ -365,20 +365,28 @@ class _Planner:
         assessment = assess_preflight(preflight.job, preflight.pods, self.spec)
         if assessment is None:
             return True
-        if assessment.outcome is Outcome.PREEMPTED:
-            self._restart_preflight(preflight, assessment)
+        step = next_step(assessment, self.spec, self.previous)
+        assert step.assessment is not None
+        if step.start_attempt:
+            self._restart_preflight(preflight, step.assessment, counts=step.counts)
             return False
-        self._report(assessment)
+        self._report(step.assessment)
         return False
 
-    def _restart_preflight(self, preflight: Attempt, why: Assessment) -> None:
+    def _restart_preflight(self, preflight: Attempt, why: Assessment, counts: bool) -> None:
         """A preflight pod preempted, evicted or drained found nothing wrong with the data: the
-        preflight starts again, and no attempt is counted (it trained nothing)."""
+        preflight starts again, and nothing is counted (it trained nothing). One that failed
+        for a reason another try may not repeat starts again too, counted against maxRetries.
+        The failed Job goes first, then the count: a restart in between finds no preflight
+        and creates one uncounted, never counts the same failure twice."""
         self.planned.append(Delete("Job", preflight.job.name))
         self._emit(why)
-        again = Assessment(
-            Outcome.PREFLIGHT, "Preflight", f"checking the dataset again after a disruption ({why.message})"
-        )
+        if counts:
+            self.previous = self.previous.model_copy(update={"preflight_retries": self.previous.preflight_retries + 1})
+            after = f"after {why.reason}: {why.message}"
+        else:
+            after = f"after a disruption ({why.message})"
+        again = Assessment(Outcome.PREFLIGHT, "Preflight", f"checking the dataset again {after}")
         self._report(again, force=True)
         self._shared_children()
         self.planned.append(Create(build_preflight_job(self.context, self.started)))

@@ -59,8 +59,11 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
         return None
     if job.failed_reason is not None:
         failed = _failure(job, pods)
-        if failed.outcome is Outcome.PREEMPTED:
-            return failed  # no fault of the data: the preflight starts again, as a preempted attempt does
+        if failed.outcome is not Outcome.FAILED:
+            # Preempted: no fault of the data, the preflight starts again uncounted. Retry: an
+            # exit the trainer calls retryable (a dataset URL that timed out, a storage hiccup)
+            # may pass on another try; next_step decides within the retry budget.
+            return failed
         if failed.reason == "OOMKilled":
             # spec.resources.memory sizes the training pods, not the preflight's fixed limit.
             message = (
@@ -68,8 +71,7 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
                 "to check and tokenise the data in the training pods (spec.resources.memory)"
             )
             return Assessment(Outcome.FAILED, failed.reason, message, failed.summary)
-        # A preflight that fails cannot be fixed by trying again with the same data.
-        return Assessment(Outcome.FAILED, failed.reason, failed.message, failed.summary)
+        return failed  # invalid data or spec, a full disk: trying again with the same data fails again
     waiting = _waiting(job, pods, spec)
     if waiting is not None:
         return waiting
@@ -172,21 +174,36 @@ class Step:
 
 
 def next_step(assessment: Assessment, spec: FineTuneJobSpec, status: FineTuneJobStatus) -> Step:
-    """A retryable failure starts the next attempt while the budget lasts; a preemption
-    always does and costs nothing; anything else waits."""
+    """A retryable failure (of a training attempt, or of the preflight) starts the next try
+    while the budget lasts; a preemption always does and costs nothing; anything else waits."""
     if assessment.outcome is Outcome.PREEMPTED:
         return Step(start_attempt=True, counts=False, assessment=assessment)
     if assessment.outcome is Outcome.RETRY:
-        if status.attempts < spec.max_retries + 1:
+        if retries_used(status) < spec.max_retries:
             return Step(start_attempt=True, counts=True, assessment=assessment)
         exhausted = Assessment(
             Outcome.FAILED,
             "RetriesExhausted",
-            f"{status.attempts} attempt(s) failed; the last: {assessment.reason}: {assessment.message}",
+            f"{_failed_runs(status)}; the last: {assessment.reason}: {assessment.message}",
             assessment.summary,
         )
         return Step(assessment=exhausted)
     return Step(assessment=assessment)
+
+
+def retries_used(status: FineTuneJobStatus) -> int:
+    """Retries spent of maxRetries: every training attempt after the first, and every
+    preflight started again after a failure. One budget for both: maxRetries says how many
+    failures a job survives, wherever they happen."""
+    return max(0, status.attempts - 1) + status.preflight_retries
+
+
+def _failed_runs(status: FineTuneJobStatus) -> str:
+    """The failures that spent the budget, the one just assessed included."""
+    if status.attempts == 0:
+        return f"the preflight failed {status.preflight_retries + 1} time(s)"
+    preflights = f", after {status.preflight_retries} failed preflight run(s)" if status.preflight_retries else ""
+    return f"{status.attempts} attempt(s) failed{preflights}"
 
 
 PHASES = {

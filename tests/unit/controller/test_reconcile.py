@@ -226,6 +226,38 @@ def test_a_disrupted_preflight_starts_again_without_counting_an_attempt(job: dic
     assert running.reason == "Preflight" and "EvictionByEvictionAPI" in running.message
 
 
+def test_a_preflight_that_failed_for_a_passing_reason_starts_again_counted(job: dict[str, Any]) -> None:
+    failed = _failed(0, 1, "DatasetUnavailable")
+    preflight = Attempt(dataclass_replace(failed.job, name="demo-preflight"), failed.pods)
+    status = _status(plan(_body(job), Snapshot(), SETTINGS, NOW - timedelta(minutes=1)))
+
+    actions = plan(_body(job, status), Snapshot(preflight=preflight), SETTINGS, NOW)
+
+    assert _kinds(actions) == [
+        "delete Job demo-preflight",
+        "status Pending attempts=0 preemptions=0",
+        "create ConfigMap demo-spec",
+        "create Service demo",
+        "create Job demo-preflight",
+        "warning DatasetUnavailable",
+    ]
+    again = _status(actions)
+    assert again.preflight_retries == 1
+    running = next(c for c in again.conditions if c.type == "Running")
+    assert running.reason == "Preflight" and "DatasetUnavailable happened" in running.message
+
+
+def test_a_preflight_that_keeps_failing_spends_the_retry_budget(job: dict[str, Any]) -> None:
+    failed = _failed(0, 1, "DatasetUnavailable")
+    preflight = Attempt(dataclass_replace(failed.job, name="demo-preflight"), failed.pods)
+    status = FineTuneJobStatus(start_time=NOW, preflight_retries=2)
+
+    actions = plan(_body(job, status, maxRetries=2), Snapshot(preflight=preflight), SETTINGS, NOW)
+
+    assert _kinds(actions) == ["status Failed attempts=0 preemptions=0", "warning RetriesExhausted"]
+    assert "DatasetUnavailable happened" in _status(actions).conditions[-1].message
+
+
 def test_retries_run_out(job: dict[str, Any]) -> None:
     snapshot = Snapshot(attempts={3: _failed(3, 1, "TrainingFailed")})
 
