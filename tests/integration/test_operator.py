@@ -241,7 +241,7 @@ async def test_an_edit_of_a_fixed_field_while_training_is_reported_and_not_appli
     assert valid()["reason"] == "ImmutableSpecChanged"
     assert "spec.method, spec.resources changed after the job started" in valid()["message"]
     assert (status["observedGeneration"], status["method"], status["phase"]) == (1, "lora", "Running")
-    assert "ImmutableSpecChanged" in cluster.reasons()
+    await eventually(lambda: "ImmutableSpecChanged" in cluster.reasons(), "the ImmutableSpecChanged Event")
 
     await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
 
@@ -249,6 +249,18 @@ async def test_an_edit_of_a_fixed_field_while_training_is_reported_and_not_appli
     assert retry["spec"]["completions"] == 1, "the retry is built from the spec in training"
     assert cluster.get(("", "v1", "configmaps"), "demo-spec") == spec_before
     assert cluster.status()["method"] == "lora"
+
+    await cluster.start_pods("demo-a2")
+    await cluster.finish("demo-a2", 0, SUCCESS)
+
+    await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded")
+    # The result is the started spec's: the condition stays, and says so without a pod or a retry.
+    assert valid()["status"] == "False" and "the job succeeded with the spec of generation 1" in valid()["message"]
+    assert "the pods train" not in valid()["message"]
+
+    await cluster.change_spec("demo", method={"type": "lora"}, resources=None)
+    await eventually(lambda: valid().get("status") == "True", "the condition cleared once the edit is put back")
+    assert cluster.status()["phase"] == "Succeeded"
 
 
 async def test_a_bad_dataset_fails_in_the_preflight_before_any_accelerator(

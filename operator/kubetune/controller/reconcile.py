@@ -53,6 +53,7 @@ from kubetune.controller.status import (
     invalid_status,
     next_status,
     next_step,
+    validity_after_finish,
 )
 
 # ----------------------------------------------------------------------------- what is there
@@ -162,7 +163,9 @@ def plan(
     if refused:
         return _refuse(previous, refused, "NotAllowed", generation, now)
     if previous.start_time is not None and previous.phase.finished:
-        return _after_finish(job, snapshot, previous, now)
+        return _validity_after_finish(previous, snapshot, generation, drift, now) + _after_finish(
+            job, snapshot, previous, now
+        )
     try:
         job, sized = effective_job(job, settings)
     except NotBuildable as error:
@@ -254,6 +257,26 @@ def _refuse(
 def _failure_of(status: FineTuneJobStatus) -> tuple[str, str] | None:
     failed = next((c for c in status.conditions if c.type == ConditionType.FAILED and c.status == "True"), None)
     return (failed.reason, failed.message) if failed is not None else None
+
+
+def _validity_after_finish(
+    previous: FineTuneJobStatus, snapshot: Snapshot, generation: int, drift: SpecDrift | None, now: datetime
+) -> list[Action]:
+    """The Valid condition of a finished job follows an edit of a fixed field, or its undoing,
+    for as long as the Jobs that record the started spec are there (after the TTL removed them
+    nothing can be compared, and the condition stays as it was)."""
+    if snapshot.started_spec is None:
+        return []
+    status = validity_after_finish(previous, generation, drift, now)
+    if not _differs(status, previous):
+        return []
+    actions: list[Action] = [WriteStatus(status)]
+    valid = next(c for c in status.conditions if c.type == ConditionType.VALID)
+    if drift is not None and valid.message != next(
+        (c.message for c in previous.conditions if c.type == ConditionType.VALID), None
+    ):
+        actions.append(Emit(True, IMMUTABLE_SPEC_CHANGED, valid.message))
+    return actions
 
 
 def _after_finish(job: FineTuneJob, snapshot: Snapshot, previous: FineTuneJobStatus, now: datetime) -> list[Action]:

@@ -232,13 +232,29 @@ class SpecDrift:
 
     @property
     def message(self) -> str:
-        changed = ", ".join(self.fields)
-        which = f"generation {self.training_generation}" if self.training_generation else "the job's start"
+        """While the job runs: what trains, and what to do."""
         return (
-            f"{changed} changed after the job started, and the edit is not applied: the pods train the spec of "
-            f"{which}, and a retry would too. Put {changed} back, or create a new FineTuneJob with the new spec "
-            "(once a job has started, only spec.suspend can change)"
+            f"{self._changed} changed after the job started, and the edit is not applied: the pods train the spec "
+            f"of {self._which}, and a retry would too. Put {self._changed} back, or create a new FineTuneJob with "
+            "the new spec (once a job has started, only spec.suspend can change)"
         )
+
+    def ended(self, phase: Phase) -> str:
+        """Once the job has succeeded or failed: the result is the started spec's, and the
+        manifest as it reads now does not describe it (no pod trains, nothing is retried)."""
+        return (
+            f"{self._changed} changed after the job started, and the edit was not applied: the job "
+            f"{phase.value.lower()} with the spec of {self._which}. Put {self._changed} back to match the result, "
+            "or create a new FineTuneJob with the new spec"
+        )
+
+    @property
+    def _changed(self) -> str:
+        return ", ".join(self.fields)
+
+    @property
+    def _which(self) -> str:
+        return f"generation {self.training_generation}" if self.training_generation else "the job's start"
 
 
 IMMUTABLE_SPEC_CHANGED = "ImmutableSpecChanged"
@@ -307,15 +323,36 @@ def _condition_table(
     outcome, reason, message = assessment.outcome, assessment.reason, assessment.message
     queued = outcome is Outcome.QUEUED
     suspended, succeeded, failed = (outcome is o for o in (Outcome.SUSPENDED, Outcome.SUCCEEDED, Outcome.FAILED))
-    valid = (False, IMMUTABLE_SPEC_CHANGED, drift.message) if drift is not None else (True, "Valid", "")
     return [
-        (ConditionType.VALID, *valid),
+        (ConditionType.VALID, *_validity(drift, PHASES[outcome])),
         (ConditionType.ADMITTED, not queued, reason if queued else "Admitted", message if queued else ""),
         (ConditionType.RUNNING, outcome is Outcome.RUNNING, reason, message),
         (ConditionType.SUSPENDED, suspended, "Suspended" if suspended else "NotSuspended", ""),
         (ConditionType.SUCCEEDED, succeeded, reason if succeeded else "NotFinished", ""),
         (ConditionType.FAILED, failed, reason if failed else "NoFailure", message if failed else ""),
     ]
+
+
+def _validity(drift: SpecDrift | None, phase: Phase) -> tuple[bool, str, str]:
+    if drift is None:
+        return True, "Valid", ""
+    return False, IMMUTABLE_SPEC_CHANGED, drift.ended(phase) if phase.finished else drift.message
+
+
+def validity_after_finish(
+    previous: FineTuneJobStatus, generation: int, drift: SpecDrift | None, now: datetime
+) -> FineTuneJobStatus:
+    """A finished job's status once its spec is edited, or put back, after the end: the Valid
+    condition and observedGeneration follow; the rest is the result of the spec that ran."""
+    observed = drift.training_generation if drift is not None and drift.training_generation else generation
+    valid = _condition(ConditionType.VALID, *_validity(drift, previous.phase), now, generation)
+    others = [c for c in previous.conditions if c.type != ConditionType.VALID]
+    return previous.model_copy(
+        update={
+            "conditions": merge_conditions(previous.conditions, [valid]) + others,
+            "observed_generation": observed,
+        }
+    )
 
 
 def _condition(

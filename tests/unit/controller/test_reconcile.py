@@ -586,3 +586,64 @@ def test_an_edit_put_back_clears_the_condition(job: dict[str, Any]) -> None:
     status = _status(actions)
     assert next(c for c in status.conditions if c.type == "Valid").status == "True"
     assert status.observed_generation == 3
+
+
+def _done(started: dict[str, Any]) -> Attempt:
+    summary = {"status": "Succeeded", "message": "trained 40 steps", "output": {"location": "pvc://results/demo"}}
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    job = JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True, started_spec=started)
+    return Attempt(job, (pod,))
+
+
+def _valid(status: FineTuneJobStatus) -> Any:
+    return next(c for c in status.conditions if c.type == "Valid")
+
+
+def _at(body: dict[str, Any], status: FineTuneJobStatus, generation: int = 2, **spec: Any) -> dict[str, Any]:
+    body = _body(body, status, **spec)
+    body["metadata"]["generation"] = generation
+    return body
+
+
+def test_a_job_that_ends_under_an_edit_says_the_result_is_the_started_spec_s(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "full"})
+    running = _status(plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW))
+
+    ended = _status(plan(_at(body, running), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW))
+
+    valid = _valid(ended)
+    assert ended.phase is Phase.SUCCEEDED and (valid.status, valid.reason) == ("False", "ImmutableSpecChanged")
+    assert "the job succeeded with the spec of generation 1" in valid.message
+    assert "the pods train" not in valid.message and "retry" not in valid.message
+    assert plan(_at(body, ended), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW) == []
+
+
+def test_an_edit_put_back_after_the_end_clears_the_condition(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "full"})
+    running = _status(plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW))
+    ended = _status(plan(_at(body, running), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW))
+    body = _at(body, ended, 3, method=started["method"])
+
+    actions = plan(body, Snapshot(attempts={1: _done(started)}), SETTINGS, NOW)
+
+    status = _status(actions)
+    assert (_valid(status).status, status.observed_generation, status.phase) == ("True", 3, Phase.SUCCEEDED)
+    assert status.output is not None and status.output.location == "pvc://results/demo"
+    assert not any(isinstance(a, Emit) for a in actions)
+    # Once the TTL removed the Jobs there is no started spec to compare with: nothing moves.
+    assert plan(_at(body, ended, 3), Snapshot(), SETTINGS, NOW) == []
+
+
+def test_an_edit_after_the_end_is_reported_once(job: dict[str, Any]) -> None:
+    started, body = _edited(job)
+    body["metadata"]["generation"] = 1  # nothing edited yet
+    ended = _status(plan(body, Snapshot(attempts={1: _done(started)}), SETTINGS, NOW))
+    body = _at(body, ended, method={"type": "full"})
+
+    actions = plan(body, Snapshot(attempts={1: _done(started)}), SETTINGS, NOW)
+
+    status = _status(actions)
+    assert (_valid(status).status, status.observed_generation) == ("False", 1)
+    assert "the job succeeded with the spec of generation 1" in _valid(status).message
+    assert [a.reason for a in actions if isinstance(a, Emit)] == ["ImmutableSpecChanged"]
+    assert plan(_at(body, status), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW) == []
