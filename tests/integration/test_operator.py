@@ -142,7 +142,7 @@ async def test_a_disrupted_preflight_starts_again_without_counting(
     assert not again.get("status", {}).get("conditions")
     status = cluster.status()
     assert (status["phase"], status.get("attempts", 0), status.get("preemptions", 0)) == ("Pending", 0, 0)
-    assert "Preempted" in cluster.reasons()
+    await eventually(lambda: "Preempted" in cluster.reasons(), "the Preempted Event")
     await cluster.start_pods("demo-preflight")
     await cluster.finish("demo-preflight", 0, {"status": "Succeeded", "message": "data checked"})
     await eventually(lambda: "demo-a1" in cluster.jobs(), "the first training Job")
@@ -349,6 +349,38 @@ async def test_kueue_admits_preempts_and_the_operator_deactivates_its_workload(
         if w.plural == "jobs" and w.method == "PATCH" and w.subresource is None
     ]
     assert len(job_writes) == 2, "only Kueue (the test) patched the Job"
+
+
+async def test_a_queued_job_whose_queue_name_is_edited_away_still_suspends_through_its_workload(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    """The emulator, like an API server without the CEL rules, lets the edit through: the Job
+    was made for the queue, and Kueue still owns its suspend."""
+    await cluster.submit(_manifest(job, queueName="team-a", dataset={**job["spec"]["dataset"], "preflight": False}))
+    created = await eventually(lambda: cluster.jobs().get("demo-a1"), "attempt 1")
+    workload = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "Workload",
+        "metadata": {
+            "name": "job-demo-a1-1234",
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "demo-a1", "uid": created["metadata"]["uid"]}
+            ],
+        },
+        "spec": {"active": True, "queueName": "team-a"},
+    }
+    await cluster.call("POST", KINDS["Workload"].path(NAMESPACE), workload)
+    await cluster.call("PATCH", KINDS["Job"].path(NAMESPACE, "demo-a1"), {"spec": {"suspend": False}}, MERGE)
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running once admitted")
+
+    await cluster.change_spec("demo", queueName=None, suspend=True)
+
+    await eventually(
+        lambda: cluster.get(("kueue.x-k8s.io", "v1beta1", "workloads"), "job-demo-a1-1234")["spec"]["active"] is False,
+        "the Workload deactivated",
+    )
+    assert cluster.jobs()["demo-a1"]["spec"]["suspend"] is False, "the operator left the Job's suspend to Kueue"
 
 
 async def test_a_restarted_operator_creates_nothing_twice(

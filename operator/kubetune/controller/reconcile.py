@@ -152,9 +152,7 @@ def plan(
     meta = body.get("metadata") or {}
     generation = int(meta.get("generation") or 1)
     previous = read_status(body)
-    drift = None
-    if previous.start_time is not None and snapshot.started_spec is not None:
-        body, drift = as_started(body, snapshot.started_spec, previous.observed_generation)
+    body, drift = in_force(body, snapshot, previous)
     try:
         job = parse_finetunejob(body)
     except InvalidSpec as error:
@@ -201,6 +199,17 @@ def started_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in spec.items() if key not in MUTABLE_SPEC_FIELDS}
 
 
+def in_force(
+    body: dict[str, Any], snapshot: Snapshot, status: FineTuneJobStatus
+) -> tuple[dict[str, Any], SpecDrift | None]:
+    """The FineTuneJob as the operator runs it: as written until it starts, then with the spec
+    its Jobs record (see as_started). Everything that reads the spec for a started job reads
+    this one."""
+    if status.start_time is None or snapshot.started_spec is None:
+        return body, None
+    return as_started(body, snapshot.started_spec, status.observed_generation)
+
+
 def as_started(
     body: dict[str, Any], started: dict[str, Any], training_generation: int | None
 ) -> tuple[dict[str, Any], SpecDrift | None]:
@@ -219,13 +228,16 @@ def as_started(
     return {**body, "spec": kept}, drift
 
 
-def seconds_to_next_look(body: dict[str, Any], status: FineTuneJobStatus, settings: Settings, now: datetime) -> float:
+def seconds_to_next_look(
+    body: dict[str, Any], snapshot: Snapshot, status: FineTuneJobStatus, settings: Settings, now: datetime
+) -> float:
     """How long a job may be left alone when none of its children changes: a running job
-    until its progress is due, others until their deadline or TTL runs out, at most the
-    resync period (a safety net; changes wake the operator at once)."""
+    until its progress is due, others until their deadline or TTL runs out (the spec's in
+    force: an edit under a started job moves neither), at most the resync period (a safety
+    net; changes wake the operator at once)."""
     if status.phase is Phase.RUNNING:
         return settings.progress_interval_seconds
-    spec = body.get("spec") or {}
+    spec = in_force(body, snapshot, status)[0].get("spec") or {}
     waits = [settings.resync_seconds]
     deadline, ttl = spec.get("activeDeadlineSeconds"), spec.get("ttlSecondsAfterFinished")
     if isinstance(deadline, int) and status.start_time is not None and not status.phase.finished:

@@ -485,13 +485,31 @@ def test_jobs_are_looked_at_again_when_something_is_due(job: dict[str, Any]) -> 
     settings = Settings(progress_interval_seconds=10, resync_seconds=300)
     finished = _started(phase=Phase.SUCCEEDED).model_copy(update={"completion_time": NOW - timedelta(seconds=30)})
 
-    assert seconds_to_next_look(_body(job), _started(), settings, NOW) == 10
-    assert seconds_to_next_look(_body(job), _started(phase=Phase.QUEUED), settings, NOW) == 300
+    assert seconds_to_next_look(_body(job), Snapshot(), _started(), settings, NOW) == 10
+    assert seconds_to_next_look(_body(job), Snapshot(), _started(phase=Phase.QUEUED), settings, NOW) == 300
     assert (
-        seconds_to_next_look(_body(job, activeDeadlineSeconds=360), _started(phase=Phase.PENDING), settings, NOW) == 60
+        seconds_to_next_look(
+            _body(job, activeDeadlineSeconds=360), Snapshot(), _started(phase=Phase.PENDING), settings, NOW
+        )
+        == 60
     )
-    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=100), finished, settings, NOW) == 70
-    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=0), finished, settings, NOW) == 0.1
+    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=100), Snapshot(), finished, settings, NOW) == 70
+    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=0), Snapshot(), finished, settings, NOW) == 0.1
+
+
+def test_the_next_look_follows_the_deadline_and_ttl_the_job_started_with(job: dict[str, Any]) -> None:
+    from kubetune.controller.reconcile import seconds_to_next_look
+
+    settings = Settings(progress_interval_seconds=10, resync_seconds=300)
+    job["spec"].update(activeDeadlineSeconds=360, ttlSecondsAfterFinished=100)
+    started, body = _edited(job, activeDeadlineSeconds=30, ttlSecondsAfterFinished=5)
+    pending = _started(phase=Phase.PENDING)
+    finished = _started(phase=Phase.SUCCEEDED).model_copy(update={"completion_time": NOW - timedelta(seconds=30)})
+
+    assert (
+        seconds_to_next_look(body, Snapshot(attempts={1: _running(started_spec=started)}), pending, settings, NOW) == 60
+    )
+    assert seconds_to_next_look(body, Snapshot(attempts={1: _done(started)}), finished, settings, NOW) == 70
 
 
 def test_progress_is_read_from_the_running_pod_of_index_0_taken_from_the_snapshot() -> None:
