@@ -59,6 +59,9 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
         return None
     if job.failed_reason is not None:
         failed = _failure(job, pods)
+        if failed.outcome is Outcome.RETRY and not failed.summary:
+            # A crash that left no summary (a signal, a broken image): it trained nothing.
+            return Assessment(Outcome.RETRY, "PreflightFailed", failed.message)
         if failed.outcome is not Outcome.FAILED:
             # Preempted: no fault of the data, the preflight starts again uncounted. Retry: an
             # exit the trainer calls retryable (a dataset URL that timed out, a storage hiccup)

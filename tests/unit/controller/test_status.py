@@ -323,6 +323,15 @@ def test_a_failed_preflight_is_retried_only_where_another_try_may_pass(
     assert assessment is not None and (assessment.outcome, assessment.reason) == (outcome, reason)
 
 
+def test_a_preflight_crash_without_a_summary_is_retried_as_a_preflight_failure(job: dict[str, Any]) -> None:
+    crashed = [pod_state(_pod(0, "Failed", exit_code=139, message="Segmentation fault"))]
+
+    assessment = assess_preflight(job_state(_job(failed=("BackoffLimitExceeded", ""))), crashed, _spec(job))
+
+    assert assessment is not None and (assessment.outcome, assessment.reason) == (Outcome.RETRY, "PreflightFailed")
+    assert "exited with code 139: Segmentation fault" in assessment.message
+
+
 @pytest.mark.parametrize(
     ("attempts", "preflight_retries", "max_retries", "starts", "spent"),
     [
