@@ -101,6 +101,11 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+HEADLINE_FIGURES = ("steps", "trainLoss", "evalLoss", "tokensPerSecond")
+"""The figures of a finished run that the operator's status shows as its final progress: the
+trainer keeps them in the termination message when the rest of its metrics do not fit."""
+
+
 @dataclass(frozen=True)
 class FinalFigures:
     """The final figures of a run, as the trainer's summary (the termination message) carries

@@ -197,7 +197,8 @@ def job_report(job: Manifest, events: Sequence[Manifest], now: datetime | None =
         f"Namespace: {job['metadata'].get('namespace', '')}",
         f"Phase:     {status.get('phase') or 'Pending'}",
         f"Model:     {status.get('model') or '-'}",
-        f"Attempts:  {status.get('attempts', 0)} (preemptions: {status.get('preemptions', 0)})",
+        f"Attempts:  {status.get('attempts', 0)} (preemptions: {status.get('preemptions', 0)}"
+        + (f", preflight retries: {status['preflightRetries']})" if status.get("preflightRetries") else ")"),
     ]
     progress = status.get("progress")
     if progress:

@@ -142,11 +142,36 @@ async def test_a_disrupted_preflight_starts_again_without_counting(
     assert not again.get("status", {}).get("conditions")
     status = cluster.status()
     assert (status["phase"], status.get("attempts", 0), status.get("preemptions", 0)) == ("Pending", 0, 0)
-    assert "Preempted" in cluster.reasons()
+    await eventually(lambda: "Preempted" in cluster.reasons(), "the Preempted Event")
     await cluster.start_pods("demo-preflight")
     await cluster.finish("demo-preflight", 0, {"status": "Succeeded", "message": "data checked"})
     await eventually(lambda: "demo-a1" in cluster.jobs(), "the first training Job")
     assert cluster.status()["attempts"] == 1
+
+
+async def test_a_preflight_that_failed_for_a_passing_reason_runs_again_counted(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    await cluster.submit(_manifest(job, maxRetries=1))
+    first = await eventually(lambda: cluster.jobs().get("demo-preflight"), "the preflight")
+    await cluster.start_pods("demo-preflight")
+
+    timed_out = {"status": "Failed", "reason": "TrainingFailed", "message": "https://data.example/x.jsonl: timed out"}
+    await cluster.finish("demo-preflight", 1, timed_out)
+
+    await eventually(
+        lambda: (j := cluster.jobs().get("demo-preflight")) and j["metadata"]["uid"] != first["metadata"]["uid"],
+        "a new preflight",
+    )
+    status = cluster.status()
+    assert (status["phase"], status.get("attempts", 0), status["preflightRetries"]) == ("Pending", 0, 1)
+    await cluster.start_pods("demo-preflight")
+    await cluster.finish("demo-preflight", 1, timed_out)
+
+    await eventually(lambda: cluster.status().get("phase") == "Failed", "retries exhausted")
+    failed = next(c for c in cluster.status()["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RetriesExhausted" and "timed out" in failed["message"]
+    assert set(cluster.jobs()) == {"demo-preflight"}
 
 
 async def test_pods_that_end_before_the_job_s_condition_do_not_send_the_job_back(
@@ -216,7 +241,7 @@ async def test_an_edit_of_a_fixed_field_while_training_is_reported_and_not_appli
     assert valid()["reason"] == "ImmutableSpecChanged"
     assert "spec.method, spec.resources changed after the job started" in valid()["message"]
     assert (status["observedGeneration"], status["method"], status["phase"]) == (1, "lora", "Running")
-    assert "ImmutableSpecChanged" in cluster.reasons()
+    await eventually(lambda: "ImmutableSpecChanged" in cluster.reasons(), "the ImmutableSpecChanged Event")
 
     await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
 
@@ -224,6 +249,18 @@ async def test_an_edit_of_a_fixed_field_while_training_is_reported_and_not_appli
     assert retry["spec"]["completions"] == 1, "the retry is built from the spec in training"
     assert cluster.get(("", "v1", "configmaps"), "demo-spec") == spec_before
     assert cluster.status()["method"] == "lora"
+
+    await cluster.start_pods("demo-a2")
+    await cluster.finish("demo-a2", 0, SUCCESS)
+
+    await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded")
+    # The result is the started spec's: the condition stays, and says so without a pod or a retry.
+    assert valid()["status"] == "False" and "the job succeeded with the spec of generation 1" in valid()["message"]
+    assert "the pods train" not in valid()["message"]
+
+    await cluster.change_spec("demo", method={"type": "lora"}, resources=None)
+    await eventually(lambda: valid().get("status") == "True", "the condition cleared once the edit is put back")
+    assert cluster.status()["phase"] == "Succeeded"
 
 
 async def test_a_bad_dataset_fails_in_the_preflight_before_any_accelerator(
@@ -312,6 +349,38 @@ async def test_kueue_admits_preempts_and_the_operator_deactivates_its_workload(
         if w.plural == "jobs" and w.method == "PATCH" and w.subresource is None
     ]
     assert len(job_writes) == 2, "only Kueue (the test) patched the Job"
+
+
+async def test_a_queued_job_whose_queue_name_is_edited_away_still_suspends_through_its_workload(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    """The emulator, like an API server without the CEL rules, lets the edit through: the Job
+    was made for the queue, and Kueue still owns its suspend."""
+    await cluster.submit(_manifest(job, queueName="team-a", dataset={**job["spec"]["dataset"], "preflight": False}))
+    created = await eventually(lambda: cluster.jobs().get("demo-a1"), "attempt 1")
+    workload = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "Workload",
+        "metadata": {
+            "name": "job-demo-a1-1234",
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "demo-a1", "uid": created["metadata"]["uid"]}
+            ],
+        },
+        "spec": {"active": True, "queueName": "team-a"},
+    }
+    await cluster.call("POST", KINDS["Workload"].path(NAMESPACE), workload)
+    await cluster.call("PATCH", KINDS["Job"].path(NAMESPACE, "demo-a1"), {"spec": {"suspend": False}}, MERGE)
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running once admitted")
+
+    await cluster.change_spec("demo", queueName=None, suspend=True)
+
+    await eventually(
+        lambda: cluster.get(("kueue.x-k8s.io", "v1beta1", "workloads"), "job-demo-a1-1234")["spec"]["active"] is False,
+        "the Workload deactivated",
+    )
+    assert cluster.jobs()["demo-a1"]["spec"]["suspend"] is False, "the operator left the Job's suspend to Kueue"
 
 
 async def test_a_restarted_operator_creates_nothing_twice(

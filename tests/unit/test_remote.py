@@ -101,3 +101,9 @@ def test_status_shows_conditions_output_and_the_last_events() -> None:
     assert finished(job) is Phase.FAILED
     assert failure_message(job) == "RetriesExhausted: 3 attempts failed"
     assert finished(_job("x", "Running")) is None
+
+
+def test_status_counts_the_preflight_retries_that_spent_the_budget() -> None:
+    job = _job("demo", "Pending", attempts=0, preflightRetries=2)
+
+    assert "Attempts:  0 (preemptions: 0, preflight retries: 2)" in job_report(job, [], NOW)

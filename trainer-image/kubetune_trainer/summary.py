@@ -6,38 +6,67 @@ when the pod's network is gone."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubetune.contract import MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT
+from kubetune.contract import HEADLINE_FIGURES, MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT
 
 TRUNCATED = " [truncated]"
 
 
 def termination_message(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-    """Compact JSON of the summary within `limit` bytes: the message is cut first (marked),
-    then the bulky parts (data statistics, metrics) are left out."""
-    compact: dict[str, Any] = {
-        k: summary[k] for k in ("status", "reason", "message", "output", "metrics", MODEL_FACTS_KEY) if k in summary
-    }
-    text = _dump(compact)
-    if len(text.encode()) <= limit:
-        return text
-    message = str(compact.get("message", ""))
-    overflow = len(text.encode()) - limit
-    if message and overflow < len(message.encode()):
-        keep = len(message.encode()) - overflow - len(TRUNCATED.encode()) - 8
-        compact["message"] = message.encode()[: max(keep, 0)].decode(errors="ignore") + TRUNCATED
-        text = _dump(compact)
-    for bulky in ("metrics", "output"):
-        if len(text.encode()) <= limit:
-            break
-        compact.pop(bulky, None)
-        text = _dump(compact)
-    if len(text.encode()) > limit:  # a message with many multi-byte characters
-        compact["message"] = TRUNCATED.strip()
-        text = _dump(compact)
-    return text
+    """Compact JSON of the summary within `limit` bytes. What the operator's status is made
+    of goes in first: the outcome, the model's facts (a preflight's), the output's location
+    and the headline figures (steps, losses); then the message, its tail cut (marked) if it must be; then the output's
+    formats and digest, then the other metrics one by one while they fit. The data
+    statistics, history and samples stay in the full summary."""
+    compact: dict[str, Any] = {k: summary[k] for k in ("status", "reason") if k in summary}
+    output = summary.get("output")
+    metrics = summary.get("metrics")
+    output = dict(output) if isinstance(output, Mapping) else None
+    metrics = dict(metrics) if isinstance(metrics, Mapping) else None
+    essentials: list[tuple[str, Any]] = []
+    if MODEL_FACTS_KEY in summary:  # what the operator sizes an `accelerators: auto` job from
+        essentials.append((MODEL_FACTS_KEY, summary[MODEL_FACTS_KEY]))
+    if output is not None and "location" in output:
+        essentials.append(("output", {"location": output["location"]}))
+    if metrics is not None:
+        essentials.append(("metrics", {k: metrics[k] for k in HEADLINE_FIGURES if k in metrics}))
+    for key, value in essentials:
+        _add_if_it_fits(compact, key, value, limit)
+    if "message" in summary:
+        _add_message(compact, str(summary["message"]), limit)
+    if output is not None and "output" in compact:
+        _add_if_it_fits(compact, "output", output, limit)
+    if metrics is not None and "metrics" in compact:
+        for name, value in metrics.items():
+            _add_if_it_fits(compact, "metrics", {**compact["metrics"], name: value}, limit)
+    return _dump(compact)
+
+
+def _add_if_it_fits(compact: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    if _size({**compact, key: value}) <= limit:
+        compact[key] = value
+
+
+def _add_message(compact: dict[str, Any], message: str, limit: int) -> None:
+    """The message whole, or its longest head that fits with the marker."""
+    if _size({**compact, "message": message}) <= limit:
+        compact["message"] = message
+        return
+    low, high = 0, min(len(message), limit)  # every character takes a byte at least
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _size({**compact, "message": message[:middle] + TRUNCATED}) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    _add_if_it_fits(compact, "message", message[:low] + TRUNCATED, limit)
+
+
+def _size(value: dict[str, Any]) -> int:
+    return len(_dump(value).encode())
 
 
 def _dump(value: dict[str, Any]) -> str:

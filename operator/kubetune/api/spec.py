@@ -532,7 +532,8 @@ class FineTuneJobSpec(ApiModel):
     queue_name: Annotated[str, Field(min_length=1, max_length=63)] | None = None
     """Kueue LocalQueue that admits the job's pods."""
     max_retries: Annotated[int, Field(ge=0, le=100)] = 2
-    """Failed attempts retried (from the newest checkpoint). Preemption does not count."""
+    """Failures retried: a training attempt (from the newest checkpoint) or the preflight,
+    one budget for both. Preemption does not count."""
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     """Limit on the whole job's running time, across attempts and suspensions."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None

@@ -90,7 +90,11 @@ class FineTuneJobStatus(ApiModel):
     progress: Progress | None = None
     """Live progress of the current attempt."""
     attempts: Annotated[int, Field(ge=0)] = 0
-    """Attempts that count against maxRetries: the first, and each retry after a failure."""
+    """Training attempts: the first, and each retry after a failure (every retry counts
+    against maxRetries)."""
+    preflight_retries: Annotated[int, Field(ge=0)] = 0
+    """Preflights started again after a failure that another try may not repeat (exit 1: a
+    dataset URL that timed out, a storage hiccup); each counts against maxRetries."""
     preemptions: Annotated[int, Field(ge=0)] = 0
     """Attempts ended by preemption, eviction or a node drain; they do not count against maxRetries."""
     output: OutputStatus | None = None

@@ -27,7 +27,7 @@ from kubetune.api import GROUP, VERSION
 from kubetune.api.resource import PLURAL
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.controller import names
-from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, ROLE_LABEL, Manifest
+from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, KUEUE_QUEUE_LABEL, ROLE_LABEL, Manifest
 from kubetune.controller.observe import job_state, owning_job, pod_state, workload_state
 from kubetune.controller.reconcile import (
     Action,
@@ -121,10 +121,12 @@ class Cluster:
 
     # ------------------------------------------------------------------------- reading
 
-    def snapshot(self, namespace: str, name: str, queued: bool) -> Snapshot:
-        """The job's Jobs with their pods (and Workloads when queued)."""
+    def snapshot(self, namespace: str, name: str) -> Snapshot:
+        """The job's Jobs with their pods, and Kueue's Workloads when a Job was made for a queue
+        (its label says so, whatever the spec reads now: an edit is not applied to a started job)."""
         selector = [("labelSelector", f"{JOB_LABEL}={names.label_value(name)}")]
         jobs = self._list("Job", namespace, selector)
+        queued = any(KUEUE_QUEUE_LABEL in ((job.get("metadata") or {}).get("labels") or {}) for job in jobs)
         pods_by_job: dict[str, list[Manifest]] = defaultdict(list)
         for pod in self._list("Pod", namespace, selector):
             # By the owning Job's uid; by the job-name label for a pod that names no owner.

@@ -203,13 +203,11 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
                 return False, state.settings.resync_seconds  # deleted; its DELETED event stops the keeper
             raise
         keeper.body = json.dumps(body)
-    spec = body.get("spec") or {}
-    queued = bool(spec.get("queueName") or state.settings.default_queue)
     previous = read_status(body)
     if previous.start_time is None:
         snapshot = Snapshot()  # nothing is created before the status says the job started
     else:
-        snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name, queued)
+        snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name)
     progress, polled = None, False
     current = previous.attempts + previous.preemptions
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
@@ -223,7 +221,7 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
         keeper.body = json.dumps(answer)  # what the API holds now, the status just written included
     written = next((a.status for a in reversed(actions) if isinstance(a, WriteStatus)), previous)
     state.metrics.observe(namespace, name, written.phase, time.monotonic() - started)
-    return polled, seconds_to_next_look(body, written, state.settings, datetime.now(UTC))
+    return polled, seconds_to_next_look(body, snapshot, written, state.settings, datetime.now(UTC))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

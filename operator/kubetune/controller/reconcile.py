@@ -55,6 +55,7 @@ from kubetune.controller.status import (
     invalid_status,
     next_status,
     next_step,
+    validity_after_finish,
 )
 
 # ----------------------------------------------------------------------------- what is there
@@ -153,9 +154,7 @@ def plan(
     meta = body.get("metadata") or {}
     generation = int(meta.get("generation") or 1)
     previous = read_status(body)
-    drift = None
-    if previous.start_time is not None and snapshot.started_spec is not None:
-        body, drift = as_started(body, snapshot.started_spec, previous.observed_generation)
+    body, drift = in_force(body, snapshot, previous)
     try:
         job = parse_finetunejob(body)
     except InvalidSpec as error:
@@ -164,7 +163,9 @@ def plan(
     if refused:
         return _refuse(previous, refused, "NotAllowed", generation, now)
     if previous.start_time is not None and previous.phase.finished:
-        return _after_finish(job, snapshot, previous, now)
+        return _validity_after_finish(previous, snapshot, generation, drift, now) + _after_finish(
+            job, snapshot, previous, now
+        )
     preflight_passed = snapshot.preflight is not None and snapshot.preflight.job.complete
     reported = previous.model_facts or reported_facts(snapshot.preflight)
     first_sized_from_facts = needs_model_facts(job.spec) and previous.model_facts is None and reported is not None
@@ -235,6 +236,17 @@ def started_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in spec.items() if key not in MUTABLE_SPEC_FIELDS}
 
 
+def in_force(
+    body: dict[str, Any], snapshot: Snapshot, status: FineTuneJobStatus
+) -> tuple[dict[str, Any], SpecDrift | None]:
+    """The FineTuneJob as the operator runs it: as written until it starts, then with the spec
+    its Jobs record (see as_started). Everything that reads the spec for a started job reads
+    this one."""
+    if status.start_time is None or snapshot.started_spec is None:
+        return body, None
+    return as_started(body, snapshot.started_spec, status.observed_generation)
+
+
 def as_started(
     body: dict[str, Any], started: dict[str, Any], training_generation: int | None
 ) -> tuple[dict[str, Any], SpecDrift | None]:
@@ -253,13 +265,16 @@ def as_started(
     return {**body, "spec": kept}, drift
 
 
-def seconds_to_next_look(body: dict[str, Any], status: FineTuneJobStatus, settings: Settings, now: datetime) -> float:
+def seconds_to_next_look(
+    body: dict[str, Any], snapshot: Snapshot, status: FineTuneJobStatus, settings: Settings, now: datetime
+) -> float:
     """How long a job may be left alone when none of its children changes: a running job
-    until its progress is due, others until their deadline or TTL runs out, at most the
-    resync period (a safety net; changes wake the operator at once)."""
+    until its progress is due, others until their deadline or TTL runs out (the spec's in
+    force: an edit under a started job moves neither), at most the resync period (a safety
+    net; changes wake the operator at once)."""
     if status.phase is Phase.RUNNING:
         return settings.progress_interval_seconds
-    spec = body.get("spec") or {}
+    spec = in_force(body, snapshot, status)[0].get("spec") or {}
     waits = [settings.resync_seconds]
     deadline, ttl = spec.get("activeDeadlineSeconds"), spec.get("ttlSecondsAfterFinished")
     if isinstance(deadline, int) and status.start_time is not None and not status.phase.finished:
@@ -291,6 +306,26 @@ def _refuse(
 def _failure_of(status: FineTuneJobStatus) -> tuple[str, str] | None:
     failed = next((c for c in status.conditions if c.type == ConditionType.FAILED and c.status == "True"), None)
     return (failed.reason, failed.message) if failed is not None else None
+
+
+def _validity_after_finish(
+    previous: FineTuneJobStatus, snapshot: Snapshot, generation: int, drift: SpecDrift | None, now: datetime
+) -> list[Action]:
+    """The Valid condition of a finished job follows an edit of a fixed field, or its undoing,
+    for as long as the Jobs that record the started spec are there (after the TTL removed them
+    nothing can be compared, and the condition stays as it was)."""
+    if snapshot.started_spec is None:
+        return []
+    status = validity_after_finish(previous, generation, drift, now)
+    if not _differs(status, previous):
+        return []
+    actions: list[Action] = [WriteStatus(status)]
+    valid = next(c for c in status.conditions if c.type == ConditionType.VALID)
+    if drift is not None and valid.message != next(
+        (c.message for c in previous.conditions if c.type == ConditionType.VALID), None
+    ):
+        actions.append(Emit(True, IMMUTABLE_SPEC_CHANGED, valid.message))
+    return actions
 
 
 def _after_finish(job: FineTuneJob, snapshot: Snapshot, previous: FineTuneJobStatus, now: datetime) -> list[Action]:
@@ -405,20 +440,28 @@ class _Planner:
         assessment = assess_preflight(preflight.job, preflight.pods, self.spec)
         if assessment is None:
             return True
-        if assessment.outcome is Outcome.PREEMPTED:
-            self._restart_preflight(preflight, assessment)
+        step = next_step(assessment, self.spec, self.previous)
+        assert step.assessment is not None
+        if step.start_attempt:
+            self._restart_preflight(preflight, step.assessment, counts=step.counts)
             return False
-        self._report(assessment)
+        self._report(step.assessment)
         return False
 
-    def _restart_preflight(self, preflight: Attempt, why: Assessment) -> None:
+    def _restart_preflight(self, preflight: Attempt, why: Assessment, counts: bool) -> None:
         """A preflight pod preempted, evicted or drained found nothing wrong with the data: the
-        preflight starts again, and no attempt is counted (it trained nothing)."""
+        preflight starts again, and nothing is counted (it trained nothing). One that failed
+        for a reason another try may not repeat starts again too, counted against maxRetries.
+        The failed Job goes first, then the count: a restart in between finds no preflight
+        and creates one uncounted, never counts the same failure twice."""
         self.planned.append(Delete("Job", preflight.job.name))
         self._emit(why)
-        again = Assessment(
-            Outcome.PREFLIGHT, "Preflight", f"checking the dataset again after a disruption ({why.message})"
-        )
+        if counts:
+            self.previous = self.previous.model_copy(update={"preflight_retries": self.previous.preflight_retries + 1})
+            after = f"after {why.reason}: {why.message}"
+        else:
+            after = f"after a disruption ({why.message})"
+        again = Assessment(Outcome.PREFLIGHT, "Preflight", f"checking the dataset again {after}")
         self._report(again, force=True)
         self._shared_children()
         self.planned.append(Create(build_preflight_job(self.context, self.started)))

@@ -59,8 +59,14 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
         return None
     if job.failed_reason is not None:
         failed = _failure(job, pods)
-        if failed.outcome is Outcome.PREEMPTED:
-            return failed  # no fault of the data: the preflight starts again, as a preempted attempt does
+        if failed.outcome is Outcome.RETRY and not failed.summary:
+            # A crash that left no summary (a signal, a broken image): it trained nothing.
+            return Assessment(Outcome.RETRY, "PreflightFailed", failed.message)
+        if failed.outcome is not Outcome.FAILED:
+            # Preempted: no fault of the data, the preflight starts again uncounted. Retry: an
+            # exit the trainer calls retryable (a dataset URL that timed out, a storage hiccup)
+            # may pass on another try; next_step decides within the retry budget.
+            return failed
         if failed.reason == "OOMKilled":
             # spec.resources.memory sizes the training pods, not the preflight's fixed limit.
             message = (
@@ -68,8 +74,7 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
                 "to check and tokenise the data in the training pods (spec.resources.memory)"
             )
             return Assessment(Outcome.FAILED, failed.reason, message, failed.summary)
-        # A preflight that fails cannot be fixed by trying again with the same data.
-        return Assessment(Outcome.FAILED, failed.reason, failed.message, failed.summary)
+        return failed  # invalid data or spec, a full disk: trying again with the same data fails again
     waiting = _waiting(job, pods, spec)
     if waiting is not None:
         return waiting
@@ -172,21 +177,36 @@ class Step:
 
 
 def next_step(assessment: Assessment, spec: FineTuneJobSpec, status: FineTuneJobStatus) -> Step:
-    """A retryable failure starts the next attempt while the budget lasts; a preemption
-    always does and costs nothing; anything else waits."""
+    """A retryable failure (of a training attempt, or of the preflight) starts the next try
+    while the budget lasts; a preemption always does and costs nothing; anything else waits."""
     if assessment.outcome is Outcome.PREEMPTED:
         return Step(start_attempt=True, counts=False, assessment=assessment)
     if assessment.outcome is Outcome.RETRY:
-        if status.attempts < spec.max_retries + 1:
+        if retries_used(status) < spec.max_retries:
             return Step(start_attempt=True, counts=True, assessment=assessment)
         exhausted = Assessment(
             Outcome.FAILED,
             "RetriesExhausted",
-            f"{status.attempts} attempt(s) failed; the last: {assessment.reason}: {assessment.message}",
+            f"{_failed_runs(status)}; the last: {assessment.reason}: {assessment.message}",
             assessment.summary,
         )
         return Step(assessment=exhausted)
     return Step(assessment=assessment)
+
+
+def retries_used(status: FineTuneJobStatus) -> int:
+    """Retries spent of maxRetries: every training attempt after the first, and every
+    preflight started again after a failure. One budget for both: maxRetries says how many
+    failures a job survives, wherever they happen."""
+    return max(0, status.attempts - 1) + status.preflight_retries
+
+
+def _failed_runs(status: FineTuneJobStatus) -> str:
+    """The failures that spent the budget, the one just assessed included."""
+    if status.attempts == 0:
+        return f"the preflight failed {status.preflight_retries + 1} time(s)"
+    preflights = f", after {status.preflight_retries} failed preflight run(s)" if status.preflight_retries else ""
+    return f"{status.attempts} attempt(s) failed{preflights}"
 
 
 PHASES = {
@@ -215,13 +235,29 @@ class SpecDrift:
 
     @property
     def message(self) -> str:
-        changed = ", ".join(self.fields)
-        which = f"generation {self.training_generation}" if self.training_generation else "the job's start"
+        """While the job runs: what trains, and what to do."""
         return (
-            f"{changed} changed after the job started, and the edit is not applied: the pods train the spec of "
-            f"{which}, and a retry would too. Put {changed} back, or create a new FineTuneJob with the new spec "
-            "(once a job has started, only spec.suspend can change)"
+            f"{self._changed} changed after the job started, and the edit is not applied: the pods train the spec "
+            f"of {self._which}, and a retry would too. Put {self._changed} back, or create a new FineTuneJob with "
+            "the new spec (once a job has started, only spec.suspend can change)"
         )
+
+    def ended(self, phase: Phase) -> str:
+        """Once the job has succeeded or failed: the result is the started spec's, and the
+        manifest as it reads now does not describe it (no pod trains, nothing is retried)."""
+        return (
+            f"{self._changed} changed after the job started, and the edit was not applied: the job "
+            f"{phase.value.lower()} with the spec of {self._which}. Put {self._changed} back to match the result, "
+            "or create a new FineTuneJob with the new spec"
+        )
+
+    @property
+    def _changed(self) -> str:
+        return ", ".join(self.fields)
+
+    @property
+    def _which(self) -> str:
+        return f"generation {self.training_generation}" if self.training_generation else "the job's start"
 
 
 IMMUTABLE_SPEC_CHANGED = "ImmutableSpecChanged"
@@ -290,15 +326,36 @@ def _condition_table(
     outcome, reason, message = assessment.outcome, assessment.reason, assessment.message
     queued = outcome is Outcome.QUEUED
     suspended, succeeded, failed = (outcome is o for o in (Outcome.SUSPENDED, Outcome.SUCCEEDED, Outcome.FAILED))
-    valid = (False, IMMUTABLE_SPEC_CHANGED, drift.message) if drift is not None else (True, "Valid", "")
     return [
-        (ConditionType.VALID, *valid),
+        (ConditionType.VALID, *_validity(drift, PHASES[outcome])),
         (ConditionType.ADMITTED, not queued, reason if queued else "Admitted", message if queued else ""),
         (ConditionType.RUNNING, outcome is Outcome.RUNNING, reason, message),
         (ConditionType.SUSPENDED, suspended, "Suspended" if suspended else "NotSuspended", ""),
         (ConditionType.SUCCEEDED, succeeded, reason if succeeded else "NotFinished", ""),
         (ConditionType.FAILED, failed, reason if failed else "NoFailure", message if failed else ""),
     ]
+
+
+def _validity(drift: SpecDrift | None, phase: Phase) -> tuple[bool, str, str]:
+    if drift is None:
+        return True, "Valid", ""
+    return False, IMMUTABLE_SPEC_CHANGED, drift.ended(phase) if phase.finished else drift.message
+
+
+def validity_after_finish(
+    previous: FineTuneJobStatus, generation: int, drift: SpecDrift | None, now: datetime
+) -> FineTuneJobStatus:
+    """A finished job's status once its spec is edited, or put back, after the end: the Valid
+    condition and observedGeneration follow; the rest is the result of the spec that ran."""
+    observed = drift.training_generation if drift is not None and drift.training_generation else generation
+    valid = _condition(ConditionType.VALID, *_validity(drift, previous.phase), now, generation)
+    others = [c for c in previous.conditions if c.type != ConditionType.VALID]
+    return previous.model_copy(
+        update={
+            "conditions": merge_conditions(previous.conditions, [valid]) + others,
+            "observed_generation": observed,
+        }
+    )
 
 
 def _condition(

@@ -226,6 +226,38 @@ def test_a_disrupted_preflight_starts_again_without_counting_an_attempt(job: dic
     assert running.reason == "Preflight" and "EvictionByEvictionAPI" in running.message
 
 
+def test_a_preflight_that_failed_for_a_passing_reason_starts_again_counted(job: dict[str, Any]) -> None:
+    failed = _failed(0, 1, "DatasetUnavailable")
+    preflight = Attempt(dataclass_replace(failed.job, name="demo-preflight"), failed.pods)
+    status = _status(plan(_body(job), Snapshot(), SETTINGS, NOW - timedelta(minutes=1)))
+
+    actions = plan(_body(job, status), Snapshot(preflight=preflight), SETTINGS, NOW)
+
+    assert _kinds(actions) == [
+        "delete Job demo-preflight",
+        "status Pending attempts=0 preemptions=0",
+        "create ConfigMap demo-spec",
+        "create Service demo",
+        "create Job demo-preflight",
+        "warning DatasetUnavailable",
+    ]
+    again = _status(actions)
+    assert again.preflight_retries == 1
+    running = next(c for c in again.conditions if c.type == "Running")
+    assert running.reason == "Preflight" and "DatasetUnavailable happened" in running.message
+
+
+def test_a_preflight_that_keeps_failing_spends_the_retry_budget(job: dict[str, Any]) -> None:
+    failed = _failed(0, 1, "DatasetUnavailable")
+    preflight = Attempt(dataclass_replace(failed.job, name="demo-preflight"), failed.pods)
+    status = FineTuneJobStatus(start_time=NOW, preflight_retries=2)
+
+    actions = plan(_body(job, status, maxRetries=2), Snapshot(preflight=preflight), SETTINGS, NOW)
+
+    assert _kinds(actions) == ["status Failed attempts=0 preemptions=0", "warning RetriesExhausted"]
+    assert "DatasetUnavailable happened" in _status(actions).conditions[-1].message
+
+
 def test_retries_run_out(job: dict[str, Any]) -> None:
     snapshot = Snapshot(attempts={3: _failed(3, 1, "TrainingFailed")})
 
@@ -453,13 +485,31 @@ def test_jobs_are_looked_at_again_when_something_is_due(job: dict[str, Any]) -> 
     settings = Settings(progress_interval_seconds=10, resync_seconds=300)
     finished = _started(phase=Phase.SUCCEEDED).model_copy(update={"completion_time": NOW - timedelta(seconds=30)})
 
-    assert seconds_to_next_look(_body(job), _started(), settings, NOW) == 10
-    assert seconds_to_next_look(_body(job), _started(phase=Phase.QUEUED), settings, NOW) == 300
+    assert seconds_to_next_look(_body(job), Snapshot(), _started(), settings, NOW) == 10
+    assert seconds_to_next_look(_body(job), Snapshot(), _started(phase=Phase.QUEUED), settings, NOW) == 300
     assert (
-        seconds_to_next_look(_body(job, activeDeadlineSeconds=360), _started(phase=Phase.PENDING), settings, NOW) == 60
+        seconds_to_next_look(
+            _body(job, activeDeadlineSeconds=360), Snapshot(), _started(phase=Phase.PENDING), settings, NOW
+        )
+        == 60
     )
-    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=100), finished, settings, NOW) == 70
-    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=0), finished, settings, NOW) == 0.1
+    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=100), Snapshot(), finished, settings, NOW) == 70
+    assert seconds_to_next_look(_body(job, ttlSecondsAfterFinished=0), Snapshot(), finished, settings, NOW) == 0.1
+
+
+def test_the_next_look_follows_the_deadline_and_ttl_the_job_started_with(job: dict[str, Any]) -> None:
+    from kubetune.controller.reconcile import seconds_to_next_look
+
+    settings = Settings(progress_interval_seconds=10, resync_seconds=300)
+    job["spec"].update(activeDeadlineSeconds=360, ttlSecondsAfterFinished=100)
+    started, body = _edited(job, activeDeadlineSeconds=30, ttlSecondsAfterFinished=5)
+    pending = _started(phase=Phase.PENDING)
+    finished = _started(phase=Phase.SUCCEEDED).model_copy(update={"completion_time": NOW - timedelta(seconds=30)})
+
+    assert (
+        seconds_to_next_look(body, Snapshot(attempts={1: _running(started_spec=started)}), pending, settings, NOW) == 60
+    )
+    assert seconds_to_next_look(body, Snapshot(attempts={1: _done(started)}), finished, settings, NOW) == 70
 
 
 def test_progress_is_read_from_the_running_pod_of_index_0_taken_from_the_snapshot() -> None:
@@ -554,3 +604,64 @@ def test_an_edit_put_back_clears_the_condition(job: dict[str, Any]) -> None:
     status = _status(actions)
     assert next(c for c in status.conditions if c.type == "Valid").status == "True"
     assert status.observed_generation == 3
+
+
+def _done(started: dict[str, Any]) -> Attempt:
+    summary = {"status": "Succeeded", "message": "trained 40 steps", "output": {"location": "pvc://results/demo"}}
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    job = JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True, started_spec=started)
+    return Attempt(job, (pod,))
+
+
+def _valid(status: FineTuneJobStatus) -> Any:
+    return next(c for c in status.conditions if c.type == "Valid")
+
+
+def _at(body: dict[str, Any], status: FineTuneJobStatus, generation: int = 2, **spec: Any) -> dict[str, Any]:
+    body = _body(body, status, **spec)
+    body["metadata"]["generation"] = generation
+    return body
+
+
+def test_a_job_that_ends_under_an_edit_says_the_result_is_the_started_spec_s(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "full"})
+    running = _status(plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW))
+
+    ended = _status(plan(_at(body, running), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW))
+
+    valid = _valid(ended)
+    assert ended.phase is Phase.SUCCEEDED and (valid.status, valid.reason) == ("False", "ImmutableSpecChanged")
+    assert "the job succeeded with the spec of generation 1" in valid.message
+    assert "the pods train" not in valid.message and "retry" not in valid.message
+    assert plan(_at(body, ended), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW) == []
+
+
+def test_an_edit_put_back_after_the_end_clears_the_condition(job: dict[str, Any]) -> None:
+    started, body = _edited(job, method={"type": "full"})
+    running = _status(plan(body, Snapshot(attempts={1: _running(started_spec=started)}), SETTINGS, NOW))
+    ended = _status(plan(_at(body, running), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW))
+    body = _at(body, ended, 3, method=started["method"])
+
+    actions = plan(body, Snapshot(attempts={1: _done(started)}), SETTINGS, NOW)
+
+    status = _status(actions)
+    assert (_valid(status).status, status.observed_generation, status.phase) == ("True", 3, Phase.SUCCEEDED)
+    assert status.output is not None and status.output.location == "pvc://results/demo"
+    assert not any(isinstance(a, Emit) for a in actions)
+    # Once the TTL removed the Jobs there is no started spec to compare with: nothing moves.
+    assert plan(_at(body, ended, 3), Snapshot(), SETTINGS, NOW) == []
+
+
+def test_an_edit_after_the_end_is_reported_once(job: dict[str, Any]) -> None:
+    started, body = _edited(job)
+    body["metadata"]["generation"] = 1  # nothing edited yet
+    ended = _status(plan(body, Snapshot(attempts={1: _done(started)}), SETTINGS, NOW))
+    body = _at(body, ended, method={"type": "full"})
+
+    actions = plan(body, Snapshot(attempts={1: _done(started)}), SETTINGS, NOW)
+
+    status = _status(actions)
+    assert (_valid(status).status, status.observed_generation) == ("False", 1)
+    assert "the job succeeded with the spec of generation 1" in _valid(status).message
+    assert [a.reason for a in actions if isinstance(a, Emit)] == ["ImmutableSpecChanged"]
+    assert plan(_at(body, status), Snapshot(attempts={1: _done(started)}), SETTINGS, NOW) == []

@@ -303,6 +303,60 @@ def test_preflight_assessment(job: dict[str, Any]) -> None:
     assert failed is not None and (failed.outcome, failed.reason) == (Outcome.FAILED, "DatasetInvalid")
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "reason", "outcome"),
+    [
+        (1, "DatasetUnavailable", Outcome.RETRY),  # a URL that timed out may answer the next time
+        (41, "InvalidSpec", Outcome.FAILED),
+        (42, "DatasetInvalid", Outcome.FAILED),
+        (43, "OutOfMemory", Outcome.FAILED),
+        (45, "DiskFull", Outcome.FAILED),
+    ],
+)
+def test_a_failed_preflight_is_retried_only_where_another_try_may_pass(
+    job: dict[str, Any], exit_code: int, reason: str, outcome: Outcome
+) -> None:
+    pods = [pod_state(_pod(0, "Failed", exit_code=exit_code, message=_summary(reason, "why")))]
+
+    assessment = assess_preflight(job_state(_job(failed=("PodFailurePolicy", ""))), pods, _spec(job))
+
+    assert assessment is not None and (assessment.outcome, assessment.reason) == (outcome, reason)
+
+
+def test_a_preflight_crash_without_a_summary_is_retried_as_a_preflight_failure(job: dict[str, Any]) -> None:
+    crashed = [pod_state(_pod(0, "Failed", exit_code=139, message="Segmentation fault"))]
+
+    assessment = assess_preflight(job_state(_job(failed=("BackoffLimitExceeded", ""))), crashed, _spec(job))
+
+    assert assessment is not None and (assessment.outcome, assessment.reason) == (Outcome.RETRY, "PreflightFailed")
+    assert "exited with code 139: Segmentation fault" in assessment.message
+
+
+@pytest.mark.parametrize(
+    ("attempts", "preflight_retries", "max_retries", "starts", "spent"),
+    [
+        (0, 0, 2, True, ""),
+        (0, 2, 2, False, "the preflight failed 3 time(s)"),
+        (0, 0, 0, False, "the preflight failed 1 time(s)"),
+        (2, 1, 2, False, "2 attempt(s) failed, after 1 failed preflight run(s)"),
+        (1, 1, 2, True, ""),
+    ],
+)
+def test_preflight_retries_and_attempts_share_the_budget(
+    job: dict[str, Any], attempts: int, preflight_retries: int, max_retries: int, starts: bool, spent: str
+) -> None:
+    step = next_step(
+        Assessment(Outcome.RETRY, "DatasetUnavailable", "timed out"),
+        _spec(job, maxRetries=max_retries),
+        FineTuneJobStatus(attempts=attempts, preflight_retries=preflight_retries),
+    )
+
+    assert step.start_attempt is starts
+    assert step.assessment is not None
+    if not starts:
+        assert step.assessment.reason == "RetriesExhausted" and step.assessment.message.startswith(spent)
+
+
 def test_a_disrupted_preflight_is_preempted_not_failed(job: dict[str, Any]) -> None:
     evicted = [pod_state(_pod(0, "Failed", exit_code=143, disruption="EvictionByEvictionAPI"))]
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from kubetune.contract import TERMINATION_MESSAGE_LIMIT
+from kubetune.contract import TERMINATION_MESSAGE_LIMIT, FinalFigures
 from kubetune_trainer.summary import TRUNCATED, termination_message
 
 SUCCESS = {
@@ -42,3 +43,39 @@ def test_multibyte_messages_stay_valid_json_under_the_cap() -> None:
 
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
     assert json.loads(text)["message"].endswith(TRUNCATED)
+
+
+def _overflowing(message: str = "trained 60 steps on 8 examples") -> dict[str, Any]:
+    """A success whose task metrics alone are over the cap (a classifier's per-label figures)."""
+    per_label = {f"evalF1Label{i:04d}": 0.5 + i / 10_000 for i in range(400)}
+    return {
+        **SUCCESS,
+        "message": message,
+        "output": {"location": "s3://models/runs/demo", "formats": ["adapter", "merged"]},
+        "metrics": {"trainableParameters": 4_194_304, **SUCCESS["metrics"], "evalAccuracy": 0.91, **per_label},
+    }
+
+
+@pytest.mark.parametrize("message", ["trained 60 steps on 8 examples", "y" * 10_000])
+def test_overflowing_metrics_are_shed_before_what_the_status_needs(message: str) -> None:
+    summary = _overflowing(message)
+
+    text = termination_message(summary)
+    kept = json.loads(text)
+
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    assert (kept["status"], kept["reason"]) == ("Succeeded", "Completed")
+    assert kept["output"]["location"] == "s3://models/runs/demo"
+    figures = FinalFigures.from_summary(kept)
+    assert (figures.steps, figures.train_loss, figures.eval_loss) == (60, 0.06, 0.3)
+    assert kept["message"] == message or kept["message"].endswith(TRUNCATED)
+    assert len(kept["metrics"]) < len(summary["metrics"])
+    assert all(kept["metrics"][name] == summary["metrics"][name] for name in kept["metrics"])
+
+
+def test_a_short_message_is_kept_whole_and_the_room_left_holds_more_metrics() -> None:
+    kept = json.loads(termination_message(_overflowing()))
+
+    assert kept["message"] == "trained 60 steps on 8 examples"
+    assert kept["output"]["formats"] == ["adapter", "merged"]
+    assert kept["metrics"]["evalAccuracy"] == 0.91
