@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 export DS_BUILD_OPS := 0
 
 .PHONY: help venv quickstart test lint typecheck unit gpu-check bench bench-trainer bench-operator bench-gpu crds clean
-.PHONY: tools registry chart kind-up kind-down images images-gpu kind-load deploy e2e
+.PHONY: tools registry container-tools chart kind-up kind-down images images-gpu kind-load deploy e2e
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -100,6 +100,23 @@ registry: ## Install the docker-registry package for the OCI tests (as root with
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; } || \
 		echo "registry: apt-get could not install docker-registry; the OCI push tests will skip"; \
+	fi
+
+# Containers without a Docker engine: Debian's podman, buildah, runc and debootstrap. `make images`
+# builds with buildah where no Docker engine answers, and `make e2e-local` runs every pod the
+# operator creates as a container. Their settings are deploy/podman/containers.conf (runc,
+# host networking, no default ulimits), named by CONTAINERS_CONF; /etc/containers is untouched.
+CONTAINER_TOOLS := podman buildah runc debootstrap
+export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
+
+container-tools: ## Install podman, buildah, runc and debootstrap (as root with apt-get; else says why not)
+	@if command -v podman buildah runc debootstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "container-tools: not installing $(CONTAINER_TOOLS) (needs root and apt-get); make images needs Docker, the container tests will skip"; \
+	else \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CONTAINER_TOOLS) >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CONTAINER_TOOLS) >/dev/null; } || \
+		echo "container-tools: apt-get could not install $(CONTAINER_TOOLS); make images needs Docker, the container tests will skip"; \
 	fi
 
 chart: tools ## Package the chart into dist/ for `helm push` (it holds the CRD file itself, not the link)
