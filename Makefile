@@ -139,9 +139,8 @@ kind-up: ## Create the kind cluster of kind-config.yaml (needs Docker and kind)
 kind-down: ## Delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)
 
-images: ## Build the operator image and the CPU trainer image
-	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
-	docker build -f trainer-image/Dockerfile --build-arg VARIANT=cpu -t $(TRAINER_CPU_IMAGE) .
+images: ## Build the operator image and the CPU trainer image (Docker, else buildah on a debootstrapped base; cached)
+	OPERATOR_IMAGE=$(OPERATOR_IMAGE) TRAINER_CPU_IMAGE=$(TRAINER_CPU_IMAGE) PYTHON=$(PYTHON) deploy/podman/images.sh
 
 images-gpu: ## Build the CUDA trainer image (large; not needed on kind)
 	docker build -f trainer-image/Dockerfile -t $(TRAINER_IMAGE) .
