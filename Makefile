@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 export DS_BUILD_OPS := 0
 
 .PHONY: help venv quickstart test lint typecheck unit gpu-check bench bench-trainer bench-operator bench-gpu crds clean
-.PHONY: tools registry container-tools chart kind-up kind-down images images-gpu kind-load deploy e2e
+.PHONY: tools registry container-tools chart kind-up kind-down images images-gpu kind-load deploy e2e e2e-local
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -154,6 +154,9 @@ deploy: tools ## Install or upgrade the chart, with these images, on the current
 		--set trainer.gpuImage.repository=$(REGISTRY)/trainer,trainer.gpuImage.tag=$(IMAGE_TAG) \
 		--set trainer.cpuImage.repository=$(REGISTRY)/trainer,trainer.cpuImage.tag=$(IMAGE_TAG)-cpu \
 		--set logFormat=text --wait --timeout 5m
+
+e2e-local: $(INSTALLED) container-tools images ## The deployed path as real containers (podman): operator and trainer images against the emulated API server
+	$(BIN)/python -m pytest tests/containers -m containers --durations=0
 
 e2e: $(INSTALLED) ## The e2e suite against the current kubectl context (after make deploy)
 	$(BIN)/python -m pytest tests/e2e -m e2e

@@ -25,11 +25,11 @@ from typing import Any
 import kubernetes
 import pytest
 import pytest_asyncio
-from tests.containers.kubelet import KUBELET_LABEL, Node, podman
-from tests.integration.conftest import REPO, ApiServer, apiserver, kube_client  # noqa: F401  (fixtures)
 
 from kubetune import __version__
 from kubetune.controller.cluster import KINDS, Rest
+from tests.containers.kubelet import KUBELET_LABEL, Node, podman
+from tests.integration.conftest import REPO, ApiServer, apiserver, kube_client  # noqa: F401  (fixtures)
 
 NAMESPACE = "default"
 CONTAINERS_CONF = REPO / "deploy" / "podman" / "containers.conf"

@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.emulator import StrictKubernetesEmulator
-
 from kubetune.contract import TERMINATION_MESSAGE_LIMIT
 from kubetune.controller.cluster import KINDS, Rest
+from tests.integration.emulator import StrictKubernetesEmulator
 
 Obj = dict[str, Any]
 MERGE = "application/merge-patch+json"
