@@ -224,8 +224,8 @@ async def test_an_evicted_rank_stops_every_rank_at_one_checkpoint_and_the_next_a
     assert finished == "Succeeded", (status, deployment.reasons("quickstart"))
     assert (status["attempts"], status["preemptions"]) == (1, 1), status
     checkpoints = complete_checkpoints(results)
-    assert len(checkpoints) == 1 and 5 <= next(iter(checkpoints)) < 60, checkpoints
-    step = next(iter(checkpoints))
+    step = min(checkpoints)  # the one written on SIGTERM; attempt 2 writes the later ones
+    assert 5 <= step < 60, checkpoints
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= checkpoints[step]
     # Both ranks stopped at that step, rank 0 by agreement with the rank that got SIGTERM.
     for rank in pods_of(deployment, "quickstart-a1"):
