@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 export DS_BUILD_OPS := 0
 
 .PHONY: help venv quickstart test lint typecheck unit gpu-check bench bench-trainer bench-operator bench-gpu crds clean
-.PHONY: tools registry chart kind-up kind-down images images-gpu kind-load deploy e2e
+.PHONY: tools registry container-tools chart kind-up kind-down images images-gpu kind-load deploy e2e e2e-local
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -102,6 +102,23 @@ registry: ## Install the docker-registry package for the OCI tests (as root with
 		echo "registry: apt-get could not install docker-registry; the OCI push tests will skip"; \
 	fi
 
+# Containers without a Docker engine: Debian's podman, buildah, runc and debootstrap. `make images`
+# builds with buildah where no Docker engine answers, and `make e2e-local` runs every pod the
+# operator creates as a container. Their settings are deploy/podman/containers.conf (runc,
+# host networking, no default ulimits), named by CONTAINERS_CONF; /etc/containers is untouched.
+CONTAINER_TOOLS := podman buildah runc debootstrap
+export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
+
+container-tools: ## Install podman, buildah, runc and debootstrap (as root with apt-get; else says why not)
+	@if command -v podman buildah runc debootstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "container-tools: not installing $(CONTAINER_TOOLS) (needs root and apt-get); make images needs Docker, the container tests will skip"; \
+	else \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CONTAINER_TOOLS) >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CONTAINER_TOOLS) >/dev/null; } || \
+		echo "container-tools: apt-get could not install $(CONTAINER_TOOLS); make images needs Docker, the container tests will skip"; \
+	fi
+
 chart: tools ## Package the chart into dist/ for `helm push` (it holds the CRD file itself, not the link)
 	$(HELM) package charts/kubetune --destination dist
 
@@ -122,9 +139,8 @@ kind-up: ## Create the kind cluster of kind-config.yaml (needs Docker and kind)
 kind-down: ## Delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)
 
-images: ## Build the operator image and the CPU trainer image
-	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
-	docker build -f trainer-image/Dockerfile --build-arg VARIANT=cpu -t $(TRAINER_CPU_IMAGE) .
+images: ## Build the operator image and the CPU trainer image (Docker, else buildah on a debootstrapped base; cached)
+	OPERATOR_IMAGE=$(OPERATOR_IMAGE) TRAINER_CPU_IMAGE=$(TRAINER_CPU_IMAGE) PYTHON=$(PYTHON) deploy/podman/images.sh
 
 images-gpu: ## Build the CUDA trainer image (large; not needed on kind)
 	docker build -f trainer-image/Dockerfile -t $(TRAINER_IMAGE) .
@@ -138,6 +154,9 @@ deploy: tools ## Install or upgrade the chart, with these images, on the current
 		--set trainer.gpuImage.repository=$(REGISTRY)/trainer,trainer.gpuImage.tag=$(IMAGE_TAG) \
 		--set trainer.cpuImage.repository=$(REGISTRY)/trainer,trainer.cpuImage.tag=$(IMAGE_TAG)-cpu \
 		--set logFormat=text --wait --timeout 5m
+
+e2e-local: $(INSTALLED) container-tools images ## The deployed path as real containers (podman): operator and trainer images against the emulated API server
+	$(BIN)/python -m pytest tests/containers -m containers --durations=0
 
 e2e: $(INSTALLED) ## The e2e suite against the current kubectl context (after make deploy)
 	$(BIN)/python -m pytest tests/e2e -m e2e

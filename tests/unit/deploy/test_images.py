@@ -117,7 +117,10 @@ def test_trainer_image_is_cuda_by_default_and_cpu_on_request() -> None:
 
     assert args["VARIANT"] == "gpu"
     assert "DS_BUILD_OPS=0" in env.split()
-    assert "TORCH_CPU_INDEX" in TRAINER.read_text().split('"$VARIANT" = cpu')[1].split("elif")[0]
+    cpu_branch = TRAINER.read_text().split('"$VARIANT" = cpu')[1].split("elif")[0]
+    assert "TORCH_CPU_INDEX" in cpu_branch
+    # Without a route to the CPU index, a mounted wheel folder serves torch (make images without Docker).
+    assert "TORCH_CPU_WHEELS" in cpu_branch
 
 
 def test_operator_image_user_is_the_pods_user() -> None:
