@@ -235,11 +235,6 @@ async def test_an_evicted_rank_stops_every_rank_at_one_checkpoint_and_the_next_a
     assert status["progress"]["step"] == 60
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="launch execs torchrun, which exits 1 whatever its worker's code: the pod failure policy's exit-code "
-    "rules never match a training pod, and status retries an InvalidSpec, OutOfMemory or DiskFull attempt",
-)
 async def test_a_training_pod_exits_with_the_trainers_exit_code(deployment: Deployment, images: Images) -> None:
     """A training pod whose model is missing: the trainer exits 41 (InvalidSpec, not retried)."""
     deployment.claim("models")  # empty: no tiny-phi3 on it

@@ -29,7 +29,7 @@ def torchrun_command(env: Mapping[str, str]) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "kubetune_trainer.torchrun",  # exits with the failed rank's code, which the podFailurePolicy reads
         f"--nnodes={env.get('KUBETUNE_NODES', '1')}",
         f"--nproc-per-node={env.get('KUBETUNE_PROCS_PER_NODE', '1')}",
         f"--node-rank={env.get('JOB_COMPLETION_INDEX', '0')}",

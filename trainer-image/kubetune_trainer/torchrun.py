@@ -1,6 +1,9 @@
-"""torchrun for `kubetune run --nproc N`: the same launcher, without its own account of a rank
-that failed (a traceback and a table). The ranks write the trainer's summary, and kubetune
-run says what failed in its own words, once."""
+"""torchrun as the pods and `kubetune run --nproc N` start it: the same launcher, but it exits
+with the code of the rank that failed first instead of 1, and without its own account of the
+failure (a traceback and a table). The trainer's exit codes say whether a failure is worth a
+retry (`ExitCode`): the pod's podFailurePolicy and the operator's status read them from the
+container, so torchrun's blanket 1 would retry an invalid spec, an OOM or a full disk. The
+ranks write the trainer's summary; the pod's log or kubetune run says what failed."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def test_torchrun_command_uses_static_rendezvous_from_the_pod_environment() -> N
         }
     )
 
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "kubetune_trainer.torchrun"]
     assert {
         "--nnodes=4",
         "--nproc-per-node=8",
