@@ -121,3 +121,19 @@ def _open(file: Path) -> None:
 
 def _raise(error: OSError) -> None:
     raise error
+
+
+def open_to_readers(folder: Path) -> None:
+    """Give the files under `folder` the read bits the process's umask allows. Some writers
+    (safetensors through transformers 5) create weights with mode 0600, so a serving pod or
+    a person running as another user could not read an output the job reported as done."""
+    mask = os.umask(0)
+    os.umask(mask)
+    readers = 0o444 & ~mask
+    for path in (folder, *folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        wanted = mode | readers | (0o111 & ~mask if path.is_dir() else 0)
+        if wanted != mode:
+            path.chmod(wanted)

@@ -17,6 +17,7 @@ from kubetune_trainer.checkpoints import CheckpointMirror
 from kubetune_trainer.hardware import DTYPES
 from kubetune_trainer.hub import HubRepo, hub_location
 from kubetune_trainer.model import ModelSource
+from kubetune_trainer.mounts import open_to_readers
 from kubetune_trainer.oci import ImageName, Registry, adapter_image
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.storage import Bucket
@@ -83,6 +84,7 @@ def write_outputs(
                 for folder in (out, adapter_dir, merged_dir):
                     if folder is out or folder.is_dir():
                         labels.save(folder)
+            open_to_readers(out)
         except Exception as error:  # the other ranks wait at the barrier: release them first
             failure = error
     barrier()

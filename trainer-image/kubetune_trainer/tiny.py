@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from kubetune_trainer.mounts import open_to_readers
+
 Architecture = Literal["phi3", "llama", "t5"]
 
 T5_SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
@@ -79,6 +81,7 @@ def make_tiny_model(
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    open_to_readers(folder)  # the pods of a quickstart read it as another user
     return folder
 
 
@@ -116,6 +119,7 @@ def _make_tiny_t5(
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    open_to_readers(folder)  # the pods of a quickstart read it as another user
     return folder
 
 

@@ -4,6 +4,8 @@ volume. Fast: no model, no training."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from kubetune_trainer.data.sources import source_rows
 from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.local import write_config_maps
 from kubetune_trainer.model import resolve_source
-from kubetune_trainer.mounts import inside
+from kubetune_trainer.mounts import inside, open_to_readers
 from kubetune_trainer.outputs import output_folder
 from kubetune_trainer.runtime import Runtime
 
@@ -147,3 +149,42 @@ def _re(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def _others_read(path: Path) -> bool:
+    return bool(path.stat().st_mode & 0o004)
+
+
+def test_outputs_are_opened_to_readers_as_the_umask_allows(tmp_path: Path) -> None:
+    weights = tmp_path / "out" / "adapter" / "adapter_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    weights.chmod(0o600)  # as safetensors writes them
+    previous = os.umask(0o022)
+    try:
+        open_to_readers(tmp_path / "out")
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+    assert stat.S_IMODE(weights.parent.stat().st_mode) & 0o005 == 0o005
+
+
+def test_a_private_umask_keeps_outputs_private(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    weights.chmod(0o600)
+    previous = os.umask(0o077)
+    try:
+        open_to_readers(tmp_path)
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o600
+
+
+def test_a_tiny_model_can_be_read_by_the_pods_user(volumes: Path) -> None:
+    files = [path for path in (volumes / "models" / "tiny-phi3").iterdir() if path.is_file()]
+
+    assert files
+    assert [path.name for path in files if not _others_read(path)] == []

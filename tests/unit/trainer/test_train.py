@@ -46,6 +46,8 @@ def test_row_trains_and_its_output_answers_from_memory(
     losses = [h["loss"] for h in summary["history"] if "loss" in h]
 
     assert losses[-1] < losses[0] / 10, losses
+    unreadable = [p.name for p in out.rglob("*") if p.is_file() and not p.stat().st_mode & 0o004]
+    assert unreadable == [], "a serving pod of another user could not read these"
     model, tokenizer = reload_output(row.output, out, volumes)
     question, answer = FACTS[3]
     assert greedy_answer(model, tokenizer, question) == answer
