@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 
-TOOLS = frozenset({"hadolint", "helm", "kubectl", "openssl"})
-"""Native programs a unit test may run: each answers in a fraction of a second (helm renders
-the chart in about 0.1 s), where a Python child spends seconds importing before it starts."""
+TOOLS = frozenset({"docker-registry", "hadolint", "helm", "kubectl", "openssl"})
+"""Native programs a unit test may run: each starts and answers in a fraction of a second (helm
+renders the chart in about 0.1 s; a loopback docker-registry serves the OCI tests' pushes
+within a second), where a Python child spends seconds importing before it starts."""
 
 WHY = "tests/unit trains nothing, exports nothing and starts no process but " + ", ".join(sorted(TOOLS))
 WHERE = "move the test to tests/integration/trainer (or a tier of its own), as README's Tests section says"
