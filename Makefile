@@ -62,7 +62,7 @@ lint: $(INSTALLED) ## ruff lint and format check
 typecheck: $(INSTALLED) ## mypy (strict) on the package
 	$(BIN)/mypy
 
-unit: $(INSTALLED) tools ## The fast tier, tests/unit: no training run, no export, no Python process (a few minutes)
+unit: $(INSTALLED) tools registry ## The fast tier, tests/unit: no training run, no export, no Python process (a few minutes)
 	$(BIN)/python -m pytest tests/unit
 
 integration: $(INSTALLED) tools registry ## The other tiers: the trainer's runs, the operator on an emulated API server, the benchmarks
