@@ -5,27 +5,51 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: the train extra (all make quickstart needs), then every extra (make test and the
+# rest). After make quickstart, make test installs only the difference.
+TRAIN_INSTALLED := $(VENV)/.installed-train
 INSTALLED := $(VENV)/.installed
 # DeepSpeed's ops are compiled on first use (or prebuilt in the trainer image), never at install.
 export DS_BUILD_OPS := 0
 
-.PHONY: help venv quickstart test lint typecheck unit gpu-check bench bench-trainer bench-operator bench-gpu crds clean
+.PHONY: help venv quickstart test lint typecheck unit integration gpu-check bench bench-trainer bench-operator bench-gpu crds clean
 .PHONY: tools registry container-tools chart kind-up kind-down images images-gpu kind-load deploy e2e e2e-local
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml trainer-image/constraints.txt
+# uv installs: it resolves and downloads in parallel (the train extra in a quarter of pip's
+# time and a fifth of its CPU time, measured here). It reads no pip configuration, so what
+# pip's names (wheel folders, indexes, constraint files) is handed to it, and both install the
+# same builds: on a machine whose pip finds a local CPU torch wheel, that wheel. Where pip names
+# nothing, nothing is added. pip takes the best version any index offers; uv does the same with
+# unsafe-best-match (by default it keeps to the first index that knows a name).
+UV := $(BIN)/uv
+PIP_CONFIG_FOR_UV = $(shell $(BIN)/python -m pip config list 2>/dev/null \
+	| sed -n "s/^[^.]*\.\(find-links\|extra-index-url\|index-url\|constraint\)='\(.*\)'$$/\1 \2/p" \
+	| awk '{for (i = 2; i <= NF; i++) print "--" $$1 " " $$i}' | awk '!seen[$$0]++')
+PIP_CERT_FOR_UV = $(shell $(BIN)/python -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.cert='\(.*\)'$$/\1/p" | head -1)
+UV_INSTALL = $(if $(PIP_CERT_FOR_UV),SSL_CERT_FILE=$(PIP_CERT_FOR_UV)) $(UV) pip install --python $(BIN)/python \
+	--index-strategy unsafe-best-match $(PIP_CONFIG_FOR_UV) -c trainer-image/constraints.txt
+
+$(UV): trainer-image/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c trainer-image/constraints.txt -e '.[dev,operator,train]'
+	$(BIN)/python -m pip install --quiet -c trainer-image/constraints.txt uv
+	@touch $@
+
+$(TRAIN_INSTALLED): pyproject.toml trainer-image/constraints.txt $(UV)
+	$(UV_INSTALL) -e '.[train]'
+	@touch $@
+
+$(INSTALLED): $(TRAIN_INSTALLED)
+	$(UV_INSTALL) -e '.[dev,operator,train]'
 	@touch $@
 
 venv: $(INSTALLED) ## Create .venv with kubetune and every extra (idempotent)
 
 QUICKSTART := runs/quickstart
 
-quickstart: $(INSTALLED) ## The main job: validate the examples, then fine-tune the quickstart on this machine
+quickstart: $(TRAIN_INSTALLED) ## The main job: validate the examples, then fine-tune the quickstart on this machine
 	$(BIN)/kubetune validate examples/
 	@test -f $(QUICKSTART)/volumes/models/tiny-phi3/config.json || \
 		$(BIN)/kubetune make-tiny-model $(QUICKSTART)/volumes/models/tiny-phi3 --corpus examples/quickstart.yaml
@@ -38,10 +62,14 @@ lint: $(INSTALLED) ## ruff lint and format check
 typecheck: $(INSTALLED) ## mypy (strict) on the package
 	$(BIN)/mypy
 
-unit: $(INSTALLED) tools registry ## The test suite alone, without lint and type checks
-	$(BIN)/python -m pytest
+unit: $(INSTALLED) tools registry ## The fast tier, tests/unit: no training run, no export, no Python process (a few minutes)
+	$(BIN)/python -m pytest tests/unit
 
-test: lint typecheck unit ## Everything CI runs: lint, type check, tests
+integration: $(INSTALLED) tools registry ## The other tiers: the trainer's runs, the operator on an emulated API server, the benchmarks
+	$(BIN)/python -m pytest --durations=25 tests/integration tests/bench
+
+test: lint typecheck tools registry ## Everything CI runs: lint, type check, then every tier in one pytest run (25 slowest listed)
+	$(BIN)/python -m pytest --durations=25
 
 gpu-check: $(INSTALLED) ## On a CUDA machine: QLoRA kernels, ZeRO-3 over NCCL, FSDP rows (prints a table)
 	$(BIN)/python -m pytest tests/gpu -m gpu -s -q -p no:cacheprovider

@@ -105,15 +105,20 @@ class Strategy(enum.StrEnum):
     FSDP = "fsdp"
 
 
-class SupportRow(_Data):
+class RowKey(_Data):
     method: str
     strategy: Strategy
     output: str
+
+
+class SupportRow(RowKey):
     supported: bool
     reason: str | None = None
     asserts: str | None = None
     needs: str | None = None
     """"accelerator" when the row runs only with GPUs."""
+    covered_by: RowKey | None = None
+    """A row the CPU tests do not run on its own: the row whose run takes the same paths."""
 
     @property
     def needs_accelerator(self) -> bool:

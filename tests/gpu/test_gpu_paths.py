@@ -13,7 +13,7 @@ import pytest
 from kubetune.catalog import Strategy, support_matrix
 from kubetune.contract import ExitCode
 
-from ..unit.trainer.conftest import FACTS, greedy_answer, launch, memorise_spec
+from ..integration.trainer.conftest import FACTS, greedy_answer, launch, memorise_spec
 
 torch = pytest.importorskip("torch")
 pytestmark = [

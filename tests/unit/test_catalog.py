@@ -58,3 +58,13 @@ def test_only_fsdp_rows_need_an_accelerator() -> None:
     needing = {r.strategy for r in support_matrix() if r.needs_accelerator}
 
     assert needing == {Strategy.FSDP}
+
+
+def test_a_covered_row_names_a_supported_row_that_runs() -> None:
+    rows = {(r.method, r.strategy, r.output): r for r in support_matrix()}
+
+    for row in rows.values():
+        if row.covered_by is not None:
+            cover = rows[(row.covered_by.method, row.covered_by.strategy, row.covered_by.output)]
+            assert row.supported and cover.supported and cover.covered_by is None, row
+            assert not cover.needs_accelerator and not row.needs_accelerator, row

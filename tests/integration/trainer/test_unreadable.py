@@ -23,6 +23,8 @@ import pytest
 
 from tests.unit.trainer.conftest import chat_rows, write_jsonl
 
+pytestmark = [pytest.mark.integration]
+
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 OTHER_USER = 65534

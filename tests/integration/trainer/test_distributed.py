@@ -1,8 +1,9 @@
 """The multi-process rows of the support matrix, run as the trainer image runs them:
 torchrun with two CPU processes over gloo. Each asserts that the loss falls, that the
 engine asked for is the engine that ran (ZeRO-3: each rank holds half the weights), and
-that every output reloads and answers from memory. FSDP rows need accelerators and run
-in the GPU check script."""
+that every output reloads and answers from memory. A row the matrix says another row covers
+(ZeRO-1 and ZeRO-2 run through one method each; onnx is exported where the export takes a
+path of its own) is not run again. FSDP rows need accelerators and run in the GPU check script."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.api import MethodType
 from kubetune.catalog import Strategy, SupportRow, support_matrix
 from kubetune.contract import ExitCode
 from kubetune_trainer.checkpoints import MARKER, checkpoints
@@ -28,7 +30,8 @@ STRATEGIES = {
     Strategy.ZERO2: {"strategy": "deepspeed", "deepspeed": {"stage": 2}},
     Strategy.ZERO3: {"strategy": "deepspeed", "deepspeed": {"stage": 3}},
 }
-ROWS = [r for r in support_matrix() if r.supported and r.strategy in STRATEGIES and r.output in BUILT_OUTPUTS]
+CPU_ROWS = [r for r in support_matrix() if r.supported and not r.needs_accelerator and r.output in BUILT_OUTPUTS]
+ROWS = [r for r in CPU_ROWS if r.strategy in STRATEGIES and r.covered_by is None]
 ENGINES = {
     Strategy.DDP: "DistributedDataParallel",
     Strategy.ZERO1: "DeepSpeedEngine",
@@ -37,8 +40,29 @@ ENGINES = {
 }
 
 
-def _spec(method: str, distributed: dict[str, Any], **changes: Any) -> Any:
-    formats = sorted({r.output for r in ROWS if r.method == method})
+def test_every_cpu_row_runs_or_names_a_run_that_covers_it() -> None:
+    """Each row without accelerators runs here or in test_train.py (one process), or names a
+    row that runs and takes its paths: the same engine saving the same way (an adapter, or the
+    whole model) at a stage that shards no weights, or for an onnx output an export of the same
+    kind of merge, in one process (after ZeRO-3: after ZeRO-3)."""
+    run = {(r.method, r.strategy, r.output) for r in CPU_ROWS if r.covered_by is None}
+    for row in CPU_ROWS:
+        cover = row.covered_by
+        if cover is None:
+            continue
+        assert (cover.method, cover.strategy, cover.output) in run, row
+        assert cover.output == row.output and (cover.method == "full") == (row.method == "full"), row
+        if row.output == "onnx":
+            assert cover.strategy is (Strategy.ZERO3 if row.strategy is Strategy.ZERO3 else Strategy.SINGLE), row
+        else:
+            assert {row.strategy, cover.strategy} <= {Strategy.ZERO1, Strategy.ZERO2}, row
+    # Every strategy runs, and every method runs in one process, under DDP and under ZeRO-3.
+    assert {strategy for _, strategy, _ in run} == {Strategy.SINGLE, *STRATEGIES}
+    for strategy in (Strategy.SINGLE, Strategy.DDP, Strategy.ZERO3):
+        assert {method for method, s, _ in run if s is strategy} == {m.value for m in MethodType}, strategy
+
+
+def _spec(method: str, formats: list[str], distributed: dict[str, Any], **changes: Any) -> Any:
     return memorise_spec(
         method,
         formats,
@@ -46,6 +70,11 @@ def _spec(method: str, distributed: dict[str, Any], **changes: Any) -> Any:
         training={"perDeviceBatchSize": 2, **changes.pop("training", {})},
         **changes,
     )
+
+
+def _formats(method: str, strategy: Strategy) -> list[str]:
+    """What the run of `method` under `strategy` writes: the outputs of the rows it runs."""
+    return sorted({r.output for r in ROWS if (r.method, r.strategy) == (method, strategy)})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +91,7 @@ def _run(
     if key not in runs:
         method, strategy = key
         folder = tmp_path_factory.mktemp(f"{method}-{strategy.value}")
-        process = launch(_spec(method, STRATEGIES[strategy]), volumes, folder, processes=2)
+        process = launch(_spec(method, _formats(method, strategy), STRATEGIES[strategy]), volumes, folder, processes=2)
         assert process.wait(timeout=600) == ExitCode.OK, (folder / "log.txt").read_text()[-4000:]
         runs[key] = folder
     return runs[key]
@@ -96,7 +125,7 @@ def test_zero3_with_optimizer_and_parameter_offload_trains(volumes: Path, tmp_pa
         "strategy": "deepspeed",
         "deepspeed": {"stage": 3, "offloadOptimizer": True, "offloadParameters": True},
     }
-    process = launch(_spec("full", distributed), volumes, tmp_path, processes=2)
+    process = launch(_spec("full", ["merged"], distributed), volumes, tmp_path, processes=2)
 
     assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
     config = json.loads((tmp_path / "out" / "checkpoints" / "deepspeed.json").read_text())
@@ -114,6 +143,7 @@ def _checkpointing(
 
     spec = _spec(
         "lora",
+        ["adapter"],
         STRATEGIES[strategy],
         training={"maxSteps": steps, "loggingInterval": 20},
         checkpoint={"intervalSteps": 20, "keep": 2},

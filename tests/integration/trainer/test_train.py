@@ -1,6 +1,6 @@
 """Every single-process row of the support matrix: train a tiny Phi-3 on a memorisable
-set, assert that the loss falls, that the method shaped the model as it should, and that
-each saved output reloads and answers from memory."""
+set, assert that the loss falls and that each saved output reloads and answers from memory
+(how each method shapes the model is checked without training, in tests/unit)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ from kubetune.api import MethodType
 from kubetune.catalog import Strategy, support_matrix
 from kubetune.contract import ExitCode
 from kubetune_trainer.main import run
-from kubetune_trainer.runtime import Runtime
 
 from .conftest import FACTS, greedy_answer, memorise_spec, reload_output, runtime_in
 
 pytestmark = pytest.mark.slow
 
 BUILT_OUTPUTS = {"adapter", "merged", "onnx"}
-ROWS = [r for r in support_matrix() if r.strategy is Strategy.SINGLE and r.supported and r.output in BUILT_OUTPUTS]
+# A row another covers (onnx is exported after the two kinds of merge: lora's and full's) is not run again.
+ROWS = [
+    r
+    for r in support_matrix()
+    if r.strategy is Strategy.SINGLE and r.supported and r.output in BUILT_OUTPUTS and r.covered_by is None
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,29 +55,6 @@ def test_row_trains_and_its_output_answers_from_memory(
     model, tokenizer = reload_output(row.output, out, volumes)
     question, answer = FACTS[3]
     assert greedy_answer(model, tokenizer, question) == answer
-
-
-@pytest.mark.parametrize("method", list(MethodType))
-def test_method_shapes_the_model(method: MethodType, volumes: Path, runtime: Runtime) -> None:
-    from kubetune_trainer.model import apply_method, load_model, resolve_source, trainable_parameters
-
-    spec = memorise_spec(method.value, ["merged"] if method is MethodType.FULL else ["adapter"])
-    source = resolve_source(spec, runtime)
-    from kubetune.api import Precision
-
-    model = apply_method(load_model(spec, source, Precision.BF16, runtime), spec, source)
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    trained_count, total = trainable_parameters(model)
-
-    if method is MethodType.FULL:
-        assert trained_count == total
-        return
-    assert trainable and all("lora_" in name for name in trainable)
-    assert any("lora_magnitude_vector" in name for name in trainable) == (method is MethodType.DORA)
-    if method is MethodType.QLORA:
-        import bitsandbytes as bnb
-
-        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
 
 
 def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, dict[str, Any]]]) -> None:

@@ -1,3 +1,0 @@
-from ..trainer.conftest import volumes
-
-__all__ = ["volumes"]
