@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from kubetune.api.status import Progress as Progress  # the one model of a progress report
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -274,6 +276,13 @@ class PodEnvironment(_Variables):
 
 VARIABLES = frozenset(_aliases(PodEnvironment) + _aliases(Launch))
 """Every variable of the contract: what `kubetune run` sets afresh for the processes it starts."""
+
+
+# ---------------------------------------------------------------------------- progress
+# Rank 0 serves its progress at GET /progress as the status's own model (camelCase JSON);
+# the keeper parses the answer with it and writes it into status.progress. The model lives
+# with the API, whose CRD schema is generated from it; it is imported at the top of this
+# module (`from kubetune.contract import Progress`) so both sides name it here.
 
 
 # ---------------------------------------------------------------------------- addresses a pod must not fetch from

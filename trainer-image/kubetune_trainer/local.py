@@ -19,10 +19,9 @@ from typing import Any
 
 from kubetune.api import FineTuneJob
 from kubetune.api.resource import dump_spec
-from kubetune.contract import VARIABLES, ExitCode, Network, PodEnvironment
+from kubetune.contract import VARIABLES, ExitCode, Network, PodEnvironment, Progress
 from kubetune_trainer.logs import quiet_libraries
 from kubetune_trainer.mounts import inside
-from kubetune_trainer.progress import Progress
 from kubetune_trainer.runtime import Runtime
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, WithJsonSchema, model_validator
 
 from kubetune.api.base import ApiModel
-from kubetune.api.enums import ConditionStatus, ConditionType, MethodType, OutputFormat, Phase
+from kubetune.api.enums import ConditionStatus, ConditionType, MethodType, OutputFormat, Phase, TrainerPhase
 from kubetune.api.facts import ModelFacts
 
 Timestamp = Annotated[datetime, WithJsonSchema({"type": "string", "format": "date-time"})]
@@ -33,7 +33,8 @@ class Condition(ApiModel):
 
 
 class Progress(ApiModel):
-    """Live training progress, mirrored from the rank-0 trainer."""
+    """Live training progress, mirrored from the rank-0 trainer: what it serves at GET
+    /progress (camelCase JSON), and what the operator writes here, with the percentage."""
 
     step: Annotated[int, Field(ge=0)] = 0
     """Optimizer steps done."""
@@ -55,6 +56,9 @@ class Progress(ApiModel):
     """Estimated end of training."""
     updated_at: Timestamp | None = None
     """When the trainer reported these figures."""
+    phase: TrainerPhase | None = None
+    """What the trainer is doing: starting (data and model), training, or saving (evaluation
+    and outputs)."""
 
 
 OCI_PINNED = re.compile(r"^oci://[^@]+@(sha256:[0-9a-f]{64})$")
