@@ -14,7 +14,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -197,7 +197,7 @@ class _Variables(BaseModel):
         return rendered
 
     @classmethod
-    def _read(cls, env: Mapping[str, str]) -> Any:
+    def _read(cls, env: Mapping[str, str]) -> Self:
         try:
             return cls.model_validate({key: env[key] for key in _aliases(cls) if key in env})
         except ValidationError as error:
@@ -227,7 +227,7 @@ class Launch(_Variables):
     def read(cls, env: Mapping[str, str]) -> Launch:
         """The launch variables of `env` (defaults for those unset: one node, one process).
         Raises ValueError naming the variable that does not parse."""
-        return cls._read(env)  # type: ignore[no-any-return]
+        return cls._read(env)
 
 
 class PodEnvironment(_Variables):
@@ -263,7 +263,7 @@ class PodEnvironment(_Variables):
     def read(cls, env: Mapping[str, str]) -> PodEnvironment:
         """What `env` carries (defaults for what it leaves out); the launch part when any
         launch variable is set. Raises ValueError naming the variable that does not parse."""
-        environment: PodEnvironment = cls._read(env)
+        environment = cls._read(env)
         if any(name in env for name in _aliases(Launch)):
             environment = environment.model_copy(update={"launch": Launch.read(env)})
         return environment
