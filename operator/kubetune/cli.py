@@ -143,6 +143,12 @@ def render(path: Path, attempt: int, config_file: Path | None, volumes: Path) ->
     help="Scratch folder (downloads, caches). Default: <volumes>/.work/<name>.",
 )
 @click.option("--nproc", default=1, show_default=True, help="Training processes (through torchrun when above 1).")
+@click.option(
+    "--model-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=Env.MODEL_CACHE.value,
+    help="Folder of downloaded models shared between runs. Default: a cache under --work.",
+)
 @_allow_network_option
 def run(
     path: Path,
@@ -151,6 +157,7 @@ def run(
     secrets: Path,
     work: Path | None,
     nproc: int,
+    model_cache: Path | None,
     allowed_networks: tuple[Network, ...],
 ) -> None:
     """Train the FineTuneJob in PATH on this machine. Ctrl-C stops after a checkpoint; the
@@ -168,6 +175,7 @@ def run(
         nproc,
         config_maps,
         allowed_networks,
+        model_cache.resolve() if model_cache else None,
     )
     click.echo(f"training {name}: {job.spec.method.type} on {job.spec.model.display}, {nproc} process(es)", err=True)
     progress = ProgressLine()

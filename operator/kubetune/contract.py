@@ -1,5 +1,6 @@
 """What the operator and the trainer agree on: where the pod's files are, which
-environment variables carry runtime facts, and what the trainer's exit codes mean.
+environment variables carry runtime facts (one model, `PodEnvironment`, rendered by the
+operator and `kubetune run`, read by the trainer), and what the trainer's exit codes mean.
 
 Both sides import this module, so a path or a code is written once.
 """
@@ -12,8 +13,13 @@ import math
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from kubetune.api.status import Progress as Progress  # the one model of a progress report
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -67,6 +73,14 @@ class Env(enum.StrEnum):
     DATASET_ALLOWED_NETWORKS = "KUBETUNE_DATASET_ALLOWED_NETWORKS"
     """Networks (comma-separated CIDRs) dataset URLs may reach although they are private;
     the operator passes its own setting of the same name."""
+    NODES = "KUBETUNE_NODES"
+    """Pods of the training Job (torchrun's --nnodes)."""
+    PROCS_PER_NODE = "KUBETUNE_PROCS_PER_NODE"
+    MASTER_ADDR = "KUBETUNE_MASTER_ADDR"
+    """Rank 0's pod, by its name under the job's headless Service."""
+    MASTER_PORT = "KUBETUNE_MASTER_PORT"
+    RESOLVE_TIMEOUT = "KUBETUNE_RESOLVE_TIMEOUT"
+    """Seconds a pod waits for rank 0's name to resolve before it gives up."""
 
 
 DEFAULT_PATHS = {
@@ -139,6 +153,136 @@ class FinalFigures:
             tokens_per_second=numbers.get("tokensPerSecond"),
             numbers=numbers,
         )
+
+
+# ---------------------------------------------------------------------------- the pod's environment
+# What a trainer process is told besides its spec. The operator renders it into each pod,
+# `kubetune run` into the processes it starts, and the trainer reads it back: one model, so
+# a variable one side sets and the other never reads (or reads with another default) cannot
+# happen.
+
+DEFAULT_RENDEZVOUS_PORT = 29500
+DEFAULT_RESOLVE_TIMEOUT = 600.0
+
+
+def _text_or_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _networks_in(value: Any) -> Any:
+    return parse_networks(value) if isinstance(value, str) else value
+
+
+class _Variables(BaseModel):
+    """A model whose fields are environment variables: each field's alias is its variable."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    def variables(self) -> dict[str, str]:
+        """The variables that carry this model, as strings; unset ones (None, False, empty)
+        are left out, so the reader's default applies."""
+        rendered: dict[str, str] = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if info.alias is None:  # a nested model, rendered by its owner
+                continue
+            if value is None or value is False or value == ():
+                continue
+            if value is True:
+                rendered[info.alias] = "1"
+            elif isinstance(value, tuple):
+                rendered[info.alias] = ",".join(str(item) for item in value)
+            else:
+                rendered[info.alias] = str(value)
+        return rendered
+
+    @classmethod
+    def _read(cls, env: Mapping[str, str]) -> Self:
+        try:
+            return cls.model_validate({key: env[key] for key in _aliases(cls) if key in env})
+        except ValidationError as error:
+            first = error.errors()[0]
+            cause = first.get("ctx", {}).get("error")
+            said = f"{cause}" if cause else f"{first['msg']} (got {first['input']!r})"
+            raise ValueError(f"{first['loc'][0]}: {said}") from None
+
+
+def _aliases(model: type[BaseModel]) -> list[str]:
+    return [info.alias for info in model.model_fields.values() if info.alias is not None]
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_text_or_none)]
+
+
+class Launch(_Variables):
+    """How a training pod's torchrun meets its peers: static rendezvous at rank 0's pod."""
+
+    nodes: int = Field(1, ge=1, alias=Env.NODES.value)
+    procs_per_node: int = Field(1, ge=1, alias=Env.PROCS_PER_NODE.value)
+    master_addr: str = Field("127.0.0.1", min_length=1, alias=Env.MASTER_ADDR.value)
+    master_port: int = Field(DEFAULT_RENDEZVOUS_PORT, ge=1, le=65535, alias=Env.MASTER_PORT.value)
+    resolve_timeout: float = Field(DEFAULT_RESOLVE_TIMEOUT, ge=0, alias=Env.RESOLVE_TIMEOUT.value)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> Launch:
+        """The launch variables of `env` (defaults for those unset: one node, one process).
+        Raises ValueError naming the variable that does not parse."""
+        return cls._read(env)
+
+
+class PodEnvironment(_Variables):
+    """The runtime facts a trainer process reads from its environment (torchrun's rank
+    variables aside)."""
+
+    spec: Path = Field(Path(DEFAULT_PATHS[Env.SPEC]), alias=Env.SPEC.value)
+    job_name: str = Field("local", alias=Env.JOB_NAME.value)
+    namespace: str = Field("default", alias=Env.NAMESPACE.value)
+    volumes: Path = Field(Path(DEFAULT_PATHS[Env.VOLUMES]), alias=Env.VOLUMES.value)
+    configmaps: Path = Field(Path(DEFAULT_PATHS[Env.CONFIGMAPS]), alias=Env.CONFIGMAPS.value)
+    secrets: Path = Field(Path(DEFAULT_PATHS[Env.SECRETS]), alias=Env.SECRETS.value)
+    work: Path = Field(Path(DEFAULT_PATHS[Env.WORK]), alias=Env.WORK.value)
+    termination_log: Path = Field(Path(DEFAULT_PATHS[Env.TERMINATION_LOG]), alias=Env.TERMINATION_LOG.value)
+    progress_port: int = Field(DEFAULT_PROGRESS_PORT, ge=0, le=65535, alias=Env.PROGRESS_PORT.value)
+    output: OptionalPath = Field(None, alias=Env.OUTPUT.value)
+    model_cache: OptionalPath = Field(None, alias=Env.MODEL_CACHE.value)
+    allowed_networks: Annotated[tuple[Network, ...], BeforeValidator(_networks_in)] = Field(
+        (), alias=Env.DATASET_ALLOWED_NETWORKS.value
+    )
+    outcome_shown_by_caller: bool = Field(False, alias=Env.OUTCOME_SHOWN_BY_CALLER.value)
+    launch: Launch | None = None
+    """Set in a training Job's pods, which start torchrun; not in the preflight's."""
+
+    def variables(self) -> dict[str, str]:
+        return super().variables() | (self.launch.variables() if self.launch is not None else {})
+
+    def pod_env(self) -> list[dict[str, str]]:
+        """The environment as a container's `env` list."""
+        return [{"name": name, "value": value} for name, value in self.variables().items()]
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> PodEnvironment:
+        """What `env` carries (defaults for what it leaves out); the launch part when any
+        launch variable is set. Raises ValueError naming the variable that does not parse."""
+        environment = cls._read(env)
+        if any(name in env for name in _aliases(Launch)):
+            environment = environment.model_copy(update={"launch": Launch.read(env)})
+        return environment
+
+    @staticmethod
+    def termination_log_in(env: Mapping[str, str]) -> Path:
+        """Where to write the summary when the rest of the environment does not parse."""
+        return Path(env.get(Env.TERMINATION_LOG.value) or DEFAULT_PATHS[Env.TERMINATION_LOG])
+
+
+VARIABLES = frozenset(_aliases(PodEnvironment) + _aliases(Launch))
+"""Every variable of the contract: what `kubetune run` sets afresh for the processes it starts."""
+
+
+# ---------------------------------------------------------------------------- progress
+# Rank 0 serves its progress at GET /progress as the status's own model (camelCase JSON);
+# the keeper parses the answer with it and writes it into status.progress. The model lives
+# with the API, whose CRD schema is generated from it; it is imported at the top of this
+# module (`from kubetune.contract import Progress`) so both sides name it here.
 
 
 # ---------------------------------------------------------------------------- addresses a pod must not fetch from

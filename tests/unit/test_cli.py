@@ -129,3 +129,28 @@ def test_run_refuses_an_allowed_network_that_is_not_one(tmp_path: Path, job: dic
 
     assert result.exit_code == 2
     assert "--allow-network" in result.output and "'minio.local' is not a network in CIDR notation" in result.output
+
+
+def test_run_hands_the_model_cache_and_namespace_to_the_trainer(
+    tmp_path: Path, job: dict[str, Any], monkeypatch: Any
+) -> None:
+    import kubetune_trainer.local
+
+    plans: list[Any] = []
+
+    def run_local(plan: Any, progress: Any) -> tuple[int, dict[str, Any]]:  # trains nothing: the plan is the point
+        plans.append(plan)
+        return 0, {"status": "Failed", "reason": "NotRun", "message": "not run in this test"}
+
+    monkeypatch.setattr(kubetune_trainer.local, "run_local", run_local)
+    job["metadata"]["namespace"] = "team-a"
+    manifest = _write(tmp_path, job)
+    args = ["run", str(manifest), "--volumes", str(tmp_path / "volumes"), "--nproc", "2"]
+
+    given = CliRunner().invoke(cli, [*args, "--model-cache", str(tmp_path / "models")])
+    from_env = CliRunner().invoke(cli, args, env={"KUBETUNE_MODEL_CACHE": str(tmp_path / "shared")})
+
+    assert given.exit_code == from_env.exit_code == 0, given.output + from_env.output
+    told = [plan.process_environment({}) for plan in plans]
+    assert [t["KUBETUNE_MODEL_CACHE"] for t in told] == [str(tmp_path / "models"), str(tmp_path / "shared")]
+    assert {t["KUBETUNE_NAMESPACE"] for t in told} == {"team-a"}

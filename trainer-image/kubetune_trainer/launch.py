@@ -13,28 +13,26 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from typing import NoReturn
 
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, Launch, PodEnvironment
 from kubetune_trainer.logs import configure_pod_logging
-from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
 
 log = logging.getLogger("kubetune_trainer.launch")
 
-DEFAULT_RESOLVE_TIMEOUT = 600.0
 
-
-def torchrun_command(env: Mapping[str, str]) -> list[str]:
+def torchrun_command(launch: Launch, node_rank: str) -> list[str]:
     return [
         sys.executable,
         "-m",
         "kubetune_trainer.torchrun",  # exits with the failed rank's code, which the podFailurePolicy reads
-        f"--nnodes={env.get('KUBETUNE_NODES', '1')}",
-        f"--nproc-per-node={env.get('KUBETUNE_PROCS_PER_NODE', '1')}",
-        f"--node-rank={env.get('JOB_COMPLETION_INDEX', '0')}",
-        f"--master-addr={env.get('KUBETUNE_MASTER_ADDR', '127.0.0.1')}",
-        f"--master-port={env.get('KUBETUNE_MASTER_PORT', '29500')}",
+        f"--nnodes={launch.nodes}",
+        f"--nproc-per-node={launch.procs_per_node}",
+        f"--node-rank={node_rank}",
+        f"--master-addr={launch.master_addr}",
+        f"--master-port={launch.master_port}",
         "--max-restarts=0",
         "-m",
         "kubetune_trainer",
@@ -59,18 +57,25 @@ def wait_for_name(
 def main() -> None:
     configure_pod_logging()
     env = os.environ
-    host = env.get("KUBETUNE_MASTER_ADDR", "127.0.0.1")
-    timeout = float(env.get("KUBETUNE_RESOLVE_TIMEOUT", DEFAULT_RESOLVE_TIMEOUT))
+    try:
+        launch = Launch.read(env)
+    except ValueError as error:
+        _fail("InvalidSpec", str(error), ExitCode.INVALID_SPEC)
+    host, timeout = launch.master_addr, launch.resolve_timeout
     if not wait_for_name(host, timeout):
-        message = f"rank 0's address {host} did not resolve within {timeout:.0f} s"
-        write_summary(
-            {"status": "Failed", "reason": "RendezvousFailed", "message": message}, Runtime.from_env().termination_log
-        )
-        log.error(message)
-        sys.exit(int(ExitCode.FAILED))
-    command = torchrun_command(env)
+        _fail("RendezvousFailed", f"rank 0's address {host} did not resolve within {timeout:.0f} s", ExitCode.FAILED)
+    # The pod's completion index, which the Indexed Job sets (not a kubetune variable).
+    command = torchrun_command(launch, env.get("JOB_COMPLETION_INDEX", "0"))
     log.info("starting %s", " ".join(command))
     os.execv(command[0], command)
+
+
+def _fail(reason: str, message: str, code: ExitCode) -> NoReturn:
+    write_summary(
+        {"status": "Failed", "reason": reason, "message": message}, PodEnvironment.termination_log_in(os.environ)
+    )
+    log.error(message)
+    sys.exit(int(code))
 
 
 if __name__ == "__main__":

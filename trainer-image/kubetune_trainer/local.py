@@ -12,17 +12,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubetune.api import FineTuneJob
 from kubetune.api.resource import dump_spec
-from kubetune.contract import Env, ExitCode, Network
+from kubetune.contract import VARIABLES, ExitCode, Network, PodEnvironment, Progress
 from kubetune_trainer.logs import quiet_libraries
 from kubetune_trainer.mounts import inside
-from kubetune_trainer.progress import Progress
 from kubetune_trainer.runtime import Runtime
 
 
@@ -37,12 +36,14 @@ class LocalPlan:
     config_maps: dict[str, dict[str, str]]
     allowed_networks: tuple[Network, ...] = ()
     """Private networks dataset URLs may reach (--allow-network)."""
+    model_cache: Path | None = None
+    """A cache of downloaded models shared between runs (--model-cache); else under `work`."""
 
-    def runtime(self) -> Runtime:
-        return Runtime(
-            rank=0,
-            local_rank=0,
-            world_size=1,
+    def environment(self) -> PodEnvironment:
+        """What a pod would be told, with this machine's folders: the in-process run and the
+        processes torchrun starts read the same."""
+        return PodEnvironment(
+            spec=self.work / "spec.json",
             job_name=self.job.metadata.name or "local",
             namespace=self.job.metadata.namespace or "default",
             volumes=self.volumes,
@@ -51,9 +52,20 @@ class LocalPlan:
             work=self.work,
             termination_log=self.work / "termination-log",
             progress_port=0,
-            output_override=self.output,
+            output=self.output,
+            model_cache=self.model_cache,
             allowed_networks=self.allowed_networks,
         )
+
+    def runtime(self) -> Runtime:
+        return Runtime.of(self.environment())
+
+    def process_environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The environment of the processes torchrun starts: this machine's, less any
+        contract variable it happens to hold, plus the plan's."""
+        # kubetune run says what failed, once: the ranks need not log it too.
+        told = self.environment().model_copy(update={"outcome_shown_by_caller": True})
+        return {k: v for k, v in inherited.items() if k not in VARIABLES} | told.variables()
 
 
 def write_config_maps(config_maps: dict[str, dict[str, str]], folder: Path) -> None:
@@ -107,23 +119,8 @@ def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, dict[str, Any]]:
     import json
 
     runtime = plan.runtime()
-    spec_file = plan.work / "spec.json"
-    spec_file.write_text(dump_spec(plan.job.spec))
-    env = os.environ | {
-        "KUBETUNE_SPEC": str(spec_file),
-        "KUBETUNE_VOLUMES": str(runtime.volumes),
-        "KUBETUNE_CONFIGMAPS": str(runtime.configmaps),
-        "KUBETUNE_SECRETS": str(runtime.secrets),
-        "KUBETUNE_WORK": str(runtime.work),
-        "KUBETUNE_TERMINATION_LOG": str(runtime.termination_log),
-        "KUBETUNE_JOB_NAME": runtime.job_name,
-        "KUBETUNE_PROGRESS_PORT": "0",
-    }
-    if plan.output is not None:
-        env["KUBETUNE_OUTPUT"] = str(plan.output)
-    if plan.allowed_networks:
-        env[Env.DATASET_ALLOWED_NETWORKS] = ",".join(str(network) for network in plan.allowed_networks)
-    env[Env.OUTCOME_SHOWN_BY_CALLER] = "1"  # kubetune run says what failed, once
+    runtime.spec.write_text(dump_spec(plan.job.spec))
+    env = plan.process_environment(os.environ)
     command = [
         sys.executable,
         "-m",

@@ -20,12 +20,12 @@ from pydantic import ValidationError
 
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.problems import problems_from_validation_error
-from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
+from kubetune.contract import ExitCode, PodEnvironment, Progress
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidSpec, OutOfMemory, TrainerError
 from kubetune_trainer.logs import configure_pod_logging
 from kubetune_trainer.mounts import access_denied
-from kubetune_trainer.progress import Progress, ProgressServer
+from kubetune_trainer.progress import ProgressServer
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
 
@@ -101,25 +101,16 @@ def main() -> None:
     configure_pod_logging()
     try:
         runtime = Runtime.from_env()
-        spec = read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC])))
+        spec = read_spec(runtime.spec)
     except InvalidSpec as error:
-        termination_log = Path(os.environ.get(Env.TERMINATION_LOG, DEFAULT_PATHS[Env.TERMINATION_LOG]))
-        write_summary(_failure(error.reason, str(error)), termination_log)
+        write_summary(_failure(error.reason, str(error)), PodEnvironment.termination_log_in(os.environ))
         log.error("%s", error)
         sys.exit(error.exit_code)
-    progress = Progress()
     if runtime.is_main:
-        with ProgressServer(progress, runtime.job_name, runtime.progress_port):
-            code, summary = run(spec, runtime, [_mirror_into(progress)])
+        with ProgressServer(runtime.job_name, runtime.progress_port) as server:
+            code, summary = run(spec, runtime, [server.show])
     else:
         code, summary = run(spec, runtime)
-    if code is not ExitCode.OK and Env.OUTCOME_SHOWN_BY_CALLER not in os.environ:
+    if code is not ExitCode.OK and not runtime.outcome_shown_by_caller:
         log.error("%s: %s", summary["reason"], summary["message"])
     sys.exit(int(code))
-
-
-def _mirror_into(target: Progress) -> Callable[[Progress], None]:
-    def copy(current: Progress) -> None:
-        target.__dict__.update(current.__dict__)
-
-    return copy

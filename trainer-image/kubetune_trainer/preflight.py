@@ -7,11 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.contract import DEFAULT_PATHS, MODEL_FACTS_KEY, Env, ExitCode
+from kubetune.contract import MODEL_FACTS_KEY, ExitCode, PodEnvironment
 from kubetune.estimate import UnreadableConfig, read_model_facts
 from kubetune_trainer.data.cache import save_for_training
 from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
@@ -76,11 +75,11 @@ def main() -> None:
     from kubetune_trainer.main import read_spec
 
     configure_pod_logging()
-    termination_log = Path(os.environ.get(Env.TERMINATION_LOG, DEFAULT_PATHS[Env.TERMINATION_LOG]))
+    termination_log = PodEnvironment.termination_log_in(os.environ)
     try:
         runtime = Runtime.from_env()  # a bad setting in the pod's environment is refused here
         termination_log = runtime.termination_log
-        summary = check(read_spec(Path(os.environ.get(Env.SPEC, DEFAULT_PATHS[Env.SPEC]))), runtime)
+        summary = check(read_spec(runtime.spec), runtime)
         code = ExitCode.OK
     except Exception as error:  # a file's permissions speak through many libraries' types
         failure = error if isinstance(error, TrainerError) else access_denied(error)

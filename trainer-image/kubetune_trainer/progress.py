@@ -1,6 +1,8 @@
 """Live progress: a snapshot updated from the Trainer's logs, kept in metrics.jsonl, and
 served over HTTP by rank 0 (GET /progress as JSON, GET /metrics as Prometheus text) for
-the operator to poll. Trainer pods carry no Kubernetes credentials; this is how they talk."""
+the operator to poll. The snapshot is the contract's `Progress`, the model the operator
+parses the answer with and writes into the job's status. Trainer pods carry no Kubernetes
+credentials; this is how they talk."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune.api.enums import TrainerPhase
+from kubetune.contract import Progress as Progress  # re-exported: train.py and the bench name it here
+
 log = logging.getLogger(__name__)
 
 
@@ -27,44 +32,22 @@ class TokenMeter:
     tokens: int = 0
 
 
-@dataclass
-class Progress:
-    step: int = 0
-    total_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_second: float | None = None
-    eta: str | None = None
-    updated_at: str | None = None
-    phase: str = "starting"
-
-    def as_dict(self) -> dict[str, Any]:
-        keys = {
-            "total_steps": "totalSteps",
-            "eval_loss": "evalLoss",
-            "learning_rate": "learningRate",
-            "tokens_per_second": "tokensPerSecond",
-            "updated_at": "updatedAt",
-        }
-        return {keys.get(k, k): v for k, v in self.__dict__.items() if v is not None}
-
-    def prometheus(self, job: str) -> str:
-        gauges = {
-            "kubetune_step": self.step,
-            "kubetune_total_steps": self.total_steps,
-            "kubetune_loss": self.loss,
-            "kubetune_eval_loss": self.eval_loss,
-            "kubetune_learning_rate": self.learning_rate,
-            "kubetune_tokens_per_second": self.tokens_per_second,
-            "kubetune_epoch": self.epoch,
-        }
-        lines = []
-        for name, value in gauges.items():
-            if value is not None:
-                lines += [f"# TYPE {name} gauge", f'{name}{{job="{job}"}} {value}']
-        return "\n".join(lines) + "\n"
+def prometheus_text(progress: Progress, job: str) -> str:
+    """The figures as Prometheus gauges, labelled with the job."""
+    gauges = {
+        "kubetune_step": progress.step,
+        "kubetune_total_steps": progress.total_steps,
+        "kubetune_loss": progress.loss,
+        "kubetune_eval_loss": progress.eval_loss,
+        "kubetune_learning_rate": progress.learning_rate,
+        "kubetune_tokens_per_second": progress.tokens_per_second,
+        "kubetune_epoch": progress.epoch,
+    }
+    lines = []
+    for name, value in gauges.items():
+        if value is not None:
+            lines += [f"# TYPE {name} gauge", f'{name}{{job="{job}"}} {value}']
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -75,7 +58,9 @@ class ProgressTracker(TrainerCallback):
     world_size: int
     metrics_file: Path | None = None
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
-    progress: Progress = field(default_factory=Progress)
+    progress: Progress = field(default_factory=lambda: Progress(phase=TrainerPhase.STARTING))
+    """The latest figures; replaced (never changed in place) at each report, so a reader on
+    another thread always sees one whole report."""
     history: list[dict[str, Any]] = field(default_factory=list)
     _started: float = 0.0
     _tokens_at_start: int = 0
@@ -83,32 +68,33 @@ class ProgressTracker(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._started = time.monotonic()
         self._tokens_at_start = self.meter.tokens
-        self.progress.phase = "training"
-        self.progress.total_steps = state.max_steps
-        self.progress.step = state.global_step
-        self._publish()
+        self._publish(phase=TrainerPhase.TRAINING, total_steps=state.max_steps, step=state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         if not logs:
             return
         progress = self.progress
-        progress.step, progress.epoch = state.global_step, state.epoch
-        progress.loss = logs.get("loss", progress.loss)
-        progress.eval_loss = logs.get("eval_loss", progress.eval_loss)
-        progress.learning_rate = logs.get("learning_rate", progress.learning_rate)
+        now = datetime.now(UTC).replace(microsecond=0)
+        update: dict[str, Any] = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "loss": logs.get("loss", progress.loss),
+            "eval_loss": logs.get("eval_loss", progress.eval_loss),
+            "learning_rate": logs.get("learning_rate", progress.learning_rate),
+            "updated_at": now,
+        }
         elapsed = time.monotonic() - self._started
         if elapsed > 0:
             # Every rank sees batches of the same shape on average; scale to the whole job.
             trained = (self.meter.tokens - self._tokens_at_start) * self.world_size
-            progress.tokens_per_second = round(trained / elapsed, 1)
+            update["tokens_per_second"] = round(trained / elapsed, 1)
         if state.global_step and state.max_steps:
             remaining = elapsed / state.global_step * (state.max_steps - state.global_step)
-            progress.eta = _iso(datetime.now(UTC) + timedelta(seconds=remaining))
-        progress.updated_at = _iso(datetime.now(UTC))
+            update["eta"] = now + timedelta(seconds=round(remaining))
         record = {
             "step": state.global_step,
             "epoch": state.epoch,
-            "tokensPerSecond": progress.tokens_per_second,
+            "tokensPerSecond": update.get("tokens_per_second", progress.tokens_per_second),
             **logs,
         }
         self.history.append(record)
@@ -116,33 +102,34 @@ class ProgressTracker(TrainerCallback):
         if self.metrics_file is not None:
             with self.metrics_file.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        self._publish()
+        self._publish(**update)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress.phase = "saving"
-        self._publish()
+        self._publish(phase=TrainerPhase.SAVING)
 
-    def _publish(self) -> None:
+    def _publish(self, **update: Any) -> None:
+        # Validated: a figure the API would refuse (a negative rate) fails here, not in the keeper.
+        self.progress = Progress.model_validate(self.progress.model_dump() | update)
         for listener in self.listeners:
             listener(self.progress)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 class ProgressServer:
-    """GET /progress and GET /metrics on a port, in a daemon thread (rank 0 only)."""
+    """GET /progress and GET /metrics on a port, in a daemon thread (rank 0 only). `show`
+    is a progress listener: the server answers with the latest progress it was shown."""
 
-    def __init__(self, progress: Progress, job: str, port: int, host: str = "0.0.0.0") -> None:
-        snapshot = progress
+    def __init__(self, job: str, port: int, host: str = "0.0.0.0") -> None:
+        self.progress = Progress(phase=TrainerPhase.STARTING)
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                progress = server.progress
                 if self.path == "/progress":
-                    body, kind = json.dumps(snapshot.as_dict()).encode(), "application/json"
+                    body = progress.model_dump_json(by_alias=True, exclude_none=True).encode()
+                    kind = "application/json"
                 elif self.path == "/metrics":
-                    body, kind = snapshot.prometheus(job).encode(), "text/plain; version=0.0.4"
+                    body, kind = prometheus_text(progress, job).encode(), "text/plain; version=0.0.4"
                 else:
                     self.send_error(404)
                     return
@@ -157,6 +144,9 @@ class ProgressServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="progress", daemon=True)
+
+    def show(self, progress: Progress) -> None:
+        self.progress = progress
 
     @property
     def port(self) -> int:

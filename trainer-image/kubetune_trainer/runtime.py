@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.contract import DEFAULT_PATHS, DEFAULT_PROGRESS_PORT, Env, Network, parse_networks
+from kubetune.contract import DEFAULT_PATHS, Env, Network, PodEnvironment
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.mounts import inside, permission_denied
 
@@ -34,6 +34,10 @@ class Runtime:
     """The installation's shared cache of downloaded models, when it has one."""
     allowed_networks: tuple[Network, ...] = ()
     """Private networks dataset URLs may reach, as the installation (or kubetune run) allows."""
+    spec: Path = Path(DEFAULT_PATHS[Env.SPEC])
+    """Where the validated spec is mounted."""
+    outcome_shown_by_caller: bool = False
+    """Whether the process that started this one reports a failure itself (kubetune run)."""
 
     @property
     def is_main(self) -> bool:
@@ -41,27 +45,38 @@ class Runtime:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Runtime:
+        """The contract's environment (and torchrun's rank variables) of this process."""
         env = os.environ if env is None else env
-
-        def path(var: Env) -> Path:
-            return Path(env.get(var, DEFAULT_PATHS[var]))
-
-        override = env.get(Env.OUTPUT)
-        return cls(
+        try:
+            environment = PodEnvironment.read(env)
+        except ValueError as error:
+            raise InvalidSpec(str(error)) from None
+        return cls.of(
+            environment,
             rank=int(env.get("RANK", "0")),
             local_rank=int(env.get("LOCAL_RANK", "0")),
             world_size=int(env.get("WORLD_SIZE", "1")),
-            job_name=env.get(Env.JOB_NAME, "local"),
-            namespace=env.get(Env.NAMESPACE, "default"),
-            volumes=path(Env.VOLUMES),
-            configmaps=path(Env.CONFIGMAPS),
-            secrets=path(Env.SECRETS),
-            work=path(Env.WORK),
-            termination_log=path(Env.TERMINATION_LOG),
-            progress_port=int(env.get(Env.PROGRESS_PORT, str(DEFAULT_PROGRESS_PORT))),
-            output_override=Path(override) if override else None,
-            model_cache=Path(env[Env.MODEL_CACHE]) if env.get(Env.MODEL_CACHE) else None,
-            allowed_networks=_networks(env.get(Env.DATASET_ALLOWED_NETWORKS, "")),
+        )
+
+    @classmethod
+    def of(cls, environment: PodEnvironment, rank: int = 0, local_rank: int = 0, world_size: int = 1) -> Runtime:
+        return cls(
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+            job_name=environment.job_name,
+            namespace=environment.namespace,
+            volumes=environment.volumes,
+            configmaps=environment.configmaps,
+            secrets=environment.secrets,
+            work=environment.work,
+            termination_log=environment.termination_log,
+            progress_port=environment.progress_port,
+            output_override=environment.output,
+            model_cache=environment.model_cache,
+            allowed_networks=environment.allowed_networks,
+            spec=environment.spec,
+            outcome_shown_by_caller=environment.outcome_shown_by_caller,
         )
 
     def claim_path(self, claim_name: str, path: str) -> Path:
@@ -82,10 +97,3 @@ class Runtime:
             raise InvalidSpec(f"Secret {name} key {key}: {permission_denied(file)}") from None
         except OSError as error:
             raise InvalidSpec(f"Secret {name} key {key} is not mounted at {file} ({error.strerror})") from None
-
-
-def _networks(text: str) -> tuple[Network, ...]:
-    try:
-        return parse_networks(text)
-    except ValueError as error:
-        raise InvalidSpec(f"{Env.DATASET_ALLOWED_NETWORKS.value}: {error}") from None

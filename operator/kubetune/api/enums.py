@@ -165,6 +165,16 @@ class Phase(enum.StrEnum):
         return self in {Phase.SUCCEEDED, Phase.FAILED}
 
 
+class TrainerPhase(enum.StrEnum):
+    """What rank 0 is doing, as its progress reports it."""
+
+    STARTING = "starting"
+    """Reading data, tokenizer and model."""
+    TRAINING = "training"
+    SAVING = "saving"
+    """Past the training loop: evaluation, samples, outputs and their upload."""
+
+
 class ConditionType(enum.StrEnum):
     VALID = "Valid"
     ADMITTED = "Admitted"

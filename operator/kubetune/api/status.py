@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field, WithJsonSchema, model_validator
 
 from kubetune.api.base import ApiModel
-from kubetune.api.enums import ConditionStatus, ConditionType, MethodType, OutputFormat, Phase
+from kubetune.api.enums import ConditionStatus, ConditionType, MethodType, OutputFormat, Phase, TrainerPhase
 from kubetune.api.facts import ModelFacts
 
 Timestamp = Annotated[datetime, WithJsonSchema({"type": "string", "format": "date-time"})]
@@ -32,7 +33,8 @@ class Condition(ApiModel):
 
 
 class Progress(ApiModel):
-    """Live training progress, mirrored from the rank-0 trainer."""
+    """Live training progress, mirrored from the rank-0 trainer: what it serves at GET
+    /progress (camelCase JSON), and what the operator writes here, with the percentage."""
 
     step: Annotated[int, Field(ge=0)] = 0
     """Optimizer steps done."""
@@ -54,17 +56,39 @@ class Progress(ApiModel):
     """Estimated end of training."""
     updated_at: Timestamp | None = None
     """When the trainer reported these figures."""
+    phase: TrainerPhase | None = None
+    """What the trainer is doing: starting (data and model), training, or saving (evaluation
+    and outputs)."""
+
+
+OCI_PINNED = re.compile(r"^oci://[^@]+@(sha256:[0-9a-f]{64})$")
+"""An image location as the trainer reports it after a push: pinned by the pushed digest."""
 
 
 class OutputStatus(ApiModel):
     """Where the result landed, from the trainer's final summary."""
 
     location: Annotated[str, Field(max_length=4096)]
-    """URI of the result: pvc://claim/path, s3://bucket/prefix, oci://reference or hf://repo."""
+    """Where the result is: pvc://claim/path, s3://bucket/prefix,
+    oci://registry/repository:tag@sha256:... (the pushed image, pinned by its digest), the
+    Hugging Face repository's page, https://huggingface.co/owner/name (/tree/branch for a
+    branch other than main; the HF_ENDPOINT host for a private Hub), or for `kubetune run
+    --output` the folder it names."""
     formats: list[OutputFormat] = []
     """Forms written."""
     digest: Annotated[str, Field(max_length=256)] | None = None
-    """Digest of the pushed artifact, for OCI destinations."""
+    """Digest of the pushed image (sha256:...), for OCI destinations: the one the location is pinned by."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _digest_of_a_pinned_image(cls, data: Any) -> Any:
+        # The trainer's summary carries the digest once, in the pinned location; the field
+        # is what a script reads without parsing the location.
+        if isinstance(data, dict) and data.get("digest") is None and isinstance(data.get("location"), str):
+            pinned = OCI_PINNED.match(data["location"])
+            if pinned:
+                return {**data, "digest": pinned.group(1)}
+        return data
 
 
 KopfState = Annotated[

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubetune.api import API_VERSION, KIND, FineTuneJob
 from kubetune.api.resource import dump_spec
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.catalog import presets
-from kubetune.contract import DEFAULT_PATHS, Env, ExitCode
+from kubetune.contract import DEFAULT_PATHS, Env, ExitCode, Launch, PodEnvironment
 from kubetune.controller import names
 from kubetune.controller.references import references
 from kubetune.controller.settings import RENDEZVOUS_PORT, Settings
@@ -147,8 +148,13 @@ def build_training_job(
         role="train",
         attempt=attempt,
         command=["python", "-m", "kubetune_trainer.launch"],
+        launch=Launch(
+            nodes=spec.resources.nodes,
+            procs_per_node=max(per_node, 1),
+            master_addr=names.rank0_host(context.name, attempt),
+            master_port=RENDEZVOUS_PORT,
+        ),
         modifiers=[
-            with_launch_environment(job_name, attempt, per_node),
             with_resources(per_node),
             with_shared_memory,
             with_service_subdomain,
@@ -246,7 +252,13 @@ PodModifier = Callable[[Context, PodSpec], None]
 
 
 def _pod(
-    context: Context, role: str, attempt: int, command: list[str], modifiers: list[PodModifier], cpu_image: bool = False
+    context: Context,
+    role: str,
+    attempt: int,
+    command: list[str],
+    modifiers: list[PodModifier],
+    cpu_image: bool = False,
+    launch: Launch | None = None,
 ) -> Manifest:
     spec = context.spec
     resources = spec.resources
@@ -254,7 +266,7 @@ def _pod(
         "name": TRAINER,
         "image": _image(context, cpu_image),
         "command": command,
-        "env": _environment(context),
+        "env": _environment(context, launch),
         "volumeMounts": [],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -283,7 +295,6 @@ def _pod(
         with_spec_file,
         with_scratch,
         with_model_cache,
-        with_dataset_networks,
         with_references,
         with_scheduling,
         with_user_extras,
@@ -313,24 +324,27 @@ def _image(context: Context, cpu_image: bool) -> str:
     return context.settings.trainer_image if gpu else context.settings.trainer_cpu_image
 
 
-def _environment(context: Context) -> list[Manifest]:
-    work = DEFAULT_PATHS[Env.WORK]
-    fixed = {
-        Env.SPEC.value: f"{SPEC_MOUNT}/{SPEC_FILE}",
-        Env.JOB_NAME.value: context.name,
-        Env.NAMESPACE.value: context.namespace,
-        Env.VOLUMES.value: DEFAULT_PATHS[Env.VOLUMES],
-        Env.CONFIGMAPS.value: DEFAULT_PATHS[Env.CONFIGMAPS],
-        Env.SECRETS.value: DEFAULT_PATHS[Env.SECRETS],
-        Env.WORK.value: work,
-        Env.PROGRESS_PORT.value: str(context.settings.progress_port),
+def _environment(context: Context, launch: Launch | None) -> list[Manifest]:
+    """The contract's environment (kubetune.contract.PodEnvironment), then the libraries' own."""
+    settings = context.settings
+    environment = PodEnvironment(
+        spec=Path(SPEC_MOUNT) / SPEC_FILE,
+        job_name=context.name,
+        namespace=context.namespace,
+        progress_port=settings.progress_port,
+        model_cache=Path(DEFAULT_PATHS[Env.MODEL_CACHE]) if settings.model_cache_claim is not None else None,
+        allowed_networks=settings.dataset_allowed_networks,
+        launch=launch,
+    )
+    work = environment.work
+    libraries = {
         # Libraries cache under HOME; the root file system is read-only.
         "HOME": f"{work}/home",
         "HF_HOME": f"{work}/huggingface",
         "TRITON_CACHE_DIR": f"{work}/triton",
         "PYTHONUNBUFFERED": "1",
     }
-    return [{"name": key, "value": value} for key, value in fixed.items()]
+    return [*environment.pod_env(), *({"name": key, "value": value} for key, value in libraries.items())]
 
 
 def with_spec_file(context: Context, pod: PodSpec) -> None:
@@ -350,16 +364,6 @@ def with_model_cache(context: Context, pod: PodSpec) -> None:
     if claim is None:
         return
     _mount(pod, {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}, DEFAULT_PATHS[Env.MODEL_CACHE])
-    _container(pod)["env"].append({"name": Env.MODEL_CACHE.value, "value": DEFAULT_PATHS[Env.MODEL_CACHE]})
-
-
-def with_dataset_networks(context: Context, pod: PodSpec) -> None:
-    """The private networks the installation lets dataset URLs reach (the trainer refuses
-    private addresses otherwise)."""
-    allowed = context.settings.dataset_allowed_networks
-    if allowed:
-        value = ",".join(str(network) for network in allowed)
-        _container(pod)["env"].append({"name": Env.DATASET_ALLOWED_NETWORKS.value, "value": value})
 
 
 def with_references(context: Context, pod: PodSpec) -> None:
@@ -410,18 +414,6 @@ def with_user_extras(context: Context, pod: PodSpec) -> None:
     container["env"] += list(resources.env)
     pod["volumes"] += list(resources.volumes)
     container["volumeMounts"] += list(resources.volume_mounts)
-
-
-def with_launch_environment(job_name: str, attempt: int, per_node: int) -> PodModifier:
-    def modify(context: Context, pod: PodSpec) -> None:
-        _container(pod)["env"] += [
-            {"name": "KUBETUNE_NODES", "value": str(context.spec.resources.nodes)},
-            {"name": "KUBETUNE_PROCS_PER_NODE", "value": str(max(per_node, 1))},
-            {"name": "KUBETUNE_MASTER_ADDR", "value": names.rank0_host(context.name, attempt)},
-            {"name": "KUBETUNE_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
-        ]
-
-    return modify
 
 
 def with_resources(per_node: int) -> PodModifier:

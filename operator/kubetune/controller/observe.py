@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api.status import Progress
+from kubetune.contract import Progress
 from kubetune.controller.builders import ATTEMPT_LABEL, STARTED_SPEC_ANNOTATION, TRAINER
 
 
@@ -168,8 +168,8 @@ PROGRESS_FIELDS = set(Progress.model_fields) | {f.alias for f in Progress.model_
 def progress_from_report(report: Any) -> Progress | None:
     """The trainer's GET /progress answer as status.progress; None when it is not one.
 
-    The trainer reports a few more things (its phase); only the API's fields are kept, and
-    the percentage is worked out here."""
+    Both sides use the one model (kubetune.contract.Progress); fields it does not know (a
+    newer trainer's) are left out, and the percentage is worked out here."""
     if not isinstance(report, dict):
         return None
     try:

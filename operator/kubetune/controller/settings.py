@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune import __version__
-from kubetune.contract import DEFAULT_PROGRESS_PORT, Env, Network, parse_networks
+from kubetune.contract import DEFAULT_PROGRESS_PORT, DEFAULT_RENDEZVOUS_PORT, Env, Network, parse_networks
 
-RENDEZVOUS_PORT = 29500
+RENDEZVOUS_PORT = DEFAULT_RENDEZVOUS_PORT
 
 
 class SettingsError(ValueError):

@@ -315,6 +315,7 @@ def final_progress(progress: Progress | None, figures: FinalFigures) -> Progress
             "eval_loss": figures.eval_loss if figures.eval_loss is not None else progress.eval_loss,
             "tokens_per_second": figures.tokens_per_second or progress.tokens_per_second,
             "eta": None,
+            "phase": None,  # the trainer is done: neither training nor saving
         }
     )
 

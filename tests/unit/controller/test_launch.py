@@ -2,19 +2,20 @@ from __future__ import annotations
 
 import sys
 
+from kubetune.contract import Launch
 from kubetune_trainer.launch import torchrun_command, wait_for_name
 
 
 def test_torchrun_command_uses_static_rendezvous_from_the_pod_environment() -> None:
-    command = torchrun_command(
+    launch = Launch.read(
         {
             "KUBETUNE_NODES": "4",
             "KUBETUNE_PROCS_PER_NODE": "8",
-            "JOB_COMPLETION_INDEX": "3",
             "KUBETUNE_MASTER_ADDR": "demo-a1-0.demo",
             "KUBETUNE_MASTER_PORT": "29500",
         }
     )
+    command = torchrun_command(launch, node_rank="3")
 
     assert command[:3] == [sys.executable, "-m", "kubetune_trainer.torchrun"]
     assert {

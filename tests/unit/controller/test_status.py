@@ -438,6 +438,25 @@ def test_success_records_where_the_output_landed() -> None:
     assert status.output is not None and status.output.location == "s3://models/demo"
 
 
+@pytest.mark.parametrize(
+    ("location", "digest"),
+    [
+        ("oci://registry.example.com/adapters/phi3:v1@sha256:" + "ab" * 32, "sha256:" + "ab" * 32),
+        ("oci://127.0.0.1:5000/adapters/phi3:v1@sha256:" + "0" * 64, "sha256:" + "0" * 64),
+        ("oci://registry.example.com/adapters/phi3:v1", None),
+        ("s3://models/demo", None),
+        ("https://huggingface.co/acme/phi3-support/tree/experiments", None),
+    ],
+)
+def test_the_output_of_a_pushed_image_shows_its_digest(location: str, digest: str | None) -> None:
+    summary = {"output": {"location": location, "formats": ["adapter"]}}
+
+    status = next_status(None, 1, Assessment(Outcome.SUCCEEDED, "Completed", "", summary), NOW)
+
+    assert status.output is not None and status.output.digest == digest
+    assert status.output.location == location
+
+
 def test_invalid_spec_fails_with_every_problem() -> None:
     status = invalid_status(
         [Problem("spec.method.lora", "takes no lora block"), Problem("spec.training.epochs", "not both")], 2, NOW

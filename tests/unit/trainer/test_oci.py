@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from kubetune.api.spec import FineTuneJobSpec, OutputSpec
+from kubetune.api.status import OutputStatus
 from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.oci import Credentials, ImageName, adapter_image
 from kubetune_trainer.outputs import check_destination, output_folder, output_location, publish
@@ -273,6 +274,7 @@ def test_pushes_kaito_adapter_image_that_loads_with_peft(
     assert output_location(spec, trainer, adapter) == f"oci://{registry.address}/{REPOSITORY}:v1"
     manifest_bytes, content_type = registry.pull("manifests/v1", accept=MANIFEST_TYPE)
     assert location == f"oci://{registry.address}/{REPOSITORY}:v1@{_sha256(manifest_bytes)}"
+    assert OutputStatus(location=location).digest == _sha256(manifest_bytes)  # what status.output shows
     assert content_type == MANIFEST_TYPE
     manifest = json.loads(manifest_bytes)
     assert manifest["mediaType"] == MANIFEST_TYPE

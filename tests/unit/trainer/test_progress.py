@@ -2,19 +2,44 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from types import SimpleNamespace
 
-from kubetune_trainer.progress import Progress, ProgressServer
+from kubetune.api.enums import TrainerPhase
+from kubetune.contract import Progress
+from kubetune.controller.observe import progress_from_report
+from kubetune_trainer.progress import ProgressServer, ProgressTracker, TokenMeter
 
 
 def test_rank_zero_serves_progress_and_prometheus_metrics() -> None:
-    progress = Progress(step=5, total_steps=50, loss=1.25, tokens_per_second=900.0)
-
-    with ProgressServer(progress, job="demo", port=0, host="127.0.0.1") as server:
+    with ProgressServer(job="demo", port=0, host="127.0.0.1") as server:
         base = f"http://127.0.0.1:{server.port}"
+        starting = json.loads(urllib.request.urlopen(f"{base}/progress", timeout=5).read())
+        server.show(Progress(step=5, total_steps=50, loss=1.25, tokens_per_second=900.0, phase=TrainerPhase.TRAINING))
         body = json.loads(urllib.request.urlopen(f"{base}/progress", timeout=5).read())
-        progress.step = 6
+        server.show(server.progress.model_copy(update={"step": 6}))
         metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
 
-    assert body == {"step": 5, "totalSteps": 50, "loss": 1.25, "tokensPerSecond": 900.0, "phase": "starting"}
+    assert starting == {"step": 0, "phase": "starting"}
+    assert body == {"step": 5, "totalSteps": 50, "loss": 1.25, "tokensPerSecond": 900.0, "phase": "training"}
     assert 'kubetune_step{job="demo"} 6' in metrics
     assert "# TYPE kubetune_loss gauge" in metrics
+
+
+def test_what_the_tracker_reports_the_keeper_reads_back_whole() -> None:
+    shown: list[Progress] = []
+    meter = TokenMeter()
+    tracker = ProgressTracker(meter, world_size=2, listeners=[shown.append])
+    state = SimpleNamespace(global_step=0, max_steps=40, epoch=0.0)
+
+    tracker.on_train_begin(None, state, None)
+    meter.tokens, state.global_step, state.epoch = 4096, 10, 0.25
+    tracker.on_log(None, state, None, logs={"loss": 1.5, "learning_rate": 2e-4})
+    tracker.on_train_end(None, state, None)
+
+    assert [p.phase for p in shown] == [TrainerPhase.TRAINING, TrainerPhase.TRAINING, TrainerPhase.SAVING]
+    report = json.loads(shown[1].model_dump_json(by_alias=True, exclude_none=True))  # GET /progress
+    assert report["updatedAt"].endswith("Z") and report["eta"].endswith("Z")
+    mirrored = progress_from_report(report)
+    assert mirrored == shown[1].model_copy(update={"percent": 25.0})
+    assert (mirrored.step, mirrored.total_steps, mirrored.loss, mirrored.learning_rate) == (10, 40, 1.5, 2e-4)
+    assert shown[0].step == 0 and shown[0].loss is None  # each report is a new object, never changed later
