@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, RunSummary
 from kubetune_trainer.logs import configure_pod_logging
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
@@ -63,9 +63,7 @@ def main() -> None:
     timeout = float(env.get("KUBETUNE_RESOLVE_TIMEOUT", DEFAULT_RESOLVE_TIMEOUT))
     if not wait_for_name(host, timeout):
         message = f"rank 0's address {host} did not resolve within {timeout:.0f} s"
-        write_summary(
-            {"status": "Failed", "reason": "RendezvousFailed", "message": message}, Runtime.from_env().termination_log
-        )
+        write_summary(RunSummary.failure("RendezvousFailed", message), Runtime.from_env().termination_log)
         log.error(message)
         sys.exit(int(ExitCode.FAILED))
     command = torchrun_command(env)

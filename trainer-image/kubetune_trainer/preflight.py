@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.contract import DEFAULT_PATHS, MODEL_FACTS_KEY, Env, ExitCode
+from kubetune.contract import DEFAULT_PATHS, Env, ExitCode, RunSummary
 from kubetune.estimate import UnreadableConfig, read_model_facts
 from kubetune_trainer.data.cache import save_for_training
 from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
@@ -27,7 +27,7 @@ from kubetune_trainer.tasks import task_for
 log = logging.getLogger("kubetune_trainer.preflight")
 
 
-def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
+def check(spec: FineTuneJobSpec, runtime: Runtime) -> RunSummary:
     """The data summary of a dataset that passed, or a TrainerError saying why it did not."""
     check_destinations(spec, runtime)
     examples = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
@@ -39,15 +39,13 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
     if labels is not None:
         stats["labels"] = list(labels.names)
-    summary: dict[str, object] = {
-        "status": "Succeeded",
-        "reason": "DataValid",
-        "message": f"{stats['kept']} of {stats['examples']} examples ready to train",
-        "data": stats,
-    }
-    if needs_model_facts(spec):
-        summary[MODEL_FACTS_KEY] = model_facts(spec, runtime).model_dump(mode="json", by_alias=True, exclude_none=True)
-    return summary
+    return RunSummary(
+        status="Succeeded",
+        reason="DataValid",
+        message=f"{stats['kept']} of {stats['examples']} examples ready to train",
+        data=stats,
+        model_facts=model_facts(spec, runtime) if needs_model_facts(spec) else None,
+    )
 
 
 def model_facts(spec: FineTuneJobSpec, runtime: Runtime) -> ModelFacts:
@@ -86,7 +84,7 @@ def main() -> None:
         failure = error if isinstance(error, TrainerError) else access_denied(error)
         if failure is None:
             raise
-        summary, code = {"status": "Failed", "reason": failure.reason, "message": str(failure)}, failure.exit_code
+        summary, code = RunSummary.failure(failure.reason, str(failure)), failure.exit_code
         log.error("%s: %s", failure.reason, failure)
     write_summary(summary, termination_log)
     sys.exit(int(code))

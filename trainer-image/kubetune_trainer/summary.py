@@ -10,17 +10,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubetune.contract import HEADLINE_FIGURES, MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT
+from kubetune.contract import HEADLINE_FIGURES, MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT, RunSummary
 
 TRUNCATED = " [truncated]"
 
 
-def termination_message(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+def termination_message(run: RunSummary, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """Compact JSON of the summary within `limit` bytes. What the operator's status is made
     of goes in first: the outcome, the model's facts (a preflight's), the output's location
     and the headline figures (steps, losses); then the message, its tail cut (marked) if it must be; then the output's
     formats and digest, then the other metrics one by one while they fit. The data
     statistics, history and samples stay in the full summary."""
+    summary = run.as_json()
     compact: dict[str, Any] = {k: summary[k] for k in ("status", "reason") if k in summary}
     output = summary.get("output")
     metrics = summary.get("metrics")
@@ -73,7 +74,7 @@ def _dump(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def write_summary(summary: dict[str, Any], termination_log: Path) -> None:
+def write_summary(summary: RunSummary, termination_log: Path) -> None:
     """The compact summary into the termination-message file (the full one is written by
     the trainer beside the outputs)."""
     try:

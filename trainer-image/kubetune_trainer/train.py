@@ -20,6 +20,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.catalog import Strategy
+from kubetune.contract import RunSummary, SummaryOutput
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
@@ -94,9 +95,7 @@ class StopOnSignal(TrainerCallback):
             signal.signal(signum, handler)
 
 
-def train(
-    spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()
-) -> dict[str, Any]:
+def train(spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()) -> RunSummary:
     """Train as the spec says and return the summary. Raises TrainerError subclasses."""
     started = time.monotonic()
     hardware = Hardware.detect()
@@ -208,31 +207,31 @@ def train(
         trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, barrier, settings, labels
     )
     metrics["wallSeconds"] = round(time.monotonic() - started, 2)
-    summary: dict[str, Any] = {
-        "status": "Succeeded",
-        "reason": "Completed",
-        "message": f"trained {trainer.state.global_step} steps on {data.stats.kept} examples",
-        "output": {"location": output_location(spec, runtime, out), "formats": [f.value for f in formats]},
-        "metrics": metrics,
-        "engine": facts,
-        "data": data.stats.as_dict() | {"defaultChatTemplate": default_template},
-        "model": source.display,
-        "method": spec.method.type.value,
-        "task": spec.task.value,
-        "baseline": baseline,
-        "history": tracker.history,
-        "samples": [sample.as_dict() for sample in chosen],
-    }
-    if labels is not None:
-        summary["labels"] = list(labels.names)
-    if scorer is not None:
-        summary |= scorer.details  # the final evaluation's confusion matrix, for classification
+    output = SummaryOutput(location=output_location(spec, runtime, out), formats=[f.value for f in formats])
+    summary = RunSummary(
+        status="Succeeded",
+        reason="Completed",
+        message=f"trained {trainer.state.global_step} steps on {data.stats.kept} examples",
+        output=output,
+        metrics=metrics,
+        engine=facts,
+        data=data.stats.as_dict() | {"defaultChatTemplate": default_template},
+        model=source.display,
+        method=spec.method.type.value,
+        task=spec.task.value,
+        baseline=baseline,
+        history=tracker.history,
+        samples=[sample.as_dict() for sample in chosen],
+        labels=list(labels.names) if labels is not None else None,
+        confusion=scorer.details.get("confusion") if scorer is not None else None,
+    )
     if runtime.is_main:
         (out / "README.md").write_text(model_card(spec, summary))
         write_report(summary, spec, out)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "summary.json").write_text(summary.dumps())
         # An image's digest is known only once it is pushed.
-        summary["output"]["location"] = publish(spec, runtime, out)
+        pushed = output.model_copy(update={"location": publish(spec, runtime, out)})
+        summary = summary.model_copy(update={"output": pushed})
     return summary
 
 

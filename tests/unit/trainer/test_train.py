@@ -43,7 +43,7 @@ def test_row_trains_and_its_output_answers_from_memory(
     row: Any, trained: dict[str, tuple[Path, dict[str, Any]]], volumes: Path
 ) -> None:
     out, summary = trained[row.method]
-    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    losses = [h["loss"] for h in summary.history if "loss" in h]
 
     assert losses[-1] < losses[0] / 10, losses
     model, tokenizer = reload_output(row.output, out, volumes)
@@ -77,10 +77,10 @@ def test_method_shapes_the_model(method: MethodType, volumes: Path, runtime: Run
 def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, dict[str, Any]]]) -> None:
     out, summary = trained["lora"]
 
-    assert summary["data"]["examples"] == len(FACTS)
-    assert summary["data"]["format"] == "chat"
-    assert summary["metrics"]["steps"] == 60
-    assert summary["metrics"]["tokensPerSecond"] > 0
+    assert summary.data["examples"] == len(FACTS)
+    assert summary.data["format"] == "chat"
+    assert summary.metrics["steps"] == 60
+    assert summary.metrics["tokensPerSecond"] > 0
     assert json.loads((out / "summary.json").read_text())["status"] == "Succeeded"
     assert (out / "metrics.jsonl").read_text().count("\n") >= 6
     card = (out / "README.md").read_text()

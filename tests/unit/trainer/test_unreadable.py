@@ -58,7 +58,7 @@ def output():
             "dataset": {"pvc": {"claimName": "data", "path": "open"}}, "training": {"maxSteps": 1},
             "resources": {"accelerators": 0}, "output": {"pvc": {"claimName": "locked", "path": "demo"}}}}
     code, summary = run(parse_finetunejob(body).spec, runtime)
-    raise RuntimeError(f"exit {int(code)} {summary['reason']}: {summary['message']}")
+    raise RuntimeError(f"exit {int(code)} {summary.reason}: {summary.message}")
 
 def preflight():
     body = {**job, "spec": {**job["spec"], "model": {"pvc": {"claimName": "models", "path": "open"}},
