@@ -13,29 +13,27 @@ from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.contract import DEFAULT_PATHS, Env, ExitCode, RunSummary
 from kubetune.estimate import UnreadableConfig, read_model_facts
-from kubetune_trainer.data.cache import save_for_training
-from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
+from kubetune_trainer.data.cache import read_data
 from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.logs import configure_pod_logging
-from kubetune_trainer.model import fetch_config, load_tokenizer, resolve_source
+from kubetune_trainer.model import fetch_config, resolve_source
 from kubetune_trainer.mounts import access_denied, writable
 from kubetune_trainer.outputs import checkpoint_folder, output_folder
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
-from kubetune_trainer.tasks import task_for
 
 log = logging.getLogger("kubetune_trainer.preflight")
 
 
 def check(spec: FineTuneJobSpec, runtime: Runtime) -> RunSummary:
     """The data summary of a dataset that passed, or a TrainerError saying why it did not."""
+    from kubetune_trainer.train import prepare_data
+
     check_destinations(spec, runtime)
-    examples = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
-    labels = label_map(examples, spec.dataset, spec.task)
-    tokenizer = load_tokenizer(resolve_source(spec, runtime), runtime)
-    task_for(spec.task).prepare_tokenizer(tokenizer)
-    data = encode_dataset(examples, spec.dataset, tokenizer, spec.task, labels)
-    save_for_training(spec, runtime, tokenizer, data, labels, examples)
+    # The training run's data phase, on data always read (never a cache): the model's
+    # tokenizer alone is fetched, not its weights.
+    prepared = prepare_data(spec, runtime, read_data(spec, runtime), resolve_source(spec, runtime), "the preflight")
+    data, labels = prepared.data, prepared.labels
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
     if labels is not None:
         stats["labels"] = list(labels.names)
