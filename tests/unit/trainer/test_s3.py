@@ -92,7 +92,7 @@ def test_a_bucket_root_a_folder_or_one_object_downloads(
     uri: str, expected: list[str], s3: Any, endpoint: str, cloud_runtime: Runtime, tmp_path: Path
 ) -> None:
     from kubetune.api.spec import S3Location
-    from kubetune_trainer.storage import Bucket
+    from kubetune_trainer.stores.s3 import Bucket
 
     s3.create_bucket(Bucket="roots")  # a bucket of its own: the server outlives the test
     for key in ("a.jsonl", "deep/b.csv", "deep/notes.txt", "deeper/c.json"):

@@ -28,7 +28,7 @@ from kubetune_trainer.errors import TrainerError
 from kubetune_trainer.main import run
 from kubetune_trainer.outputs import checkpoint_folder, checkpoint_remote, output_folder
 from kubetune_trainer.runtime import Runtime
-from kubetune_trainer.storage import Bucket
+from kubetune_trainer.stores.s3 import Bucket
 
 from .conftest import KEY_ID, SECRET, _free_port, launch, memorise_spec
 
