@@ -6,7 +6,6 @@ when the pod's network is gone."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,12 @@ def termination_message(run: RunSummary, limit: int = TERMINATION_MESSAGE_LIMIT)
     of goes in first: the outcome, the model's facts (a preflight's), the output's location
     and the headline figures (steps, losses); then the message, its tail cut (marked) if it must be; then the output's
     formats and digest, then the other metrics one by one while they fit. The data
-    statistics, history and samples stay in the full summary."""
+    statistics, history and samples stay in the full summary. The model's JSON form is
+    measured, since the limit is on its bytes."""
     summary = run.as_json()
     compact: dict[str, Any] = {k: summary[k] for k in ("status", "reason") if k in summary}
-    output = summary.get("output")
-    metrics = summary.get("metrics")
-    output = dict(output) if isinstance(output, Mapping) else None
-    metrics = dict(metrics) if isinstance(metrics, Mapping) else None
+    output: dict[str, Any] | None = summary.get("output")
+    metrics: dict[str, Any] | None = summary.get("metrics")
     essentials: list[tuple[str, Any]] = []
     if MODEL_FACTS_KEY in summary:  # what the operator sizes an `accelerators: auto` job from
         essentials.append((MODEL_FACTS_KEY, summary[MODEL_FACTS_KEY]))
@@ -36,8 +34,8 @@ def termination_message(run: RunSummary, limit: int = TERMINATION_MESSAGE_LIMIT)
         essentials.append(("metrics", {k: metrics[k] for k in HEADLINE_FIGURES if k in metrics}))
     for key, value in essentials:
         _add_if_it_fits(compact, key, value, limit)
-    if "message" in summary:
-        _add_message(compact, str(summary["message"]), limit)
+    if run.message is not None:
+        _add_message(compact, run.message, limit)
     if output is not None and "output" in compact:
         _add_if_it_fits(compact, "output", output, limit)
     if metrics is not None and "metrics" in compact:

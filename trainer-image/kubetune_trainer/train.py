@@ -1,7 +1,10 @@
-"""One training run, from a validated spec to outputs and a summary.
+"""One training run, from a validated spec to outputs and a summary, in three phases that
+each run alone (as torchtune's recipes do): prepare (data, tokenizer, arguments, model),
+fit (the Trainer's loop), finish (evaluation, samples, outputs, summary, card, report).
 
 The order matters: every row is read and checked before the tokenizer or the model is
-loaded, so bad data costs seconds, not accelerator time.
+loaded, so bad data costs seconds, not accelerator time. The preflight runs the prepare
+phase's data part (prepare_data) alone.
 """
 
 from __future__ import annotations
@@ -215,9 +218,24 @@ def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
     trainable, total = trainable_parameters(model)
     log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
     return Prepared(
-        spec, runtime, started, hardware.device, precision, task, out, checkpoint_dir, mirror, source,
-        run_data, resume, args, settings, model, trainable, total,
-    )  # fmt: skip
+        spec=spec,
+        runtime=runtime,
+        started=started,
+        device=hardware.device,
+        precision=precision,
+        task=task,
+        out=out,
+        checkpoint_dir=checkpoint_dir,
+        mirror=mirror,
+        source=source,
+        run_data=run_data,
+        resume=resume,
+        args=args,
+        settings=settings,
+        model=model,
+        trainable=trainable,
+        total=total,
+    )
 
 
 def fit(prepared: Prepared, listeners: Sequence[Callable[[Progress], None]] = ()) -> Fitted:
@@ -278,10 +296,20 @@ def finish(prepared: Prepared, fitted: Fitted) -> RunSummary:
         with p.model.disable_adapter():
             fill(fitted.chosen, fitted.respond, "before")
     fill(fitted.chosen, fitted.respond, "after")
+    tokenizer, labels = p.run_data.tokenizer, p.run_data.labels
     formats = write_outputs(
-        fitted.trainer, spec, p.source, p.run_data.tokenizer, p.precision, p.out, runtime.work, runtime, barrier,
-        p.settings, p.run_data.labels,
-    )  # fmt: skip
+        fitted.trainer,
+        spec,
+        p.source,
+        tokenizer,
+        p.precision,
+        p.out,
+        runtime.work,
+        runtime,
+        barrier,
+        p.settings,
+        labels,
+    )
     metrics["wallSeconds"] = round(time.monotonic() - p.started, 2)
     output = SummaryOutput(location=output_location(spec, runtime, p.out), formats=[f.value for f in formats])
     summary = summarise(p, fitted, metrics, baseline, output)
