@@ -13,7 +13,7 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, FineTuneJobSpec, InvalidSpec, parse_finetunejob
 from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.catalog import presets
-from kubetune.contract import Env, Network, parse_networks
+from kubetune.contract import Env, Network, RunSummary, SummaryOutput, parse_networks
 from kubetune.controller.builders import Context, NotBuildable, build_children
 from kubetune.controller.reconcile import effective_job
 from kubetune.controller.settings import Settings, SettingsError
@@ -226,25 +226,25 @@ def _one_job(
     return jobs[0][1], config_maps
 
 
-def _report(summary: dict[str, Any]) -> None:
-    if summary.get("status") != "Succeeded":
-        reason = summary.get("reason")
+def _report(summary: RunSummary) -> None:
+    if summary.status != "Succeeded":
+        reason = summary.reason
         hint = "; run the same command again to resume" if reason == "Interrupted" else ""
-        click.echo(f"{reason}: {summary.get('message')}{hint}", err=True)
+        click.echo(f"{reason}: {summary.message}{hint}", err=True)
         return
-    metrics = summary["metrics"]
+    metrics = summary.metrics or {}
     click.echo(
         f"done: {metrics['steps']} steps, final loss {metrics.get('trainLoss') or 0:.4f}, "
         f"{metrics.get('tokensPerSecond') or 0:,.0f} tokens/s, {metrics.get('wallSeconds')} s"
     )
-    for sample in summary.get("samples", []):
+    for sample in summary.samples or []:
         click.echo(
             f"\n  Q: {sample['prompt']}\n  expected: {sample['expected']}\n"
             f"  before:   {sample['before'] or '(nothing)'}\n  after:    {sample['after'] or '(nothing)'}"
         )
-    output = summary["output"]
-    click.echo(f"\noutput: {output['location']} ({', '.join(output['formats'])})")
-    click.echo(f"report: {output['location']}/report.html")
+    output = summary.output or SummaryOutput()
+    click.echo(f"\noutput: {output.location} ({', '.join(output.formats or [])})")
+    click.echo(f"report: {output.location}/report.html")
 
 
 @cli.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 import math
 import string
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,9 @@ from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
+from kubetune.api.facts import ModelFacts
 from kubetune.api.status import Progress as Progress  # the one model of a progress report
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -120,6 +123,96 @@ HEADLINE_FIGURES = ("steps", "trainLoss", "evalLoss", "tokensPerSecond")
 trainer keeps them in the termination message when the rest of its metrics do not fit."""
 
 
+# ---------------------------------------------------------------------------- the run summary
+# The trainer's last word, built once (by the trainer) and parsed once (by the operator): the
+# full form is summary.json beside the outputs, the compact form the termination message.
+
+
+class SummaryOutput(BaseModel):
+    """Where a run's result landed."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    location: str | None = None
+    """URI of the result: pvc://claim/path, s3://bucket/prefix, oci://reference, hf://repo."""
+    formats: list[str] | None = None
+    digest: str | None = None
+    """Digest of a pushed artifact (OCI destinations)."""
+
+
+class RunSummary(BaseModel):
+    """What a trainer or preflight run reports. Every field is optional: a failure carries
+    status, reason and message alone, a preflight its data statistics and model facts, and a
+    termination message cut to its 4096 bytes may have lost anything but the outcome."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    status: str | None = None
+    """Succeeded or Failed."""
+    reason: str | None = None
+    message: str | None = None
+    output: SummaryOutput | None = None
+    metrics: dict[str, Any] | None = None
+    """The final figures by the trainer's name (steps, trainLoss, evalLoss, tokensPerSecond,
+    the task's own, ...): numbers, but for precision and compiledLayers."""
+    engine: dict[str, Any] | None = None
+    """What the training engine did (kubetune_trainer.engine.engine_facts)."""
+    data: dict[str, Any] | None = None
+    """The data statistics (DataStats.as_dict, and the preflight's evalExamples and labels)."""
+    model: str | None = None
+    method: str | None = None
+    task: str | None = None
+    baseline: dict[str, Any] | None = None
+    """The task's figures on the untrained model, where the run evaluated it."""
+    history: list[dict[str, Any]] | None = None
+    samples: list[dict[str, Any]] | None = None
+    labels: list[str] | None = None
+    confusion: dict[str, Any] | None = None
+    """A classifier's confusion matrix at the final evaluation (labels, matrix)."""
+    model_facts: ModelFacts | None = None
+    """What a preflight read of a model that is not a preset, for sizing `accelerators: auto`."""
+
+    @classmethod
+    def failure(cls, reason: str, message: str) -> RunSummary:
+        return cls(status="Failed", reason=reason, message=message)
+
+    @property
+    def reported(self) -> bool:
+        """Whether the run reported anything at all (a crash leaves no summary)."""
+        return bool(self.as_json())
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form (camelCase, absent fields left out), as summary.json holds it."""
+        return self.model_dump(mode="python", by_alias=True, exclude_none=True)
+
+    def dumps(self) -> str:
+        """summary.json's text."""
+        return json.dumps(self.as_json(), indent=2) + "\n"
+
+    @classmethod
+    def parse(cls, text: str) -> RunSummary:
+        """A summary from a termination message or summary.json, read leniently: text that is
+        not a JSON object is no summary, and a field that does not validate is left out (the
+        rest still says how the run ended)."""
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            return cls()
+        return cls.from_json(raw) if isinstance(raw, dict) else cls()
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RunSummary:
+        fields = dict(raw)
+        while True:
+            try:
+                return cls.model_validate(fields)
+            except ValidationError as error:
+                bad = {str(e["loc"][0]) for e in error.errors() if e["loc"]}
+                if not bad & fields.keys():
+                    return cls()
+                fields = {k: v for k, v in fields.items() if k not in bad}
+
+
 @dataclass(frozen=True)
 class FinalFigures:
     """The final figures of a run, as the trainer's summary (the termination message) carries
@@ -134,15 +227,14 @@ class FinalFigures:
     numbers: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> FinalFigures:
+    def from_summary(cls, summary: RunSummary) -> FinalFigures:
         """What the summary reports; figures that are absent or not finite numbers are left out
         (a summary cut to fit the 4096 bytes may have lost them all)."""
-        metrics = summary.get("metrics")
-        if not isinstance(metrics, Mapping):
+        if not summary.metrics:
             return cls()
         numbers = {
             str(name): float(value)
-            for name, value in metrics.items()
+            for name, value in summary.metrics.items()
             if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         }
         steps = numbers.get("steps")

@@ -6,23 +6,26 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.contract import RunSummary
 from kubetune_trainer.arguments import learning_rate
 from kubetune_trainer.tasks import task_for
 
 
-def model_card(spec: FineTuneJobSpec, summary: dict[str, Any]) -> str:
-    metrics, data, formats = summary["metrics"], summary["data"], summary["output"]["formats"]
+def model_card(spec: FineTuneJobSpec, summary: RunSummary) -> str:
+    """The card of a finished run, from its spec and summary alone."""
+    metrics, data, engine = summary.metrics or {}, summary.data or {}, summary.engine or {}
+    formats = (summary.output.formats if summary.output else None) or []
     method = spec.method
     model_class = task_for(spec.task).model_class_name
-    labels = summary.get("labels")
+    labels = summary.labels
     lines: list[str | None] = [
         "---",
-        f"base_model: {summary['model']}",
+        f"base_model: {summary.model}",
         "library_name: peft" if method.type.uses_adapter else "library_name: transformers",
         f"tags: [kubetune, {method.type.value}, {spec.task.value}]",
         "---",
         "",
-        f"# Fine-tuned {summary['model']}",
+        f"# Fine-tuned {summary.model}",
         "",
         f"Trained by kubetune with **{method.type.value}**"
         + (
@@ -48,7 +51,7 @@ def model_card(spec: FineTuneJobSpec, summary: dict[str, Any]) -> str:
         f"precision {metrics['precision']}",
         f"- batch: {spec.training.per_device_batch_size} per device x {spec.training.gradient_accumulation_steps} "
         f"accumulation; max sequence length {spec.dataset.max_seq_length}; packing {spec.dataset.packing}",
-        f"- engine: {summary['engine']['engine']} on {summary['engine']['worldSize']} process(es)",
+        f"- engine: {engine['engine']} on {engine['worldSize']} process(es)",
         "",
         "## Results",
         "",
@@ -71,12 +74,12 @@ def model_card(spec: FineTuneJobSpec, summary: dict[str, Any]) -> str:
     return "\n".join(line for line in lines if line is not None)
 
 
-def _before_and_after(summary: dict[str, Any]) -> list[str]:
+def _before_and_after(summary: RunSummary) -> list[str]:
     """One line per figure of the evaluation split: before the first step, and at the end."""
-    metrics = summary["metrics"]
+    metrics = summary.metrics or {}
     return [
         f"- {name}: {_number(before)} before training, {_number(metrics.get(name))} after"
-        for name, before in (summary.get("baseline") or {}).items()
+        for name, before in (summary.baseline or {}).items()
         if name not in ("evalLoss", "perplexity")
     ]
 

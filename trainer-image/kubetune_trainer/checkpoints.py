@@ -39,7 +39,7 @@ from transformers.trainer_pt_utils import safe_globals
 from kubetune_trainer.errors import TrainerError, UnsafeCheckpoint
 from kubetune_trainer.mounts import readable
 from kubetune_trainer.ranks import every_rank
-from kubetune_trainer.storage import Bucket
+from kubetune_trainer.stores.s3 import Bucket
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from kubetune.contract import ExitCode, Launch, PodEnvironment
+from kubetune.contract import ExitCode, Launch, PodEnvironment, RunSummary
 from kubetune_trainer.logs import configure_pod_logging
 from kubetune_trainer.summary import write_summary
 
@@ -71,9 +71,7 @@ def main() -> None:
 
 
 def _fail(reason: str, message: str, code: ExitCode) -> NoReturn:
-    write_summary(
-        {"status": "Failed", "reason": reason, "message": message}, PodEnvironment.termination_log_in(os.environ)
-    )
+    write_summary(RunSummary.failure(reason, message), PodEnvironment.termination_log_in(os.environ))
     log.error(message)
     sys.exit(int(code))
 

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubetune.api import FineTuneJob
 from kubetune.api.resource import dump_spec
-from kubetune.contract import VARIABLES, ExitCode, Network, PodEnvironment, Progress
+from kubetune.contract import VARIABLES, ExitCode, Network, PodEnvironment, Progress, RunSummary
 from kubetune_trainer.logs import quiet_libraries
 from kubetune_trainer.mounts import inside
 from kubetune_trainer.runtime import Runtime
@@ -102,9 +101,7 @@ class ProgressLine:
         self.shown = True
 
 
-def run_local(
-    plan: LocalPlan, on_progress: Callable[[Progress], None] | None = None
-) -> tuple[ExitCode, dict[str, Any]]:
+def run_local(plan: LocalPlan, on_progress: Callable[[Progress], None] | None = None) -> tuple[ExitCode, RunSummary]:
     plan.work.mkdir(parents=True, exist_ok=True)
     write_config_maps(plan.config_maps, plan.work / "configmaps")
     if plan.processes == 1:
@@ -115,8 +112,7 @@ def run_local(
     return _run_with_torchrun(plan)
 
 
-def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, dict[str, Any]]:
-    import json
+def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, RunSummary]:
 
     runtime = plan.runtime()
     runtime.spec.write_text(dump_spec(plan.job.spec))
@@ -132,9 +128,11 @@ def _run_with_torchrun(plan: LocalPlan) -> tuple[ExitCode, dict[str, Any]]:
     ]
     code = subprocess.run(command, env=env, check=False).returncode
     try:
-        summary = json.loads(runtime.termination_log.read_text())
-    except (OSError, ValueError):
-        summary = {"status": "Failed", "reason": "TrainingFailed", "message": f"torchrun exited with {code}"}
+        summary = RunSummary.parse(runtime.termination_log.read_text())
+    except OSError:
+        summary = RunSummary()
+    if not summary.reported:
+        summary = RunSummary.failure("TrainingFailed", f"torchrun exited with {code}")
     try:
         return ExitCode(code), summary
     except ValueError:

@@ -13,14 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from pydantic import ValidationError
 
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.problems import problems_from_validation_error
-from kubetune.contract import ExitCode, PodEnvironment, Progress
+from kubetune.contract import ExitCode, PodEnvironment, Progress, RunSummary
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidSpec, OutOfMemory, TrainerError
 from kubetune_trainer.logs import configure_pod_logging
@@ -46,7 +45,7 @@ def read_spec(path: Path) -> FineTuneJobSpec:
 
 def run(
     spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()
-) -> tuple[ExitCode, dict[str, Any]]:
+) -> tuple[ExitCode, RunSummary]:
     """Train and classify the outcome. Returns the exit code and the summary written."""
     from kubetune_trainer.train import train  # torch and transformers load only when training
 
@@ -54,15 +53,15 @@ def run(
         summary = train(spec, runtime, listeners)  # it writes summary.json beside the outputs
         code = ExitCode.OK
     except TrainerError as error:
-        summary, code = _failure(error.reason, str(error)), error.exit_code
+        summary, code = RunSummary.failure(error.reason, str(error)), error.exit_code
     except torch.OutOfMemoryError as error:
         oom = OutOfMemory(f"{_memory_figures()}: {error}")
-        summary, code = _failure(oom.reason, str(oom)), oom.exit_code
+        summary, code = RunSummary.failure(oom.reason, str(oom)), oom.exit_code
     except Exception as error:  # a full disk or a file's permissions speak through many libraries' types
         known = disk_full(error, _written_folders(spec, runtime)) or access_denied(error)
         if known is None:
             raise
-        summary, code = _failure(known.reason, str(known)), known.exit_code
+        summary, code = RunSummary.failure(known.reason, str(known)), known.exit_code
     if runtime.is_main:
         write_summary(summary, runtime.termination_log)
     return code, summary  # the caller says what failed: the pod's log, or `kubetune run`'s own line
@@ -78,10 +77,6 @@ def _written_folders(spec: FineTuneJobSpec, runtime: Runtime) -> list[Path]:
     except TrainerError:
         folders = []
     return [*folders, runtime.work, *([runtime.model_cache] if runtime.model_cache else [])]
-
-
-def _failure(reason: str, message: str) -> dict[str, Any]:
-    return {"status": "Failed", "reason": reason, "message": message}
 
 
 def _memory_figures() -> str:
@@ -103,7 +98,7 @@ def main() -> None:
         runtime = Runtime.from_env()
         spec = read_spec(runtime.spec)
     except InvalidSpec as error:
-        write_summary(_failure(error.reason, str(error)), PodEnvironment.termination_log_in(os.environ))
+        write_summary(RunSummary.failure(error.reason, str(error)), PodEnvironment.termination_log_in(os.environ))
         log.error("%s", error)
         sys.exit(error.exit_code)
     if runtime.is_main:
@@ -112,5 +107,5 @@ def main() -> None:
     else:
         code, summary = run(spec, runtime)
     if code is not ExitCode.OK and not runtime.outcome_shown_by_caller:
-        log.error("%s: %s", summary["reason"], summary["message"])
+        log.error("%s: %s", summary.reason, summary.message)
     sys.exit(int(code))

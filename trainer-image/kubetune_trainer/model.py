@@ -28,6 +28,7 @@ from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.hardware import DTYPES
 from kubetune_trainer.mounts import readable
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.secrets import secret_value
 from kubetune_trainer.tasks import task_for
 
 ALL_LINEAR = "all-linear"
@@ -56,7 +57,7 @@ def resolve_source(spec: FineTuneJobSpec, runtime: Runtime) -> ModelSource:
     model = spec.model
     token = None
     if model.hub_token_secret is not None:
-        token = runtime.secret_value(model.hub_token_secret.name, model.hub_token_secret.key)
+        token = secret_value(runtime, model.hub_token_secret.name, model.hub_token_secret.key)
     if model.preset is not None:
         preset = presets()[model.preset]
         return ModelSource(preset.repo, "main", token, model.trust_remote_code, preset)

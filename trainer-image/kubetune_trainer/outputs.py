@@ -15,12 +15,12 @@ from kubetune.api.base import S3Location
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.checkpoints import CheckpointMirror
 from kubetune_trainer.hardware import DTYPES
-from kubetune_trainer.hub import HubRepo, hub_location
 from kubetune_trainer.model import ModelSource
 from kubetune_trainer.mounts import open_to_readers
-from kubetune_trainer.oci import ImageName, Registry, adapter_image
 from kubetune_trainer.runtime import Runtime
-from kubetune_trainer.storage import Bucket
+from kubetune_trainer.stores.hub import HubRepo, hub_location
+from kubetune_trainer.stores.oci import ImageName, Registry, adapter_image
+from kubetune_trainer.stores.s3 import Bucket
 from kubetune_trainer.tasks import task_for
 from kubetune_trainer.tasks.labels import LabelMap
 

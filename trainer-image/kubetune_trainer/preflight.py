@@ -10,43 +10,39 @@ import sys
 
 from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.contract import MODEL_FACTS_KEY, ExitCode, PodEnvironment
+from kubetune.contract import ExitCode, PodEnvironment, RunSummary
 from kubetune.estimate import UnreadableConfig, read_model_facts
-from kubetune_trainer.data.cache import save_for_training
-from kubetune_trainer.data.pipeline import encode_dataset, label_map, read_dataset
+from kubetune_trainer.data.cache import read_data
 from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.logs import configure_pod_logging
-from kubetune_trainer.model import fetch_config, load_tokenizer, resolve_source
+from kubetune_trainer.model import fetch_config, resolve_source
 from kubetune_trainer.mounts import access_denied, writable
 from kubetune_trainer.outputs import checkpoint_folder, output_folder
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.summary import write_summary
-from kubetune_trainer.tasks import task_for
 
 log = logging.getLogger("kubetune_trainer.preflight")
 
 
-def check(spec: FineTuneJobSpec, runtime: Runtime) -> dict[str, object]:
+def check(spec: FineTuneJobSpec, runtime: Runtime) -> RunSummary:
     """The data summary of a dataset that passed, or a TrainerError saying why it did not."""
+    from kubetune_trainer.train import prepare_data
+
     check_destinations(spec, runtime)
-    examples = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
-    labels = label_map(examples, spec.dataset, spec.task)
-    tokenizer = load_tokenizer(resolve_source(spec, runtime), runtime)
-    task_for(spec.task).prepare_tokenizer(tokenizer)
-    data = encode_dataset(examples, spec.dataset, tokenizer, spec.task, labels)
-    save_for_training(spec, runtime, tokenizer, data, labels, examples)
+    # The training run's data phase, on data always read (never a cache): the model's
+    # tokenizer alone is fetched, not its weights.
+    prepared = prepare_data(spec, runtime, read_data(spec, runtime), resolve_source(spec, runtime), "the preflight")
+    data, labels = prepared.data, prepared.labels
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
     if labels is not None:
         stats["labels"] = list(labels.names)
-    summary: dict[str, object] = {
-        "status": "Succeeded",
-        "reason": "DataValid",
-        "message": f"{stats['kept']} of {stats['examples']} examples ready to train",
-        "data": stats,
-    }
-    if needs_model_facts(spec):
-        summary[MODEL_FACTS_KEY] = model_facts(spec, runtime).model_dump(mode="json", by_alias=True, exclude_none=True)
-    return summary
+    return RunSummary(
+        status="Succeeded",
+        reason="DataValid",
+        message=f"{stats['kept']} of {stats['examples']} examples ready to train",
+        data=stats,
+        model_facts=model_facts(spec, runtime) if needs_model_facts(spec) else None,
+    )
 
 
 def model_facts(spec: FineTuneJobSpec, runtime: Runtime) -> ModelFacts:
@@ -85,7 +81,7 @@ def main() -> None:
         failure = error if isinstance(error, TrainerError) else access_denied(error)
         if failure is None:
             raise
-        summary, code = {"status": "Failed", "reason": failure.reason, "message": str(failure)}, failure.exit_code
+        summary, code = RunSummary.failure(failure.reason, str(failure)), failure.exit_code
         log.error("%s: %s", failure.reason, failure)
     write_summary(summary, termination_log)
     sys.exit(int(code))

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.contract import RunSummary
 
 
 def plot(history: list[dict[str, Any]]) -> bytes:
@@ -92,9 +93,9 @@ def _text(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
-def _before_and_after(summary: dict[str, Any]) -> str:
+def _before_and_after(summary: RunSummary) -> str:
     """The task's figures on the evaluation split, before the first step and at the end."""
-    baseline, metrics = summary.get("baseline") or {}, summary.get("metrics", {})
+    baseline, metrics = summary.baseline or {}, summary.metrics or {}
     if not baseline:
         return ""
     cells = "".join(
@@ -107,7 +108,7 @@ def _before_and_after(summary: dict[str, Any]) -> str:
     )
 
 
-def _confusion(summary: dict[str, Any], picture: bytes | None) -> str:
+def _confusion(picture: bytes | None) -> str:
     if picture is None:
         return ""
     image = base64.b64encode(picture).decode()
@@ -117,9 +118,11 @@ def _confusion(summary: dict[str, Any], picture: bytes | None) -> str:
     )
 
 
-def render_html(summary: dict[str, Any], spec: FineTuneJobSpec, png: bytes, confusion: bytes | None = None) -> str:
-    metrics, data = summary.get("metrics", {}), summary.get("data", {})
-    samples = summary.get("samples", [])
+def render_html(summary: RunSummary, spec: FineTuneJobSpec, png: bytes, confusion: bytes | None = None) -> str:
+    """The page, from the run's summary, its spec and its pictures alone."""
+    metrics, data = summary.metrics or {}, summary.data or {}
+    samples = summary.samples or []
+    location = summary.output.location if summary.output else None
     sample_rows = "".join(
         "<tr>"
         + "".join(f"<td>{html.escape(s.get(k, ''))}</td>" for k in ("prompt", "expected", "before", "after"))
@@ -129,7 +132,7 @@ def render_html(summary: dict[str, Any], spec: FineTuneJobSpec, png: bytes, conf
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_unset=True), sort_keys=False)
     image = base64.b64encode(png).decode()
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>kubetune report: {html.escape(str(summary.get("model", "")))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>kubetune report: {html.escape(summary.model or "")}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
@@ -138,16 +141,16 @@ th {{ background: #f3f3f3; }} pre {{ background: #f6f6f6; padding: 1rem; overflo
 .status {{ font-size: 1.2rem; font-weight: bold; }}
 </style></head><body>
 <h1>Fine-tuning report</h1>
-<p class="status">{html.escape(str(summary.get("status")))}: {html.escape(str(summary.get("message", "")))}</p>
-<p>{html.escape(str(summary.get("task", "causal-lm")))} with {html.escape(str(summary.get("method", "")))}
-on {html.escape(str(summary.get("model", "")))};
-output in <code>{html.escape(str(summary.get("output", {}).get("location", "")))}</code></p>
+<p class="status">{html.escape(str(summary.status))}: {html.escape(summary.message or "")}</p>
+<p>{html.escape(summary.task or "causal-lm")} with {html.escape(summary.method or "")}
+on {html.escape(summary.model or "")};
+output in <code>{html.escape(location or "")}</code></p>
 <h2>Training curves</h2>
 <img alt="loss, learning rate and tokens per second by step" src="data:image/png;base64,{image}">
 <h2>Final metrics</h2>
 {_table(sorted(metrics.items()))}
 {_before_and_after(summary)}
-{_confusion(summary, confusion)}
+{_confusion(confusion)}
 <h2>Data</h2>
 {_table(sorted(data.items()))}
 <h2>Answers before and after training</h2>
@@ -158,11 +161,11 @@ output in <code>{html.escape(str(summary.get("output", {}).get("location", "")))
 """
 
 
-def write_report(summary: dict[str, Any], spec: FineTuneJobSpec, folder: Path) -> None:
-    png = plot(summary.get("history", []))
+def write_report(summary: RunSummary, spec: FineTuneJobSpec, folder: Path) -> None:
+    png = plot(summary.history or [])
     (folder / "loss.png").write_bytes(png)
     confusion = None
-    if "confusion" in summary:
-        confusion = plot_confusion(summary["confusion"]["labels"], summary["confusion"]["matrix"])
+    if summary.confusion is not None:
+        confusion = plot_confusion(summary.confusion["labels"], summary.confusion["matrix"])
         (folder / "confusion.png").write_bytes(confusion)
     (folder / "report.html").write_text(render_html(summary, spec, png, confusion))

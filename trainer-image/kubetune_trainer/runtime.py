@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kubetune.contract import DEFAULT_PATHS, Env, Network, PodEnvironment
 from kubetune_trainer.errors import InvalidSpec
-from kubetune_trainer.mounts import inside, permission_denied
+from kubetune_trainer.mounts import inside
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,3 @@ class Runtime:
     def config_map_file(self, name: str, key: str) -> Path:
         """Where a key of a mounted ConfigMap is (never outside its folder)."""
         return inside(self.configmaps / name, key, f"ConfigMap {name} key")
-
-    def secret_value(self, name: str, key: str) -> str:
-        """A key of a mounted Secret, stripped of its trailing newline. Never logged."""
-        file = inside(self.secrets / name, key, f"Secret {name} key")
-        try:
-            return file.read_text().strip()
-        except PermissionError:
-            raise InvalidSpec(f"Secret {name} key {key}: {permission_denied(file)}") from None
-        except OSError as error:
-            raise InvalidSpec(f"Secret {name} key {key} is not mounted at {file} ({error.strerror})") from None

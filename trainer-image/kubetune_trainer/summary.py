@@ -6,26 +6,25 @@ when the pod's network is gone."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubetune.contract import HEADLINE_FIGURES, MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT
+from kubetune.contract import HEADLINE_FIGURES, MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT, RunSummary
 
 TRUNCATED = " [truncated]"
 
 
-def termination_message(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+def termination_message(run: RunSummary, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """Compact JSON of the summary within `limit` bytes. What the operator's status is made
     of goes in first: the outcome, the model's facts (a preflight's), the output's location
     and the headline figures (steps, losses); then the message, its tail cut (marked) if it must be; then the output's
     formats and digest, then the other metrics one by one while they fit. The data
-    statistics, history and samples stay in the full summary."""
+    statistics, history and samples stay in the full summary. The model's JSON form is
+    measured, since the limit is on its bytes."""
+    summary = run.as_json()
     compact: dict[str, Any] = {k: summary[k] for k in ("status", "reason") if k in summary}
-    output = summary.get("output")
-    metrics = summary.get("metrics")
-    output = dict(output) if isinstance(output, Mapping) else None
-    metrics = dict(metrics) if isinstance(metrics, Mapping) else None
+    output: dict[str, Any] | None = summary.get("output")
+    metrics: dict[str, Any] | None = summary.get("metrics")
     essentials: list[tuple[str, Any]] = []
     if MODEL_FACTS_KEY in summary:  # what the operator sizes an `accelerators: auto` job from
         essentials.append((MODEL_FACTS_KEY, summary[MODEL_FACTS_KEY]))
@@ -35,8 +34,8 @@ def termination_message(summary: dict[str, Any], limit: int = TERMINATION_MESSAG
         essentials.append(("metrics", {k: metrics[k] for k in HEADLINE_FIGURES if k in metrics}))
     for key, value in essentials:
         _add_if_it_fits(compact, key, value, limit)
-    if "message" in summary:
-        _add_message(compact, str(summary["message"]), limit)
+    if run.message is not None:
+        _add_message(compact, run.message, limit)
     if output is not None and "output" in compact:
         _add_if_it_fits(compact, "output", output, limit)
     if metrics is not None and "metrics" in compact:
@@ -73,7 +72,7 @@ def _dump(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def write_summary(summary: dict[str, Any], termination_log: Path) -> None:
+def write_summary(summary: RunSummary, termination_log: Path) -> None:
     """The compact summary into the termination-message file (the full one is written by
     the trainer beside the outputs)."""
     try:

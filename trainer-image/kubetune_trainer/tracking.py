@@ -9,6 +9,7 @@ from pathlib import Path
 from kubetune.api.enums import TrackingBackend
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.secrets import secret_keys
 
 CREDENTIAL_KEYS = {
     TrackingBackend.MLFLOW: ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"),
@@ -36,10 +37,5 @@ def tracking_environment(spec: FineTuneJobSpec, runtime: Runtime, out: Path) -> 
         case TrackingBackend.TENSORBOARD:
             env["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     if tracking.credentials_secret is not None:
-        folder = runtime.secrets / tracking.credentials_secret.name
-        env |= {
-            key: (folder / key).read_text().strip()
-            for key in CREDENTIAL_KEYS[tracking.backend]
-            if (folder / key).is_file()
-        }
+        env |= secret_keys(runtime, tracking.credentials_secret.name, CREDENTIAL_KEYS[tracking.backend])
     return env

@@ -1,7 +1,10 @@
-"""One training run, from a validated spec to outputs and a summary.
+"""One training run, from a validated spec to outputs and a summary, in three phases that
+each run alone (as torchtune's recipes do): prepare (data, tokenizer, arguments, model),
+fit (the Trainer's loop), finish (evaluation, samples, outputs, summary, card, report).
 
 The order matters: every row is read and checked before the tokenizer or the model is
-loaded, so bad data costs seconds, not accelerator time.
+loaded, so bad data costs seconds, not accelerator time. The preflight runs the prepare
+phase's data part (prepare_data) alone.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ from typing import Any
 
 from transformers import PrinterCallback, TrainerCallback
 
+from kubetune.api.enums import Precision
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.catalog import Strategy
+from kubetune.contract import RunSummary, SummaryOutput
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.card import model_card
-from kubetune_trainer.checkpoints import CompletionMarker, newest_complete
+from kubetune_trainer.checkpoints import CheckpointMirror, CompletionMarker, newest_complete
 from kubetune_trainer.compiling import compiled_layers, planned_tokens, wants_compile
-from kubetune_trainer.data.cache import check_data
+from kubetune_trainer.data.cache import CheckedData, check_data
+from kubetune_trainer.data.pipeline import PreparedData
 from kubetune_trainer.engine import EngineCheck, engine_facts, record
 from kubetune_trainer.errors import Interrupted
 from kubetune_trainer.hardware import Hardware
 from kubetune_trainer.model import (
+    ModelSource,
     apply_method,
     fetch_once,
     load_model,
@@ -50,9 +57,11 @@ from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
 from kubetune_trainer.ranks import any_rank, barrier
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
-from kubetune_trainer.samples import SAMPLES, fill
+from kubetune_trainer.samples import SAMPLES, Sample, fill
 from kubetune_trainer.strategy import leave_the_process_group, trains_alone
 from kubetune_trainer.tasks import task_for
+from kubetune_trainer.tasks.base import Task
+from kubetune_trainer.tasks.labels import LabelMap
 from kubetune_trainer.tracking import tracking_environment
 from kubetune_trainer.trainers import ListDataset
 from kubetune_trainer.warm import warm_start_folder
@@ -94,10 +103,80 @@ class StopOnSignal(TrainerCallback):
             signal.signal(signum, handler)
 
 
-def train(
-    spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunData:
+    """The data part of the prepare phase: the checked examples, the tokenizer (with the
+    task's template) and the data it tokenised."""
+
+    checked: CheckedData
+    tokenizer: Any
+    default_template: bool
+    """Whether the task set its own chat template (the tokenizer had none)."""
+    data: PreparedData
+
+    @property
+    def labels(self) -> LabelMap | None:
+        return self.checked.labels
+
+
+@dataclass
+class Prepared:
+    """What the prepare phase leaves: everything fit needs, nothing trained yet."""
+
+    spec: FineTuneJobSpec
+    runtime: Runtime
+    started: float
+    device: str
+    precision: Precision
+    task: Task
+    out: Path
+    checkpoint_dir: Path
+    mirror: CheckpointMirror | None
+    source: ModelSource
+    run_data: RunData
+    resume: Path | None
+    args: Any
+    settings: dict[str, Any]
+    model: Any
+    trainable: int
+    total: int
+
+
+@dataclass
+class Fitted:
+    """What the fit phase leaves: the trainer after training, and what it measured."""
+
+    trainer: Any
+    tracker: ProgressTracker
+    scorer: Any
+    respond: Callable[[Sample], str]
+    chosen: list[Sample]
+    compiled: int
+    facts: dict[str, Any]
+    runtime_seconds: float
+
+
+def train(spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()) -> RunSummary:
     """Train as the spec says and return the summary. Raises TrainerError subclasses."""
+    prepared = prepare(spec, runtime)
+    return finish(prepared, fit(prepared, listeners))
+
+
+def prepare_data(
+    spec: FineTuneJobSpec, runtime: Runtime, checked: CheckedData, source: ModelSource, kept_by: str
+) -> RunData:
+    """Tokenise checked data with the model's tokenizer (the task's template set), keeping
+    the result where the next pod looks (rank 0 only). The preflight runs this too."""
+    tokenizer = load_tokenizer(source, runtime)
+    default_template = task_for(spec.task).prepare_tokenizer(tokenizer)
+    data = checked.tokenize(tokenizer, write=runtime.is_main, kept_by=kept_by)
+    log.info("data: %s", data.stats.as_dict())
+    return RunData(checked, tokenizer, default_template, data)
+
+
+def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
+    """Check the destinations and the data, then load the tokenizer, the arguments and the
+    model. Every row is read and checked before the model is fetched."""
     started = time.monotonic()
     hardware = Hardware.detect()
     precision = hardware.precision(spec.training.precision)
@@ -110,14 +189,9 @@ def train(
     if mirror is not None:  # a new pod's scratch is empty: fetch what the bucket holds (and check it can be read)
         mirror.restore(checkpoint_dir)
     checked = check_data(spec, runtime)  # the preflight's cache, else the dataset read and checked
-    examples, labels = checked.examples, checked.labels
-
     source = fetch_once(resolve_source(spec, runtime), runtime)
-    tokenizer = load_tokenizer(source, runtime)
-    default_template = task.prepare_tokenizer(tokenizer)
-    data = checked.tokenize(tokenizer, write=runtime.is_main)
-    log.info("data: %s", data.stats.as_dict())
-
+    run_data = prepare_data(spec, runtime, checked, source, kept_by="a training run")
+    data = run_data.data
     # The arguments come before the model: under ZeRO-3 they set up the process group and
     # make from_pretrained place each rank's shard straight away.
     resume = newest_complete(checkpoint_dir)
@@ -138,102 +212,167 @@ def train(
     )
     if args.deepspeed:
         _start_deepspeed(args, checkpoint_dir, runtime)
-    settings = task.model_kwargs(labels, tokenizer)
+    settings = task.model_kwargs(run_data.labels, run_data.tokenizer)
     warm_start = warm_start_folder(spec, runtime)  # a bad source fails before the model loads
-    loaded = load_model(spec, source, precision, runtime, settings)
-    model = apply_method(loaded, spec, source, warm_start)
+    model = apply_method(load_model(spec, source, precision, runtime, settings), spec, source, warm_start)
     trainable, total = trainable_parameters(model)
     log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
+    return Prepared(
+        spec=spec,
+        runtime=runtime,
+        started=started,
+        device=hardware.device,
+        precision=precision,
+        task=task,
+        out=out,
+        checkpoint_dir=checkpoint_dir,
+        mirror=mirror,
+        source=source,
+        run_data=run_data,
+        resume=resume,
+        args=args,
+        settings=settings,
+        model=model,
+        trainable=trainable,
+        total=total,
+    )
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def fit(prepared: Prepared, listeners: Sequence[Callable[[Progress], None]] = ()) -> Fitted:
+    """Train the prepared model, from the newest complete checkpoint if there is one. Raises
+    Interrupted when a signal stopped it (after a checkpoint)."""
+    p, spec, runtime = prepared, prepared.spec, prepared.runtime
+    tokenizer, labels, data = p.run_data.tokenizer, p.run_data.labels, p.run_data.data
+    p.out.mkdir(parents=True, exist_ok=True)
     meter = TokenMeter()
     tracker = ProgressTracker(
-        meter, runtime.world_size, out / "metrics.jsonl" if runtime.is_main else None, list(listeners)
+        meter, runtime.world_size, p.out / "metrics.jsonl" if runtime.is_main else None, list(listeners)
     )
     stopper = StopOnSignal()
-    scorer = task.metrics(tokenizer, labels)
-    trainer = task.trainer_class()(
-        model=model,
-        args=args,
+    scorer = p.task.metrics(tokenizer, labels)
+    trainer = p.task.trainer_class()(
+        model=p.model,
+        args=p.args,
         train_dataset=ListDataset(data.train),
         eval_dataset=ListDataset(data.eval) if data.eval else None,
-        data_collator=task.collator(tokenizer, spec.dataset, model),
+        data_collator=p.task.collator(tokenizer, spec.dataset, p.model),
         processing_class=tokenizer,
         compute_metrics=scorer,
         preprocess_logits_for_metrics=scorer.preprocess if scorer else None,
-        callbacks=[tracker, CompletionMarker(checkpoint_dir, runtime.is_main, barrier, mirror), stopper],
+        callbacks=[tracker, CompletionMarker(p.checkpoint_dir, runtime.is_main, barrier, p.mirror), stopper],
         meter=meter,
     )
-    respond = task.answerer(model, tokenizer, labels, data.format)
+    respond = p.task.answerer(p.model, tokenizer, labels, data.format)
+    examples = p.run_data.checked.examples
     shown = examples.eval or examples.train
-    chosen = task.pick(shown, labels, SAMPLES) if runtime.is_main and _whole_model(spec) else []
+    chosen = p.task.pick(shown, labels, SAMPLES) if runtime.is_main and _whole_model(spec) else []
     if not spec.method.type.uses_adapter:
         fill(chosen, respond, "before")
     trainer.add_callback(EngineCheck(trainer, spec.distributed.strategy))
     trainer.remove_callback(PrinterCallback)  # the tracker logs each record, and listeners show progress
-    if resume is not None:
-        log.info("resuming from %s", resume)
+    if p.resume is not None:
+        log.info("resuming from %s", p.resume)
     mean_length = data.stats.tokens / max(1, data.stats.kept)
     planned = planned_tokens(spec, len(data.train), mean_length, runtime.world_size)
-    compile_wanted = wants_compile(spec, planned, hardware.device)
-    with compiled_layers(model, compile_wanted) as compiled:
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    facts = engine_facts(trainer, total)
+    with compiled_layers(p.model, wants_compile(spec, planned, p.device)) as compiled:
+        result = trainer.train(resume_from_checkpoint=str(p.resume) if p.resume else None)
+    facts = engine_facts(trainer, p.total)
     record(facts, runtime.work / "ranks", runtime.rank)
     if stopper.stopping:
         raise Interrupted(f"stopped by a signal at step {trainer.state.global_step}; the checkpoint is kept")
-    metrics: dict[str, Any] = {
-        "steps": trainer.state.global_step,
-        "trainLoss": _last(tracker.history, "loss"),
-        "trainableParameters": trainable,
-        "totalParameters": total,
-        "tokensPerSecond": tracker.progress.tokens_per_second,
-        "learningRate": learning_rate(spec),
-        "precision": precision.value,
-        "compiledLayers": compiled,
-        "trainRuntimeSeconds": round(result.metrics.get("train_runtime", 0.0), 2),
-    }
-    baseline: dict[str, float] = {}
-    if data.eval:
-        metrics |= task.summary_figures(trainer.evaluate())
-        baseline = task.summary_figures(_evaluation_at_start(tracker.history))
+    runtime_seconds = round(result.metrics.get("train_runtime", 0.0), 2)
+    return Fitted(trainer, tracker, scorer, respond, chosen, compiled, facts, runtime_seconds)
+
+
+def finish(prepared: Prepared, fitted: Fitted) -> RunSummary:
+    """Evaluate, answer the samples, write the outputs, then the summary, the model card and
+    the report beside them (rank 0), and publish."""
+    p, spec, runtime = prepared, prepared.spec, prepared.runtime
+    metrics, baseline = _evaluate(p, fitted)
     if spec.method.type.uses_adapter:
         # The base model is the adapter switched off (and a new head as it was initialised):
         # no generation touches a 4-bit base before training (bitsandbytes repacks CPU
         # weights on their first inference).
-        with model.disable_adapter():
-            fill(chosen, respond, "before")
-    fill(chosen, respond, "after")
+        with p.model.disable_adapter():
+            fill(fitted.chosen, fitted.respond, "before")
+    fill(fitted.chosen, fitted.respond, "after")
+    tokenizer, labels = p.run_data.tokenizer, p.run_data.labels
     formats = write_outputs(
-        trainer, spec, source, tokenizer, precision, out, runtime.work, runtime, barrier, settings, labels
+        fitted.trainer,
+        spec,
+        p.source,
+        tokenizer,
+        p.precision,
+        p.out,
+        runtime.work,
+        runtime,
+        barrier,
+        p.settings,
+        labels,
     )
-    metrics["wallSeconds"] = round(time.monotonic() - started, 2)
-    summary: dict[str, Any] = {
-        "status": "Succeeded",
-        "reason": "Completed",
-        "message": f"trained {trainer.state.global_step} steps on {data.stats.kept} examples",
-        "output": {"location": output_location(spec, runtime, out), "formats": [f.value for f in formats]},
-        "metrics": metrics,
-        "engine": facts,
-        "data": data.stats.as_dict() | {"defaultChatTemplate": default_template},
-        "model": source.display,
-        "method": spec.method.type.value,
-        "task": spec.task.value,
-        "baseline": baseline,
-        "history": tracker.history,
-        "samples": [sample.as_dict() for sample in chosen],
-    }
-    if labels is not None:
-        summary["labels"] = list(labels.names)
-    if scorer is not None:
-        summary |= scorer.details  # the final evaluation's confusion matrix, for classification
+    metrics["wallSeconds"] = round(time.monotonic() - p.started, 2)
+    output = SummaryOutput(location=output_location(spec, runtime, p.out), formats=[f.value for f in formats])
+    summary = summarise(p, fitted, metrics, baseline, output)
     if runtime.is_main:
-        (out / "README.md").write_text(model_card(spec, summary))
-        write_report(summary, spec, out)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_run_files(summary, spec, p.out)
         # An image's digest is known only once it is pushed.
-        summary["output"]["location"] = publish(spec, runtime, out)
+        pushed = output.model_copy(update={"location": publish(spec, runtime, p.out)})
+        summary = summary.model_copy(update={"output": pushed})
     return summary
+
+
+def _evaluate(p: Prepared, fitted: Fitted) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's figures, with the final evaluation's; and the evaluation of the untrained
+    model (the baseline), where the run made one."""
+    trainer, tracker = fitted.trainer, fitted.tracker
+    metrics: dict[str, Any] = {
+        "steps": trainer.state.global_step,
+        "trainLoss": _last(tracker.history, "loss"),
+        "trainableParameters": p.trainable,
+        "totalParameters": p.total,
+        "tokensPerSecond": tracker.progress.tokens_per_second,
+        "learningRate": learning_rate(p.spec),
+        "precision": p.precision.value,
+        "compiledLayers": fitted.compiled,
+        "trainRuntimeSeconds": fitted.runtime_seconds,
+    }
+    if not p.run_data.data.eval:
+        return metrics, {}
+    metrics |= p.task.summary_figures(trainer.evaluate())
+    return metrics, p.task.summary_figures(_evaluation_at_start(tracker.history))
+
+
+def summarise(
+    p: Prepared, fitted: Fitted, metrics: dict[str, Any], baseline: dict[str, Any], output: SummaryOutput
+) -> RunSummary:
+    """The summary of a finished run, from what the phases left."""
+    run_data, labels = p.run_data, p.run_data.labels
+    return RunSummary(
+        status="Succeeded",
+        reason="Completed",
+        message=f"trained {fitted.trainer.state.global_step} steps on {run_data.data.stats.kept} examples",
+        output=output,
+        metrics=metrics,
+        engine=fitted.facts,
+        data=run_data.data.stats.as_dict() | {"defaultChatTemplate": run_data.default_template},
+        model=p.source.display,
+        method=p.spec.method.type.value,
+        task=p.spec.task.value,
+        baseline=baseline,
+        history=fitted.tracker.history,
+        samples=[sample.as_dict() for sample in fitted.chosen],
+        labels=list(labels.names) if labels is not None else None,
+        # The final evaluation's confusion matrix, for classification.
+        confusion=fitted.scorer.details.get("confusion") if fitted.scorer is not None else None,
+    )
+
+
+def write_run_files(summary: RunSummary, spec: FineTuneJobSpec, out: Path) -> None:
+    """The model card (README.md), the report and summary.json beside the outputs: each made
+    from the summary (and the spec) alone."""
+    (out / "README.md").write_text(model_card(spec, summary))
+    write_report(summary, spec, out)
+    (out / "summary.json").write_text(summary.dumps())
 
 
 def _start_deepspeed(args: Any, checkpoint_dir: Path, runtime: Runtime) -> None:

@@ -26,12 +26,13 @@ from kubetune.api.spec import AdapterSource, FineTuneJobSpec, ModelSpec
 from kubetune.catalog import presets
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidData, InvalidSpec
-from kubetune_trainer.hub import hub_endpoint
 from kubetune_trainer.model import PICKLED_WEIGHTS, once_per_node
 from kubetune_trainer.mounts import readable
-from kubetune_trainer.oci import ADAPTER_FILES, Registry
 from kubetune_trainer.runtime import Runtime
-from kubetune_trainer.storage import Bucket
+from kubetune_trainer.stores.hub import hub_endpoint
+from kubetune_trainer.stores.oci import ADAPTER_FILES, Registry
+from kubetune_trainer.stores.s3 import Bucket
+from kubetune_trainer.stores.secrets import redact, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _from_hub(repo: HuggingFaceRepo, folder: Path, runtime: Runtime, where: str)
     from huggingface_hub import snapshot_download
 
     secret = repo.token_secret
-    token = runtime.secret_value(secret.name, secret.key) if secret is not None else None
+    token = secret_value(runtime, secret.name, secret.key) if secret is not None else None
     try:
         snapshot_download(
             repo.repo,
@@ -123,7 +124,7 @@ def _from_hub(repo: HuggingFaceRepo, folder: Path, runtime: Runtime, where: str)
             allow_patterns=HUB_PATTERNS,
         )
     except Exception as error:  # the Hub client raises many types; the message is what matters
-        said = " ".join((str(error).replace(token, "***") if token else str(error)).split())  # one line, for status
+        said = redact(str(error), token)
         raise disk_full(error, [folder]) or InvalidSpec(f"warm start from {where}: cannot download: {said}") from None
 
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.contract import Progress
+from kubetune.contract import Progress, RunSummary
 from kubetune.controller.builders import ATTEMPT_LABEL, STARTED_SPEC_ANNOTATION, TRAINER
 
 
@@ -41,7 +41,7 @@ class PodState:
     waiting_message: str = ""
     exit_code: int | None = None
     terminated_reason: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary = field(default_factory=RunSummary)
     """The trainer's termination message, parsed (empty when absent or not JSON)."""
     raw_message: str = ""
     unschedulable: str | None = None
@@ -100,21 +100,13 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         waiting_message=waiting.get("message", ""),
         exit_code=terminated.get("exitCode"),
         terminated_reason=terminated.get("reason"),
-        summary=_parse_summary(message),
+        summary=RunSummary.parse(message),
         raw_message=message,
         unschedulable=scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None,
         disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
         memory_limit=limits.get("memory"),
         address=status.get("podIP"),
     )
-
-
-def _parse_summary(message: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(message)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 def owning_job(pod: dict[str, Any]) -> str:

@@ -30,7 +30,6 @@ from kubetune.api import (
 from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.api.problems import Problem
 from kubetune.api.status import Progress
-from kubetune.contract import MODEL_FACTS_KEY
 from kubetune.controller import names
 from kubetune.controller.admission import admission_problems
 from kubetune.controller.builders import (
@@ -217,14 +216,9 @@ def reported_facts(preflight: Attempt | None) -> ModelFacts | None:
     when it reported none (a preset, or a job that sized itself)."""
     if preflight is None or not preflight.job.complete:
         return None
-    for pod in preflight.pods:
-        raw = pod.summary.get(MODEL_FACTS_KEY)
-        if raw is not None:
-            try:
-                return ModelFacts.model_validate(raw)
-            except ValueError:
-                return None  # sizing then says that no facts came
-    return None
+    # Facts that did not validate were left out when the summary was parsed: sizing then
+    # says that no facts came.
+    return next((pod.summary.model_facts for pod in preflight.pods if pod.summary.model_facts is not None), None)
 
 
 MUTABLE_SPEC_FIELDS = frozenset({"suspend"})
@@ -553,8 +547,8 @@ class _Planner:
             "MissingReference",
         )
         message = assessment.message or assessment.reason
-        if assessment.outcome is Outcome.SUCCEEDED and assessment.summary.get("output"):
-            message = f"{message}; output at {assessment.summary['output'].get('location')}"
+        if assessment.outcome is Outcome.SUCCEEDED and assessment.summary.output is not None:
+            message = f"{message}; output at {assessment.summary.output.location}"
         self.planned.append(Emit(warning, assessment.reason, message))
 
 

@@ -11,7 +11,6 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from kubetune.api import (
     Condition,
@@ -24,7 +23,7 @@ from kubetune.api import (
 )
 from kubetune.api.problems import Problem
 from kubetune.api.status import OutputStatus, Progress
-from kubetune.contract import ExitCode, FinalFigures
+from kubetune.contract import ExitCode, FinalFigures, RunSummary
 from kubetune.controller.observe import JobState, PodState
 
 IMAGE_PULL_FAILED = {"ImagePullBackOff", "InvalidImageName"}
@@ -50,7 +49,7 @@ class Assessment:
     outcome: Outcome
     reason: str
     message: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary = field(default_factory=RunSummary)
 
 
 def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineTuneJobSpec) -> Assessment | None:
@@ -59,7 +58,7 @@ def assess_preflight(job: JobState | None, pods: Sequence[PodState], spec: FineT
         return None
     if job.failed_reason is not None:
         failed = _failure(job, pods)
-        if failed.outcome is Outcome.RETRY and not failed.summary:
+        if failed.outcome is Outcome.RETRY and not failed.summary.reported:
             # A crash that left no summary (a signal, a broken image): it trained nothing.
             return Assessment(Outcome.RETRY, "PreflightFailed", failed.message)
         if failed.outcome is not Outcome.FAILED:
@@ -89,8 +88,8 @@ def assess_attempt(job: JobState | None, pods: Sequence[PodState], spec: FineTun
         return Assessment(
             Outcome.SUCCEEDED,
             "Completed",
-            (rank0.summary.get("message") if rank0 else "") or "training finished",
-            rank0.summary if rank0 else {},
+            (rank0.summary.message if rank0 else "") or "training finished",
+            rank0.summary if rank0 else RunSummary(),
         )
     if job.failed_reason is not None:
         return _failure(job, pods)
@@ -137,7 +136,7 @@ def _failure(job: JobState, pods: Sequence[PodState]) -> Assessment:
         return Assessment(Outcome.PREEMPTED, "Preempted", f"pod {disrupted.name}: {disrupted.disruption}")
     if job.failed_reason == "DeadlineExceeded":
         return Assessment(Outcome.FAILED, "DeadlineExceeded", job.failed_message or "activeDeadlineSeconds passed")
-    reported = sorted((p for p in pods if p.summary.get("reason")), key=lambda p: (p.exit_code in (0, None), p.index))
+    reported = sorted((p for p in pods if p.summary.reason), key=lambda p: (p.exit_code in (0, None), p.index))
     killed = next((p for p in pods if p.terminated_reason == "OOMKilled"), None)
     if killed is not None and not reported:
         return Assessment(
@@ -148,7 +147,7 @@ def _failure(job: JobState, pods: Sequence[PodState]) -> Assessment:
         )
     if reported:
         pod = reported[0]
-        reason, message = str(pod.summary["reason"]), str(pod.summary.get("message", ""))
+        reason, message = str(pod.summary.reason), pod.summary.message or ""
         if pod.exit_code in NOT_RETRYABLE:
             return Assessment(Outcome.FAILED, reason, message, pod.summary)
         return Assessment(Outcome.RETRY, reason, message, pod.summary)
@@ -401,8 +400,8 @@ def invalid_status(
     )
 
 
-def _output(summary: dict[str, Any]) -> OutputStatus | None:
-    output = summary.get("output")
-    if not isinstance(output, dict) or "location" not in output:
+def _output(summary: RunSummary) -> OutputStatus | None:
+    output = summary.output
+    if output is None or output.location is None:
         return None
-    return OutputStatus.model_validate(output)
+    return OutputStatus.model_validate(output.model_dump(by_alias=True, exclude_none=True))

@@ -34,7 +34,7 @@ def test_a_checkpoint_that_meets_a_full_disk_ends_the_run_as_disk_full(
 
     assert code is ExitCode.DISK_FULL
     written = json.loads((tmp_path / "termination-log").read_text())
-    assert written["reason"] == summary["reason"] == "DiskFull"
+    assert written["reason"] == summary.reason == "DiskFull"
     message = written["message"]
     assert message.startswith(f"no space left on the device at {tmp_path / 'out' / 'checkpoints' / 'checkpoint-1'} (")
     assert " free of " in message and "[Errno 28] No space left on device" in message

@@ -54,7 +54,7 @@ def test_trains_from_a_bucket_and_publishes_to_a_bucket(
     code, summary = run(spec, cloud_runtime)
 
     assert code is ExitCode.OK, summary
-    assert summary["output"]["location"] == "s3://models/demo"
+    assert summary.output.location == "s3://models/demo"
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="models", Prefix="demo/")["Contents"]}
     assert {"demo/adapter/adapter_model.safetensors", "demo/summary.json", "demo/report.html", "demo/README.md"} <= keys
     # The published result holds no checkpoint; the checkpoints' own copy lies beside it.
@@ -92,7 +92,7 @@ def test_a_bucket_root_a_folder_or_one_object_downloads(
     uri: str, expected: list[str], s3: Any, endpoint: str, cloud_runtime: Runtime, tmp_path: Path
 ) -> None:
     from kubetune.api.spec import S3Location
-    from kubetune_trainer.storage import Bucket
+    from kubetune_trainer.stores.s3 import Bucket
 
     s3.create_bucket(Bucket="roots")  # a bucket of its own: the server outlives the test
     for key in ("a.jsonl", "deep/b.csv", "deep/notes.txt", "deeper/c.json"):
@@ -126,4 +126,4 @@ def test_a_missing_object_is_a_located_data_error(s3: Any, endpoint: str, cloud_
     code, summary = run(spec, dataclasses.replace(cloud_runtime, output_override=cloud_runtime.work / "out"))
 
     assert code is ExitCode.INVALID_DATA
-    assert summary["message"] == "s3://datasets/nothing-here.jsonl: no .jsonl, .json, .csv, .parquet objects there"
+    assert summary.message == "s3://datasets/nothing-here.jsonl: no .jsonl, .json, .csv, .parquet objects there"

@@ -181,9 +181,7 @@ def test_a_warm_start_continues_from_the_adapter_and_its_trained_head(
     assert code is ExitCode.OK, summary
     # Measured before its first step, the run already classifies as the earlier one ended.
     before = json.loads((earlier / "summary.json").read_text())["metrics"]["evalAccuracy"]
-    assert summary["baseline"]["evalAccuracy"] == pytest.approx(
-        before, abs=one_example(TaskType.SEQUENCE_CLASSIFICATION)
-    )
+    assert summary.baseline["evalAccuracy"] == pytest.approx(before, abs=one_example(TaskType.SEQUENCE_CLASSIFICATION))
 
 
 def test_minilm_with_lora_classifies_unseen_phrases_far_better_than_its_untrained_head(
@@ -204,7 +202,7 @@ def test_minilm_with_lora_classifies_unseen_phrases_far_better_than_its_untraine
     code, summary = run(spec, runtime_in(task_volumes, tmp_path))
 
     assert code is ExitCode.OK, summary
-    before, after = summary["baseline"], summary["metrics"]
+    before, after = summary.baseline, summary.metrics
     assert before["evalAccuracy"] <= 0.45
     assert after["evalAccuracy"] >= 0.9
     assert after["evalMacroF1"] >= 0.9 > before["evalMacroF1"] + 0.4
@@ -221,7 +219,7 @@ def test_minilm_with_lora_finds_unseen_people_and_places(task_volumes: Path, tmp
     code, summary = run(spec, runtime_in(task_volumes, tmp_path))
 
     assert code is ExitCode.OK, summary
-    before, after = summary["baseline"], summary["metrics"]
+    before, after = summary.baseline, summary.metrics
     assert before["evalEntityF1"] <= 0.3
     assert after["evalEntityF1"] >= 0.6
     assert after["evalEntityF1"] >= before["evalEntityF1"] + 0.4

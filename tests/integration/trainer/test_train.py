@@ -47,7 +47,7 @@ def test_row_trains_and_its_output_answers_from_memory(
     row: Any, trained: dict[str, tuple[Path, dict[str, Any]]], volumes: Path
 ) -> None:
     out, summary = trained[row.method]
-    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    losses = [h["loss"] for h in summary.history if "loss" in h]
 
     assert losses[-1] < losses[0] / 10, losses
     unreadable = [p.name for p in out.rglob("*") if p.is_file() and not p.stat().st_mode & 0o004]
@@ -60,10 +60,10 @@ def test_row_trains_and_its_output_answers_from_memory(
 def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, dict[str, Any]]]) -> None:
     out, summary = trained["lora"]
 
-    assert summary["data"]["examples"] == len(FACTS)
-    assert summary["data"]["format"] == "chat"
-    assert summary["metrics"]["steps"] == 60
-    assert summary["metrics"]["tokensPerSecond"] > 0
+    assert summary.data["examples"] == len(FACTS)
+    assert summary.data["format"] == "chat"
+    assert summary.metrics["steps"] == 60
+    assert summary.metrics["tokensPerSecond"] > 0
     assert json.loads((out / "summary.json").read_text())["status"] == "Succeeded"
     assert (out / "metrics.jsonl").read_text().count("\n") >= 6
     card = (out / "README.md").read_text()

@@ -41,6 +41,7 @@ from kubetune_trainer.preflight import main as preflight_main
 from kubetune_trainer.model import load_model, resolve_source
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.warm import warm_start_folder
+from kubetune_trainer.stores.secrets import secret_value
 
 root = Path(sys.argv[1])
 runtime = Runtime.from_env({"KUBETUNE_VOLUMES": str(root / "volumes"), "KUBETUNE_WORK": str(root / "work"),
@@ -60,7 +61,7 @@ def output():
             "dataset": {"pvc": {"claimName": "data", "path": "open"}}, "training": {"maxSteps": 1},
             "resources": {"accelerators": 0}, "output": {"pvc": {"claimName": "locked", "path": "demo"}}}}
     code, summary = run(parse_finetunejob(body).spec, runtime)
-    raise RuntimeError(f"exit {int(code)} {summary['reason']}: {summary['message']}")
+    raise RuntimeError(f"exit {int(code)} {summary.reason}: {summary.message}")
 
 def preflight():
     body = {**job, "spec": {**job["spec"], "model": {"pvc": {"claimName": "models", "path": "open"}},
@@ -80,7 +81,7 @@ cases = {
     "dataset": lambda: list(source_rows(spec.dataset, runtime)),
     "warm start": lambda: warm_start_folder(spec, runtime),
     "checkpoint": lambda: newest_complete(root / "volumes" / "results" / "demo" / "checkpoints"),
-    "secret": lambda: runtime.secret_value("hub", "token"),
+    "secret": lambda: secret_value(runtime, "hub", "token"),
     "output": output,
     "preflight": preflight,
 }

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import FineTuneJobStatus, Phase
+from kubetune.contract import RunSummary
 from kubetune.controller.observe import JobState, PodState, WorkloadState
 from kubetune.controller.reconcile import (
     Action,
@@ -53,7 +54,7 @@ def _failed(
         index=0,
         phase="Failed",
         exit_code=exit_code,
-        summary=summary,
+        summary=RunSummary.from_json(summary),
         raw_message=json.dumps(summary),
         disruption=disruption,
     )
@@ -286,7 +287,7 @@ def test_a_counted_attempt_whose_job_is_missing_is_created_once_more(job: dict[s
 
 def test_success_reports_where_the_output_landed(job: dict[str, Any]) -> None:
     summary = {"status": "Succeeded", "message": "trained 40 steps", "output": {"location": "pvc://results/demo"}}
-    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=RunSummary.from_json(summary))
     done = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True), (pod,))
 
     actions = plan(_body(job, _started()), Snapshot(attempts={1: done}), SETTINGS, NOW)
@@ -301,7 +302,7 @@ def test_success_reports_where_the_output_landed(job: dict[str, Any]) -> None:
 def test_a_run_that_ends_between_two_polls_keeps_its_final_figures(job: dict[str, Any]) -> None:
     metrics = {"steps": 40, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.9, "precision": "bf16"}
     summary = {"status": "Succeeded", "message": "trained 40 steps", "metrics": metrics}
-    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=RunSummary.from_json(summary))
     done = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True), (pod,))
     polled = FineTuneJobStatus.model_validate(
         {**_started().model_dump(by_alias=True), "progress": {"step": 10, "totalSteps": 40, "loss": 1.5}}
@@ -321,7 +322,7 @@ def test_a_run_that_ends_between_two_polls_keeps_its_final_figures(job: dict[str
 
 
 def test_pods_that_end_before_their_job_s_condition_keep_the_job_running(job: dict[str, Any]) -> None:
-    ended = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary={"status": "Succeeded"})
+    ended = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=RunSummary(status="Succeeded"))
     ending = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, active=0), (ended,))
     running = _status(plan(_body(job, _started()), Snapshot(attempts={1: _running()}), SETTINGS, NOW))
 
@@ -608,7 +609,7 @@ def test_an_edit_put_back_clears_the_condition(job: dict[str, Any]) -> None:
 
 def _done(started: dict[str, Any]) -> Attempt:
     summary = {"status": "Succeeded", "message": "trained 40 steps", "output": {"location": "pvc://results/demo"}}
-    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=RunSummary.from_json(summary))
     job = JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True, started_spec=started)
     return Attempt(job, (pod,))
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from kubetune.api import FineTuneJobStatus
+from kubetune.contract import RunSummary
 from kubetune.controller.observe import JobState, PodState
 from kubetune.controller.reconcile import Attempt, Create, Delete, Snapshot, WriteStatus, plan
 from kubetune.controller.settings import AcceleratorProfile, Settings
@@ -45,7 +46,7 @@ def _preflight(complete: bool, summary: dict[str, Any] | None = None) -> Attempt
         index=0,
         phase="Succeeded" if complete else "Running",
         exit_code=0 if complete else None,
-        summary=summary or {},
+        summary=RunSummary.from_json(summary or {}),
         raw_message=json.dumps(summary or {}),
     )
     return Attempt(JobState(name="demo-preflight", attempt=0, suspended=False, complete=complete), (pod,))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import ConditionType, FineTuneJobSpec, FineTuneJobStatus, Phase, Problem, parse_finetunejob
+from kubetune.contract import RunSummary
 from kubetune.controller.observe import job_state, pod_state
 from kubetune.controller.status import (
     Assessment,
@@ -433,7 +434,7 @@ def test_transition_time_moves_only_when_a_condition_flips() -> None:
 def test_success_records_where_the_output_landed() -> None:
     summary = {"output": {"location": "s3://models/demo", "formats": ["adapter", "merged"]}}
 
-    status = next_status(None, 1, Assessment(Outcome.SUCCEEDED, "Completed", "", summary), NOW)
+    status = next_status(None, 1, Assessment(Outcome.SUCCEEDED, "Completed", "", RunSummary.from_json(summary)), NOW)
 
     assert status.output is not None and status.output.location == "s3://models/demo"
 

@@ -23,6 +23,7 @@ from kubetune_trainer.model import resolve_source
 from kubetune_trainer.mounts import inside, open_to_readers
 from kubetune_trainer.outputs import output_folder
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.secrets import secret_value
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_config_map_and_secret_keys_stay_in_their_folders(pod: Runtime, tmp_path
     with pytest.raises(InvalidSpec, match=r"^ConfigMap data key '\.\./\.\./private/config.json' leads outside"):
         pod.config_map_file("data", "../../private/config.json")
     with pytest.raises(InvalidSpec, match=r"^Secret hub key '\.\./token' leads outside"):
-        pod.secret_value("hub", "../token")
+        secret_value(pod, "hub", "../token")
 
 
 def test_the_error_class_is_the_callers(tmp_path: Path) -> None:

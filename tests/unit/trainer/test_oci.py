@@ -28,10 +28,12 @@ import pytest
 
 from kubetune.api.spec import FineTuneJobSpec, OutputSpec
 from kubetune.api.status import OutputStatus
+from kubetune.contract import Env
 from kubetune_trainer.errors import InvalidSpec, TrainerError
-from kubetune_trainer.oci import Credentials, ImageName, adapter_image
 from kubetune_trainer.outputs import check_destination, output_folder, output_location, publish
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.oci import SECRET_KEYS, Credentials, ImageName, adapter_image
+from kubetune_trainer.stores.secrets import secret_keys
 
 from .conftest import _free_port, memorise_spec, serve_on_loopback
 
@@ -399,16 +401,20 @@ def test_docker_config_credentials_are_found_by_host(tmp_path: Path) -> None:
         "https://index.docker.io/v1/": {"username": "hub-user", "password": "hub-pass"},
     }
     (secret / ".dockerconfigjson").write_text(json.dumps({"auths": auths}))
+    runtime = Runtime.from_env({Env.SECRETS: str(tmp_path)})
+    keys = secret_keys(runtime, "registry-push", SECRET_KEYS)
 
-    assert Credentials.from_secret(secret, "registry.example.com") == Credentials("robot$push", "s3cret:with:colons")
-    assert Credentials.from_secret(secret, "docker.io") == Credentials("hub-user", "hub-pass")
+    assert Credentials.from_secret(keys, "registry-push", "registry.example.com") == Credentials(
+        "robot$push", "s3cret:with:colons"
+    )
+    assert Credentials.from_secret(keys, "registry-push", "docker.io") == Credentials("hub-user", "hub-pass")
     with pytest.raises(InvalidSpec) as missing:
-        Credentials.from_secret(secret, "ghcr.io")
+        Credentials.from_secret(keys, "registry-push", "ghcr.io")
     assert str(missing.value) == (
         "Secret registry-push key .dockerconfigjson has no entry for ghcr.io "
         "(it has: index.docker.io, registry.example.com)"
     )
-    assert "s3cret" not in repr(Credentials.from_secret(secret, "registry.example.com"))
+    assert "s3cret" not in repr(Credentials.from_secret(keys, "registry-push", "registry.example.com"))
 
 
 def test_an_unmounted_secret_is_refused_before_training(runtime: Runtime) -> None:

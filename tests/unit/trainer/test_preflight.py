@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kubetune.contract import RunSummary
 from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.preflight import check
 from kubetune_trainer.runtime import Runtime
@@ -17,8 +18,8 @@ from .conftest import memorise_spec, write_jsonl
 def test_good_data_passes_with_its_counts(runtime: Runtime) -> None:
     summary = check(memorise_spec("lora", ["adapter"]), runtime)
 
-    assert summary["reason"] == "DataValid"
-    assert summary["message"] == "8 of 8 examples ready to train"
+    assert summary.reason == "DataValid"
+    assert summary.message == "8 of 8 examples ready to train"
 
 
 def test_bad_data_fails_the_preflight_with_the_trainer_message(runtime: Runtime, tmp_path: Path) -> None:
@@ -39,7 +40,7 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_preflight(
 
     summary = check(memorise_spec("lora", ["adapter"]), runtime)
 
-    assert summary["reason"] == "DataValid"
+    assert summary.reason == "DataValid"
     assert "the tokenised data could not be kept" in caplog.text
 
 
@@ -55,10 +56,10 @@ def test_an_auto_sized_job_gets_the_models_facts_from_its_config_through_the_ter
 
     summary = check(memorise_spec("lora", ["adapter"], resources={"accelerators": "auto"}), runtime)
 
-    pod = PodState(name="p", index=0, phase="Succeeded", summary=json.loads(termination_message(summary)))
+    pod = PodState(name="p", index=0, phase="Succeeded", summary=RunSummary.parse(termination_message(summary)))
     passed = Attempt(JobState(name="demo-preflight", attempt=0, suspended=False, complete=True), (pod,))
     assert reported_facts(passed) == read_model_facts(config)
-    assert "modelFacts" not in check(memorise_spec("lora", ["adapter"]), runtime)  # it sized itself
+    assert check(memorise_spec("lora", ["adapter"]), runtime).model_facts is None  # it sized itself
 
 
 def test_a_config_that_cannot_size_the_model_fails_the_preflight_naming_the_field(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from kubetune.contract import RunSummary
 from kubetune_trainer.report import plot, render_html
 
 from .conftest import memorise_spec
@@ -27,7 +28,7 @@ def test_report_escapes_what_the_model_said() -> None:
         "samples": [{"prompt": "hi", "expected": "<b>x</b>", "before": "<script>alert(1)</script>", "after": "x"}],
     }
 
-    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY))
+    page = render_html(RunSummary.from_json(summary), memorise_spec("lora", ["adapter"]), plot(HISTORY))
 
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -47,7 +48,7 @@ def test_classification_report_shows_figures_before_and_after_and_the_confusion_
     }
     picture = plot_confusion(summary["confusion"]["labels"], summary["confusion"]["matrix"])
 
-    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY), picture)
+    page = render_html(RunSummary.from_json(summary), memorise_spec("lora", ["adapter"]), plot(HISTORY), picture)
 
     assert picture[:4] == b"\x89PNG"
     assert "<tr><th>evalAccuracy</th><td>0.25</td><td>0.9</td></tr>" in page
@@ -58,6 +59,6 @@ def test_classification_report_shows_figures_before_and_after_and_the_confusion_
 def test_a_run_without_evaluation_shows_no_comparison() -> None:
     summary = {"status": "Succeeded", "metrics": {"steps": 1}, "baseline": {}}
 
-    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY))
+    page = render_html(RunSummary.from_json(summary), memorise_spec("lora", ["adapter"]), plot(HISTORY))
 
     assert "Evaluation before and after" not in page and "Confusion matrix" not in page

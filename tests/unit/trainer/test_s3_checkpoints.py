@@ -25,7 +25,7 @@ from kubetune_trainer.errors import TrainerError
 from kubetune_trainer.main import run
 from kubetune_trainer.outputs import checkpoint_folder, checkpoint_remote, output_folder
 from kubetune_trainer.runtime import Runtime
-from kubetune_trainer.storage import Bucket
+from kubetune_trainer.stores.s3 import Bucket
 
 from .conftest import KEY_ID, SECRET, memorise_spec
 
@@ -294,10 +294,10 @@ def test_a_bucket_that_cannot_be_read_stops_the_run_before_training(
     code, summary = run(spec, cloud_runtime)
 
     assert code is ExitCode.FAILED
-    assert summary["message"].startswith("s3://no-such-bucket/demo/checkpoints: cannot read from object storage: ")
-    assert "NoSuchBucket" in summary["message"]
+    assert summary.message.startswith("s3://no-such-bucket/demo/checkpoints: cannot read from object storage: ")
+    assert "NoSuchBucket" in summary.message
     assert "data: " not in caplog.text  # stopped before tokenising, let alone loading the model
-    assert SECRET not in json.dumps(summary) + caplog.text
+    assert SECRET not in summary.dumps() + caplog.text
 
 
 def test_a_key_leading_out_of_the_checkpoint_is_refused(

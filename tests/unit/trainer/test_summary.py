@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.contract import TERMINATION_MESSAGE_LIMIT, FinalFigures
+from kubetune.contract import TERMINATION_MESSAGE_LIMIT, FinalFigures, RunSummary
 from kubetune_trainer.summary import TRUNCATED, termination_message
 
 SUCCESS = {
@@ -19,7 +19,7 @@ SUCCESS = {
 
 
 def test_success_keeps_outcome_output_and_metrics_but_not_the_history() -> None:
-    message = json.loads(termination_message(SUCCESS))
+    message = json.loads(termination_message(RunSummary.from_json(SUCCESS)))
 
     assert message == {k: SUCCESS[k] for k in ("status", "reason", "message", "output", "metrics")}
 
@@ -28,7 +28,7 @@ def test_success_keeps_outcome_output_and_metrics_but_not_the_history() -> None:
 def test_a_long_error_is_cut_with_a_marker_under_the_cap(length: int) -> None:
     failure = {"status": "Failed", "reason": "DatasetInvalid", "message": "x" * length}
 
-    text = termination_message(failure)
+    text = termination_message(RunSummary.from_json(failure))
     message = json.loads(text)
 
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
@@ -39,7 +39,7 @@ def test_a_long_error_is_cut_with_a_marker_under_the_cap(length: int) -> None:
 def test_multibyte_messages_stay_valid_json_under_the_cap() -> None:
     failure = {"status": "Failed", "reason": "TrainingFailed", "message": "é€😀" * 3000}
 
-    text = termination_message(failure)
+    text = termination_message(RunSummary.from_json(failure))
 
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
     assert json.loads(text)["message"].endswith(TRUNCATED)
@@ -60,13 +60,13 @@ def _overflowing(message: str = "trained 60 steps on 8 examples") -> dict[str, A
 def test_overflowing_metrics_are_shed_before_what_the_status_needs(message: str) -> None:
     summary = _overflowing(message)
 
-    text = termination_message(summary)
+    text = termination_message(RunSummary.from_json(summary))
     kept = json.loads(text)
 
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
     assert (kept["status"], kept["reason"]) == ("Succeeded", "Completed")
     assert kept["output"]["location"] == "s3://models/runs/demo"
-    figures = FinalFigures.from_summary(kept)
+    figures = FinalFigures.from_summary(RunSummary.from_json(kept))
     assert (figures.steps, figures.train_loss, figures.eval_loss) == (60, 0.06, 0.3)
     assert kept["message"] == message or kept["message"].endswith(TRUNCATED)
     assert len(kept["metrics"]) < len(summary["metrics"])
@@ -74,7 +74,7 @@ def test_overflowing_metrics_are_shed_before_what_the_status_needs(message: str)
 
 
 def test_a_short_message_is_kept_whole_and_the_room_left_holds_more_metrics() -> None:
-    kept = json.loads(termination_message(_overflowing()))
+    kept = json.loads(termination_message(RunSummary.from_json(_overflowing())))
 
     assert kept["message"] == "trained 60 steps on 8 examples"
     assert kept["output"]["formats"] == ["adapter", "merged"]

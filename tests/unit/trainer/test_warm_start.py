@@ -27,8 +27,8 @@ from kubetune.api import FineTuneJobSpec, Precision
 from kubetune.api.base import OciReference
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.model import apply_method, load_model, resolve_source
-from kubetune_trainer.oci import Descriptor, Image, Registry, adapter_image
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.oci import Descriptor, Image, Registry, adapter_image
 from kubetune_trainer.warm import warm_start_folder
 
 from . import test_oci

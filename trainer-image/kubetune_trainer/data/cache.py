@@ -413,21 +413,6 @@ def cache_folder(spec: FineTuneJobSpec, runtime: Runtime) -> Path | None:
     return checkpoints / ".kubetune"
 
 
-def save_for_training(
-    spec: FineTuneJobSpec,
-    runtime: Runtime,
-    tokenizer: Any,
-    encoded: EncodedData,
-    labels: LabelMap | None,
-    sets: ExampleSets,
-) -> Path | None:
-    """The preflight's: leave the tokenised data where the training pods look, when there
-    is such a place. Never raises: a cache that cannot be written only costs the training
-    run its tokenising."""
-    key = CacheKey.of(data_key(spec, runtime), tokenizer)
-    return _keep(cache_folder(spec, runtime), key, encoded, labels, sets, "the preflight") if key else None
-
-
 def _keep(
     root: Path | None, key: CacheKey, encoded: EncodedData, labels: LabelMap | None, sets: ExampleSets, written_by: str
 ) -> Path | None:
@@ -463,9 +448,10 @@ class CheckedData:
     ignored: tuple[Path, ...] = ()
     """Caches found damaged already (and said so)."""
 
-    def tokenize(self, tokenizer: Any, write: bool) -> PreparedData:
+    def tokenize(self, tokenizer: Any, write: bool, kept_by: str = "a training run") -> PreparedData:
         """The run's data: from the cache that matches the (prepared) tokenizer too, else
-        encoded here and, when `write` (rank 0), kept for the next attempt."""
+        encoded here and, when `write` (rank 0), kept for the next pod (`kept_by` says whose
+        it is in the cache's manifest: the preflight, or a training run)."""
         spec = self.spec
         key = CacheKey.of(self.data_key, tokenizer)
         encoded = self._cached(key) if key is not None else None
@@ -476,7 +462,7 @@ class CheckedData:
             )
             encoded = encode_dataset(sets, spec.dataset, tokenizer, spec.task, self.labels)
             if write and key is not None:
-                _keep(self.root, key, encoded, self.labels, sets, "a training run")
+                _keep(self.root, key, encoded, self.labels, sets, kept_by)
         return arrange(encoded, spec.dataset, spec.task)
 
     def _cached(self, key: CacheKey) -> EncodedData | None:
@@ -523,9 +509,19 @@ def check_data(spec: FineTuneJobSpec, runtime: Runtime) -> CheckedData:
             continue
         log.info("the dataset was checked by %s; its labels and samples come from %s", manifest.written_by, entry)
         return CheckedData(sets, manifest.label_names, spec, runtime, root, key, read=False, ignored=tuple(ignored))
+    return read_data(spec, runtime, key, tuple(ignored))
+
+
+def read_data(
+    spec: FineTuneJobSpec, runtime: Runtime, key: str | None = None, ignored: tuple[Path, ...] = ()
+) -> CheckedData:
+    """The dataset read and checked, whatever a cache holds (the preflight's way). The data's
+    key is taken before the files are read: a file changed while it is read is keyed as it
+    was, and read again by the next pod."""
+    key = key if key is not None else data_key(spec, runtime)
     sets = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
     labels = label_map(sets, spec.dataset, spec.task)
-    return CheckedData(sets, labels, spec, runtime, root, key, read=True, ignored=tuple(ignored))
+    return CheckedData(sets, labels, spec, runtime, cache_folder(spec, runtime), key, read=True, ignored=ignored)
 
 
 def _entries(root: Path | None, data: str) -> list[Path]:

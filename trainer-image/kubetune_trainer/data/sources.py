@@ -13,7 +13,8 @@ from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidData, InvalidSpec
 from kubetune_trainer.mounts import inside, readable
 from kubetune_trainer.runtime import Runtime
-from kubetune_trainer.storage import Bucket
+from kubetune_trainer.stores.s3 import Bucket
+from kubetune_trainer.stores.secrets import secret_value
 
 
 def source_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
@@ -110,7 +111,7 @@ def _hub_rows(source: DatasetSource, runtime: Runtime) -> Iterator[Row]:
     assert hub is not None
     import datasets  # only Hub sources need it
 
-    token = runtime.secret_value(hub.token_secret.name, hub.token_secret.key) if hub.token_secret else None
+    token = secret_value(runtime, hub.token_secret.name, hub.token_secret.key) if hub.token_secret else None
     try:
         table = datasets.load_dataset(hub.name, hub.config, split=hub.split, revision=hub.revision, token=token)
     except Exception as error:  # the Hub client raises many types; the message is what matters

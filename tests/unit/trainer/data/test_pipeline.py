@@ -95,6 +95,6 @@ def test_bad_data_fails_before_the_model_loads_with_a_termination_message(runtim
     code, summary = run(memorise_spec("lora", ["adapter"]), dataclasses.replace(runtime, volumes=claims))
 
     assert code is ExitCode.INVALID_DATA
-    assert summary["reason"] == "DatasetInvalid"
-    assert summary["message"] == "train.jsonl line 1: no assistant turn to learn from"
+    assert summary.reason == "DatasetInvalid"
+    assert summary.message == "train.jsonl line 1: no assistant turn to learn from"
     assert json.loads(runtime.termination_log.read_text())["reason"] == "DatasetInvalid"

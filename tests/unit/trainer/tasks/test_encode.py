@@ -130,8 +130,8 @@ def test_preflight_names_the_labels_it_found(task_volumes: Path, tmp_path: Path)
 
     summary = check(spec, runtime)
 
-    assert summary["data"]["labels"] == ["food", "sports", "technology", "weather"]
-    assert summary["data"]["evalExamples"] == 64
+    assert summary.data["labels"] == ["food", "sports", "technology", "weather"]
+    assert summary.data["evalExamples"] == 64
 
 
 def test_an_evaluation_label_the_training_data_lacks_fails_before_the_model_loads(
@@ -148,4 +148,4 @@ def test_an_evaluation_label_the_training_data_lacks_fails_before_the_model_load
     code, summary = run(spec, dataclasses.replace(runtime, termination_log=tmp_path / "termination-log"))
 
     assert code is ExitCode.INVALID_DATA
-    assert summary["message"] == "x-eval.jsonl line 1: unknown label 'maybe'; the labels are no, yes"
+    assert summary.message == "x-eval.jsonl line 1: unknown label 'maybe'; the labels are no, yes"

@@ -16,6 +16,7 @@ from pathlib import Path
 from kubetune.api.spec import HubDestination
 from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.secrets import redact, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class HubRepo:
         secret = destination.token_secret
         if secret is None:
             raise InvalidSpec("output.huggingFace.tokenSecret: pushing to the Hub needs a token with write access")
-        token = runtime.secret_value(secret.name, secret.key)
+        token = secret_value(runtime, secret.name, secret.key)
         if not token:
             raise InvalidSpec(f"Secret {secret.name} key {secret.key} is empty; it should hold a Hub token")
         return cls(destination, token)
@@ -73,7 +74,7 @@ class HubRepo:
                 ignore_patterns=[f"{name}/" for name in skip],
             )
         except (httpx2.HTTPError, OSError, ValueError) as error:
-            said = " ".join(str(error).replace(self.token, "***").split())  # one line, for status
+            said = redact(str(error), self.token)
             raise TrainerError(f"Hugging Face Hub {hub_location(self.destination)}: cannot {doing}: {said}") from None
         log.info("pushed %s to %s", folder, hub_location(self.destination))
         return str(commit.oid)

@@ -44,6 +44,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from email.message import Message
@@ -55,6 +56,7 @@ from kubetune.api.base import OciReference
 from kubetune_trainer.disk import disk_full
 from kubetune_trainer.errors import InvalidSpec, TrainerError
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.secrets import secret_keys
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ LAYER_FOLDER = "data"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 TIMEOUT_SECONDS = 300
+
+SECRET_KEYS = (".dockerconfigjson", "username", "password")
+"""The keys of a registry's Secret (the module docstring says how each is read)."""
 
 
 # ---------------------------------------------------------------------------- names
@@ -147,33 +152,29 @@ class Credentials:
     password: str = field(repr=False)
 
     @classmethod
-    def from_secret(cls, folder: Path, registry: str) -> Credentials:
-        """The registry's login from a mounted Secret (the keys are in the module docstring)."""
-        if (folder / ".dockerconfigjson").is_file():
-            return cls._from_docker_config(folder, registry)
-        if (folder / "username").is_file() and (folder / "password").is_file():
-            return cls((folder / "username").read_text().strip(), (folder / "password").read_text().strip())
-        raise InvalidSpec(
-            f"Secret {folder.name} has neither a .dockerconfigjson key nor username and password keys "
-            f"(mounted at {folder})"
-        )
+    def from_secret(cls, keys: Mapping[str, str], name: str, registry: str) -> Credentials:
+        """The registry's login from the keys of the Secret `name` (they are in the module
+        docstring; stores.secrets reads them)."""
+        if ".dockerconfigjson" in keys:
+            return cls._from_docker_config(keys[".dockerconfigjson"], name, registry)
+        if "username" in keys and "password" in keys:
+            return cls(keys["username"], keys["password"])
+        raise InvalidSpec(f"Secret {name} has neither a .dockerconfigjson key nor username and password keys")
 
     @classmethod
-    def _from_docker_config(cls, folder: Path, registry: str) -> Credentials:
+    def _from_docker_config(cls, config: str, name: str, registry: str) -> Credentials:
         try:
-            auths = json.loads((folder / ".dockerconfigjson").read_text())["auths"]
+            auths = json.loads(config)["auths"]
             entries: dict[str, dict[str, Any]] = {_host_of(key): entry for key, entry in auths.items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidSpec(
-                f"Secret {folder.name} key .dockerconfigjson is not a Docker config (JSON with an auths object)"
+                f"Secret {name} key .dockerconfigjson is not a Docker config (JSON with an auths object)"
             ) from None
         hosts = DOCKER_HUB if registry in DOCKER_HUB else (registry,)
         entry = next((entries[host] for host in hosts if host in entries), None)
         if entry is None:
             known = ", ".join(sorted(entries)) or "none"
-            raise InvalidSpec(
-                f"Secret {folder.name} key .dockerconfigjson has no entry for {registry} (it has: {known})"
-            )
+            raise InvalidSpec(f"Secret {name} key .dockerconfigjson has no entry for {registry} (it has: {known})")
         try:
             if entry.get("auth"):
                 username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
@@ -183,7 +184,7 @@ class Credentials:
             username, password = "", ""
         if not username or not isinstance(password, str):
             raise InvalidSpec(
-                f"Secret {folder.name} key .dockerconfigjson: the entry for {registry} has no username and password"
+                f"Secret {name} key .dockerconfigjson: the entry for {registry} has no username and password"
             )
         return cls(username, password)
 
@@ -344,7 +345,11 @@ class Registry:
         or with `pull` a warm start's (which may name a digest)."""
         name = ImageName.parse(reference.reference, pull)
         secret = reference.secret
-        credentials = Credentials.from_secret(runtime.secrets / secret.name, name.registry) if secret else None
+        credentials = (
+            Credentials.from_secret(secret_keys(runtime, secret.name, SECRET_KEYS), secret.name, name.registry)
+            if secret
+            else None
+        )
         return cls(name, credentials, pull)
 
     def pull(self, folder: Path) -> str:

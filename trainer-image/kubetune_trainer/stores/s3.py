@@ -20,6 +20,7 @@ from kubetune.api.base import S3Location
 from kubetune_trainer.errors import InvalidData, TrainerError
 from kubetune_trainer.mounts import inside
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.stores.secrets import secret_folder, secret_keys
 
 CREDENTIAL_KEYS = {
     "AWS_ACCESS_KEY_ID": "aws_access_key_id",
@@ -41,13 +42,12 @@ class Bucket:
 
         credentials: dict[str, str] = {}
         if location.credentials_secret is not None:
-            folder = runtime.secrets / location.credentials_secret.name
-            for key, argument in CREDENTIAL_KEYS.items():
-                if (folder / key).is_file():
-                    credentials[argument] = (folder / key).read_text().strip()
+            name = location.credentials_secret.name
+            found = secret_keys(runtime, name, CREDENTIAL_KEYS)
+            credentials = {CREDENTIAL_KEYS[key]: value for key, value in found.items()}
             if "aws_access_key_id" not in credentials:
                 raise TrainerError(
-                    f"Secret {location.credentials_secret.name} has no AWS_ACCESS_KEY_ID key (mounted at {folder})"
+                    f"Secret {name} has no AWS_ACCESS_KEY_ID key (mounted at {secret_folder(runtime, name)})"
                 )
         client = boto3.client(
             "s3", endpoint_url=location.endpoint, region_name=location.region or "us-east-1", **credentials
