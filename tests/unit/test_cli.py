@@ -7,6 +7,7 @@ import yaml
 from click.testing import CliRunner
 
 from kubetune.cli import cli
+from kubetune.contract import RunSummary
 from kubetune.crd import CRD_FILE
 
 
@@ -140,7 +141,7 @@ def test_run_hands_the_model_cache_and_namespace_to_the_trainer(
 
     def run_local(plan: Any, progress: Any) -> tuple[int, dict[str, Any]]:  # trains nothing: the plan is the point
         plans.append(plan)
-        return 0, {"status": "Failed", "reason": "NotRun", "message": "not run in this test"}
+        return 0, RunSummary.failure("NotRun", "not run in this test")
 
     monkeypatch.setattr(kubetune_trainer.local, "run_local", run_local)
     job["metadata"]["namespace"] = "team-a"

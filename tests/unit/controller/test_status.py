@@ -450,7 +450,7 @@ def test_success_records_where_the_output_landed() -> None:
     ],
 )
 def test_the_output_of_a_pushed_image_shows_its_digest(location: str, digest: str | None) -> None:
-    summary = {"output": {"location": location, "formats": ["adapter"]}}
+    summary = RunSummary.from_json({"output": {"location": location, "formats": ["adapter"]}})
 
     status = next_status(None, 1, Assessment(Outcome.SUCCEEDED, "Completed", "", summary), NOW)
 
