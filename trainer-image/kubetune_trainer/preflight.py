@@ -28,10 +28,11 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> RunSummary:
     """The data summary of a dataset that passed, or a TrainerError saying why it did not."""
     from kubetune_trainer.train import prepare_data
 
-    check_destinations(spec, runtime)
     # The training run's data phase, on data always read (never a cache): the model's
     # tokenizer alone is fetched, not its weights.
     prepared = prepare_data(spec, runtime, read_data(spec, runtime), resolve_source(spec, runtime), "the preflight")
+    # After the data: a job refused for its data leaves nothing on its output claim.
+    check_destinations(spec, runtime)
     data, labels = prepared.data, prepared.labels
     stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
     if labels is not None:

@@ -27,7 +27,8 @@ def test_bad_data_fails_the_preflight_with_the_trainer_message(runtime: Runtime,
     write_jsonl(claims / "data" / "train.jsonl", [{"messages": [{"role": "tool", "content": "x"}]}])
 
     with pytest.raises(InvalidData, match=r"train.jsonl line 1: messages\[0\]: unknown role 'tool'"):
-        check(memorise_spec("lora", ["adapter"]), dataclasses.replace(runtime, volumes=claims))
+        check(memorise_spec("lora", ["adapter"]), dataclasses.replace(runtime, volumes=claims, output_override=None))
+    assert sorted(p.name for p in claims.iterdir()) == ["data"], "a refused job leaves its output claim as it was"
 
 
 def test_a_cache_that_cannot_be_written_does_not_fail_the_preflight(
