@@ -15,21 +15,13 @@ import pytest_asyncio
 from kubetune.controller.settings import AcceleratorProfile
 from kubetune.estimate import read_model_facts
 
+from ..unit.controller.test_reconcile_model_facts import PHI3_MINI
 from .actors import Cluster, Operator, Progress, _manifest, eventually
 from .conftest import ApiServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 A100 = AcceleratorProfile("a100", "nvidia.com/gpu", 80, 8, {"gpu": "a100"})
-PHI3_MINI = {
-    "model_type": "phi3",
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32064,
-}
 
 
 @pytest_asyncio.fixture
