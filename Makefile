@@ -68,8 +68,10 @@ unit: $(INSTALLED) tools registry ## The fast tier, tests/unit: no training run,
 integration: $(INSTALLED) tools registry ## The other tiers: the trainer's runs, the operator on an emulated API server, the benchmarks
 	$(BIN)/python -m pytest --durations=25 tests/integration tests/bench
 
-test: lint typecheck tools registry ## Everything CI runs: lint, type check, then every tier in one pytest run (25 slowest listed)
+test: lint typecheck tools registry container-tools ## Everything CI runs: lint, type check, every tier in one pytest run (25 slowest listed), then the container tier
 	$(BIN)/python -m pytest --durations=25
+	@if ($(HAVE_CONTAINER_TOOLS)); then $(MAKE) --no-print-directory e2e-local; \
+	else echo "test: the container tier (make e2e-local) did not run: $(CONTAINER_TOOLS) are not installed (see make container-tools)"; fi
 
 gpu-check: $(INSTALLED) ## On a CUDA machine: QLoRA kernels, ZeRO-3 over NCCL, FSDP rows (prints a table)
 	$(BIN)/python -m pytest tests/gpu -m gpu -s -q -p no:cacheprovider
@@ -135,10 +137,12 @@ registry: ## Install the docker-registry package for the OCI tests (as root with
 # operator creates as a container. Their settings are deploy/podman/containers.conf (runc,
 # host networking, no default ulimits), named by CONTAINERS_CONF; /etc/containers is untouched.
 CONTAINER_TOOLS := podman buildah runc debootstrap
+# True when every one is on PATH (bash's `command -v a b` succeeds when any one is).
+HAVE_CONTAINER_TOOLS = for tool in $(CONTAINER_TOOLS); do command -v $$tool >/dev/null || exit 1; done
 export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 
 container-tools: ## Install podman, buildah, runc and debootstrap (as root with apt-get; else says why not)
-	@if command -v podman buildah runc debootstrap >/dev/null; then :; \
+	@if ($(HAVE_CONTAINER_TOOLS)); then :; \
 	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
 		echo "container-tools: not installing $(CONTAINER_TOOLS) (needs root and apt-get); make images needs Docker, the container tests will skip"; \
 	else \
