@@ -13,7 +13,7 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, FineTuneJobSpec, InvalidSpec, parse_finetunejob
 from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.catalog import presets
-from kubetune.contract import Env, Network, RunSummary, SummaryOutput, parse_networks
+from kubetune.contract import Env, Figures, Network, RunSummary, SummaryOutput, parse_networks
 from kubetune.controller.builders import Context, NotBuildable, build_children
 from kubetune.controller.reconcile import effective_job
 from kubetune.controller.settings import Settings, SettingsError
@@ -232,15 +232,15 @@ def _report(summary: RunSummary) -> None:
         hint = "; run the same command again to resume" if reason == "Interrupted" else ""
         click.echo(f"{reason}: {summary.message}{hint}", err=True)
         return
-    metrics = summary.metrics or {}
+    metrics = summary.metrics or Figures()
     click.echo(
-        f"done: {metrics['steps']} steps, final loss {metrics.get('trainLoss') or 0:.4f}, "
-        f"{metrics.get('tokensPerSecond') or 0:,.0f} tokens/s, {metrics.get('wallSeconds')} s"
+        f"done: {metrics.steps} steps, final loss {metrics.train_loss or 0:.4f}, "
+        f"{metrics.tokens_per_second or 0:,.0f} tokens/s, {metrics.wall_seconds} s"
     )
     for sample in summary.samples or []:
         click.echo(
-            f"\n  Q: {sample['prompt']}\n  expected: {sample['expected']}\n"
-            f"  before:   {sample['before'] or '(nothing)'}\n  after:    {sample['after'] or '(nothing)'}"
+            f"\n  Q: {sample.prompt}\n  expected: {sample.expected}\n"
+            f"  before:   {sample.before or '(nothing)'}\n  after:    {sample.after or '(nothing)'}"
         )
     output = summary.output or SummaryOutput()
     click.echo(f"\noutput: {output.location} ({', '.join(output.formats or [])})")
