@@ -396,11 +396,11 @@ def _api_errors(action: Any) -> Any:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
 
-        from kubetune.remote import NotFound
+        from kubetune.remote import NotFound, UnreadableStatus
 
         try:
             return action(*args, **kwargs)
-        except NotFound as error:
+        except (NotFound, UnreadableStatus) as error:
             raise click.ClickException(str(error)) from None
         except ApiException as error:
             raise click.ClickException(_api_message(error)) from None
@@ -478,24 +478,23 @@ def watch(name: str, interval: float, namespace: str | None, kube_context: str |
     import time
 
     from kubetune.api import Phase
-    from kubetune.remote import failure_message, finished, progress_line
+    from kubetune.remote import failure_message, finished, job_status, progress_line
 
     remote = _remote(namespace, kube_context)
     shown = ""
     while True:
-        job = remote.job(name)
-        status = job.get("status") or {}
-        line = f"{status.get('phase') or 'Pending'}  " + progress_line(status.get("progress") or {})
+        status = job_status(remote.job(name))
+        line = f"{status.phase.value}  " + progress_line(status.progress)
         if line != shown:
             click.echo(line)
             shown = line
-        ended = finished(job)
+        ended = finished(status)
         if ended is Phase.SUCCEEDED:
-            location = (status.get("output") or {}).get("location")
+            location = status.output.location if status.output else None
             click.echo(f"succeeded; output at {location}" if location else "succeeded")
             return
         if ended is Phase.FAILED:
-            click.echo(f"failed: {failure_message(job)}", err=True)
+            click.echo(f"failed: {failure_message(status)}", err=True)
             sys.exit(1)
         time.sleep(interval)
 
