@@ -1,8 +1,11 @@
 """What the operator and the trainer agree on: where the pod's files are, which
 environment variables carry runtime facts (one model, `PodEnvironment`, rendered by the
-operator and `kubetune run`, read by the trainer), and what the trainer's exit codes mean.
+operator and `kubetune run`, read by the trainer), what the trainer's exit codes mean, and
+the messages between them: the run summary (`RunSummary` and its parts: `Figures`,
+`EngineFacts`, `DataSummary`, `HistoryRecord`, `SampleAnswers`, `Confusion`) and the
+progress report (`Progress`).
 
-Both sides import this module, so a path or a code is written once.
+Both sides import this module, so a path, a code or a field is written once.
 """
 
 from __future__ import annotations
@@ -375,8 +378,8 @@ def _mark_dropped(fields: Any, path: tuple[int | str, ...]) -> bool:
     for key in parents:
         holder = _child(holder, key)
     part = _child(holder, last)
-    if part is _DROPPED:
-        return True  # marked already, for another error of the same part
+    if part is _DROPPED or holder is _DROPPED:
+        return True  # marked already, for another error of the same part or of its holder
     if part is _MISSING:
         return False
     holder[last] = _DROPPED
