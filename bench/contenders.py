@@ -219,6 +219,7 @@ def run_kubetune(run: RunSpec, folder: Path) -> None:
     import yaml
 
     from kubetune.api import parse_finetunejob
+    from kubetune.api.enums import TrainerPhase
     from kubetune_trainer.local import LocalPlan, run_local
     from kubetune_trainer.progress import Progress
 
@@ -239,15 +240,13 @@ def run_kubetune(run: RunSpec, folder: Path) -> None:
     clock = Clock(folder)
 
     def listen(progress: Progress) -> None:
-        if progress.phase == "training":
+        if progress.phase is TrainerPhase.TRAINING:
             clock.begin()
-        elif progress.phase == "saving":  # the end of the training loop
+        elif progress.phase is TrainerPhase.SAVING:  # the end of the training loop
             clock.end(int(last_checkpoint(folder).name.split("-")[1]), tokens=None)
 
     _, summary = run_local(plan, listen)
-    raise RuntimeError(
-        f"kubetune ended before its training loop did: {summary.get('reason')}: {summary.get('message')}"
-    )
+    raise RuntimeError(f"kubetune ended before its training loop did: {summary.reason}: {summary.message}")
 
 
 # ----------------------------------------------------------------------------- TRL

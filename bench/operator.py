@@ -36,6 +36,9 @@ from aiohttp import ClientSession, web
 from tests.integration.conftest import kubeconfig_for
 from tests.integration.emulator import StrictKubernetesEmulator
 
+from kubetune.api.enums import TrainerPhase
+from kubetune.contract import Progress
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 CRD = REPO / "crds" / "kubetune.io_finetunejobs.yaml"
@@ -274,7 +277,10 @@ class _ProgressServer:
 
     async def start(self) -> None:
         async def answer(request: web.Request) -> web.Response:
-            return web.json_response({"step": self.step, "totalSteps": 10**6, "loss": 1.0, "phase": "training"})
+            report = Progress(step=self.step, total_steps=10**6, loss=1.0, phase=TrainerPhase.TRAINING)
+            return web.Response(
+                text=report.model_dump_json(by_alias=True, exclude_none=True), content_type="application/json"
+            )
 
         app = web.Application()
         app.router.add_get("/progress", answer)

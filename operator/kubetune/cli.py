@@ -13,7 +13,7 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, FineTuneJobSpec, InvalidSpec, parse_finetunejob
 from kubetune.api.facts import ModelFacts, needs_model_facts
 from kubetune.catalog import presets
-from kubetune.contract import Env, Network, RunSummary, SummaryOutput, parse_networks
+from kubetune.contract import Env, Figures, Network, RunSummary, SummaryOutput, parse_networks
 from kubetune.controller.builders import Context, NotBuildable, build_children
 from kubetune.controller.reconcile import effective_job
 from kubetune.controller.settings import Settings, SettingsError
@@ -232,15 +232,15 @@ def _report(summary: RunSummary) -> None:
         hint = "; run the same command again to resume" if reason == "Interrupted" else ""
         click.echo(f"{reason}: {summary.message}{hint}", err=True)
         return
-    metrics = summary.metrics or {}
+    metrics = summary.metrics or Figures()
     click.echo(
-        f"done: {metrics['steps']} steps, final loss {metrics.get('trainLoss') or 0:.4f}, "
-        f"{metrics.get('tokensPerSecond') or 0:,.0f} tokens/s, {metrics.get('wallSeconds')} s"
+        f"done: {metrics.steps} steps, final loss {metrics.train_loss or 0:.4f}, "
+        f"{metrics.tokens_per_second or 0:,.0f} tokens/s, {metrics.wall_seconds} s"
     )
     for sample in summary.samples or []:
         click.echo(
-            f"\n  Q: {sample['prompt']}\n  expected: {sample['expected']}\n"
-            f"  before:   {sample['before'] or '(nothing)'}\n  after:    {sample['after'] or '(nothing)'}"
+            f"\n  Q: {sample.prompt}\n  expected: {sample.expected}\n"
+            f"  before:   {sample.before or '(nothing)'}\n  after:    {sample.after or '(nothing)'}"
         )
     output = summary.output or SummaryOutput()
     click.echo(f"\noutput: {output.location} ({', '.join(output.formats or [])})")
@@ -396,11 +396,11 @@ def _api_errors(action: Any) -> Any:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
 
-        from kubetune.remote import NotFound
+        from kubetune.remote import NotFound, UnreadableStatus
 
         try:
             return action(*args, **kwargs)
-        except NotFound as error:
+        except (NotFound, UnreadableStatus) as error:
             raise click.ClickException(str(error)) from None
         except ApiException as error:
             raise click.ClickException(_api_message(error)) from None
@@ -478,24 +478,23 @@ def watch(name: str, interval: float, namespace: str | None, kube_context: str |
     import time
 
     from kubetune.api import Phase
-    from kubetune.remote import failure_message, finished, progress_line
+    from kubetune.remote import failure_message, finished, job_status, progress_line
 
     remote = _remote(namespace, kube_context)
     shown = ""
     while True:
-        job = remote.job(name)
-        status = job.get("status") or {}
-        line = f"{status.get('phase') or 'Pending'}  " + progress_line(status.get("progress") or {})
+        status = job_status(remote.job(name))
+        line = f"{status.phase.value}  " + progress_line(status.progress)
         if line != shown:
             click.echo(line)
             shown = line
-        ended = finished(job)
+        ended = finished(status)
         if ended is Phase.SUCCEEDED:
-            location = (status.get("output") or {}).get("location")
+            location = status.output.location if status.output else None
             click.echo(f"succeeded; output at {location}" if location else "succeeded")
             return
         if ended is Phase.FAILED:
-            click.echo(f"failed: {failure_message(job)}", err=True)
+            click.echo(f"failed: {failure_message(status)}", err=True)
             sys.exit(1)
         time.sleep(interval)
 

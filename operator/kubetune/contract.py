@@ -1,8 +1,11 @@
 """What the operator and the trainer agree on: where the pod's files are, which
 environment variables carry runtime facts (one model, `PodEnvironment`, rendered by the
-operator and `kubetune run`, read by the trainer), and what the trainer's exit codes mean.
+operator and `kubetune run`, read by the trainer), what the trainer's exit codes mean, and
+the messages between them: the run summary (`RunSummary` and its parts: `Figures`,
+`EngineFacts`, `DataSummary`, `HistoryRecord`, `SampleAnswers`, `Confusion`) and the
+progress report (`Progress`).
 
-Both sides import this module, so a path or a code is written once.
+Both sides import this module, so a path, a code or a field is written once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.facts import ModelFacts
@@ -99,9 +102,6 @@ DEFAULT_PATHS = {
 DEFAULT_PROGRESS_PORT = 9090
 TERMINATION_MESSAGE_LIMIT = 4096
 """Kubernetes keeps at most this many bytes of a container's termination message."""
-MODEL_FACTS_KEY = "modelFacts"
-"""Where the preflight's summary carries what it read of a model that is not a preset
-(kubetune.api.facts.ModelFacts, camelCase), for sizing `accelerators: auto`."""
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
@@ -118,20 +118,27 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-HEADLINE_FIGURES = ("steps", "trainLoss", "evalLoss", "tokensPerSecond")
-"""The figures of a finished run that the operator's status shows as its final progress: the
-trainer keeps them in the termination message when the rest of its metrics do not fit."""
-
-
 # ---------------------------------------------------------------------------- the run summary
 # The trainer's last word, built once (by the trainer) and parsed once (by the operator): the
 # full form is summary.json beside the outputs, the compact form the termination message.
 
 
-class SummaryOutput(BaseModel):
-    """Where a run's result landed."""
+class _Message(BaseModel):
+    """A part of a message between the trainer and the operator: camelCase JSON, frozen."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form (camelCase, absent fields left out)."""
+        return self.model_dump(mode="python", by_alias=True, exclude_none=True)
+
+
+Number = int | float
+"""A figure as the trainer wrote it: an int stays an int in the JSON (a step, a count)."""
+
+
+class SummaryOutput(_Message):
+    """Where a run's result landed."""
 
     location: str | None = None
     """URI of the result: pvc://claim/path, s3://bucket/prefix, oci://reference, hf://repo."""
@@ -140,35 +147,175 @@ class SummaryOutput(BaseModel):
     """Digest of a pushed artifact (OCI destinations)."""
 
 
-class RunSummary(BaseModel):
+class Figures(_Message):
+    """A run's figures by the trainer's name: the final ones (`RunSummary.metrics`) or the
+    untrained model's evaluation (`RunSummary.baseline`, the evaluation figures alone).
+
+    The figures every run reports are fields. Each task adds its own evaluation figures
+    (evalAccuracy, evalMacroF1, evalBleu, evalEntityF1, ...; `Task.figures` names them), and
+    they are open-ended, so they are the model's extra fields: numbers, checked as such, kept
+    flat beside the others in the JSON (`task_figures` reads them), because the job's status,
+    the report and the card show every figure under the one name. A figure every task
+    reports becomes a field here; a task's own figure needs nothing here."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Number] = Field(init=False)
+
+    steps: int | None = Field(None, ge=0)
+    """Optimizer steps done."""
+    train_loss: float | None = None
+    """The last training loss logged."""
+    trainable_parameters: int | None = Field(None, ge=0)
+    total_parameters: int | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, ge=0)
+    """Trained (non-padding) tokens per second, all ranks together."""
+    learning_rate: float | None = None
+    precision: str | None = None
+    """The precision trained in (fp32, bf16, fp16), the one figure that is a word."""
+    compiled_layers: int | None = Field(None, ge=0)
+    train_runtime_seconds: float | None = None
+    eval_loss: float | None = None
+    """The evaluation loss (final in `metrics`, before training in `baseline`)."""
+    perplexity: float | None = None
+    """exp(evalLoss), for tasks whose loss is per token."""
+    wall_seconds: float | None = None
+    """The run from its start to its outputs written."""
+
+    @property
+    def task_figures(self) -> dict[str, Number]:
+        """The task's own figures (evalAccuracy, ...), by name."""
+        return dict(self.model_extra or {})
+
+    def numbers(self) -> dict[str, float]:
+        """Every figure that is a finite number, by name (what a status can hold: NaN cannot
+        travel in the API's JSON, and a diverged run's loss is NaN)."""
+        return {
+            name: float(value)
+            for name, value in self.as_json().items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        }
+
+    def headline(self) -> Figures:
+        """The figures the operator's status shows as the final progress."""
+        return Figures(
+            steps=self.steps,
+            train_loss=self.train_loss,
+            eval_loss=self.eval_loss,
+            tokens_per_second=self.tokens_per_second,
+        )
+
+
+class EngineFacts(_Message):
+    """What the training engine that ran was, as one rank saw it: real sharding tells itself
+    from a silent fallback to plain data parallelism."""
+
+    engine: str
+    """The class that wrapped the model (DeepSpeedEngine, FSDP..., DistributedDataParallel, ...)."""
+    world_size: int = Field(ge=1)
+    parameter_elements: int = Field(ge=0)
+    """Elements of the model's parameters, as the model defines them."""
+    local_parameter_elements: int = Field(ge=0)
+    """Elements this rank holds (fewer under ZeRO-3 or FSDP)."""
+    zero_stage: int | None = Field(None, ge=0, le=3)
+    fsdp_modules: int | None = Field(None, ge=0)
+
+
+class DataSummary(_Message):
+    """What happened to the examples on their way to the model (the trainer's DataStats), with
+    what the run adds: a training run whether the task's default chat template was used, a
+    preflight the evaluation examples and the labels found."""
+
+    examples: int = Field(ge=0)
+    """Examples read."""
+    kept: int = Field(ge=0)
+    """Examples trained on."""
+    truncated: int = Field(ge=0)
+    dropped_too_long: int = Field(ge=0)
+    dropped_nothing_to_learn: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+    trainable_tokens: int = Field(ge=0)
+    longest: int = Field(ge=0)
+    """Tokens of the longest example."""
+    format: str
+    """The data format detected (chat, completion, text, ...)."""
+    default_chat_template: bool | None = None
+    eval_examples: int | None = Field(None, ge=0)
+    labels: list[str] | None = None
+
+
+class HistoryRecord(_Message):
+    """One log record of the Trainer (metrics.jsonl holds the same lines), under the Trainer's
+    own names (loss, eval_loss, learning_rate, ...), with the step, the epoch and the trained
+    tokens per second. The Trainer's other numbers (eval_runtime, train_runtime, the task's
+    eval_accuracy, ...) are extra fields, in the order it logged them: the Trainer names
+    them, not kubetune."""
+
+    model_config = ConfigDict(alias_generator=None, extra="allow")
+    __pydantic_extra__: dict[str, Number] = Field(init=False)
+
+    step: int = Field(ge=0)
+    epoch: Number | None = None
+    """Epochs done; the Trainer logs 0 as an int before the first step."""
+    tokens_per_second: float | None = Field(None, alias="tokensPerSecond")
+    loss: float | None = None
+    grad_norm: float | None = None
+    learning_rate: float | None = None
+    eval_loss: float | None = None
+
+    def logged(self) -> dict[str, Number]:
+        """The record under the Trainer's names, as it logged it."""
+        return {name: value for name, value in self.as_json().items() if name != "tokensPerSecond"}
+
+
+class SampleAnswers(_Message):
+    """One prompt of the data, its expected answer, and the model's before and after training."""
+
+    prompt: str
+    expected: str
+    before: str = ""
+    after: str = ""
+
+
+class Confusion(_Message):
+    """A classifier's confusion matrix at the final evaluation: true labels by row, predicted
+    by column, in the labels' order."""
+
+    labels: list[str]
+    matrix: list[list[int]]
+
+    @model_validator(mode="after")
+    def _one_row_and_column_per_label(self) -> Self:
+        size = len(self.labels)
+        if len(self.matrix) != size or any(len(row) != size for row in self.matrix):
+            raise ValueError(f"the matrix must be {size} x {size}, one row and column per label")
+        return self
+
+
+class RunSummary(_Message):
     """What a trainer or preflight run reports. Every field is optional: a failure carries
     status, reason and message alone, a preflight its data statistics and model facts, and a
     termination message cut to its 4096 bytes may have lost anything but the outcome."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
     status: str | None = None
     """Succeeded or Failed."""
     reason: str | None = None
     message: str | None = None
     output: SummaryOutput | None = None
-    metrics: dict[str, Any] | None = None
-    """The final figures by the trainer's name (steps, trainLoss, evalLoss, tokensPerSecond,
-    the task's own, ...): numbers, but for precision and compiledLayers."""
-    engine: dict[str, Any] | None = None
-    """What the training engine did (kubetune_trainer.engine.engine_facts)."""
-    data: dict[str, Any] | None = None
-    """The data statistics (DataStats.as_dict, and the preflight's evalExamples and labels)."""
+    metrics: Figures | None = None
+    """The final figures."""
+    engine: EngineFacts | None = None
+    """What the training engine did (rank 0's)."""
+    data: DataSummary | None = None
     model: str | None = None
     method: str | None = None
     task: str | None = None
-    baseline: dict[str, Any] | None = None
+    baseline: Figures | None = None
     """The task's figures on the untrained model, where the run evaluated it."""
-    history: list[dict[str, Any]] | None = None
-    samples: list[dict[str, Any]] | None = None
+    history: list[HistoryRecord] | None = None
+    samples: list[SampleAnswers] | None = None
     labels: list[str] | None = None
-    confusion: dict[str, Any] | None = None
-    """A classifier's confusion matrix at the final evaluation (labels, matrix)."""
+    confusion: Confusion | None = None
+    """A classifier's confusion matrix at the final evaluation."""
     model_facts: ModelFacts | None = None
     """What a preflight read of a model that is not a preset, for sizing `accelerators: auto`."""
 
@@ -181,10 +328,6 @@ class RunSummary(BaseModel):
         """Whether the run reported anything at all (a crash leaves no summary)."""
         return bool(self.as_json())
 
-    def as_json(self) -> dict[str, Any]:
-        """The JSON form (camelCase, absent fields left out), as summary.json holds it."""
-        return self.model_dump(mode="python", by_alias=True, exclude_none=True)
-
     def dumps(self) -> str:
         """summary.json's text."""
         return json.dumps(self.as_json(), indent=2) + "\n"
@@ -192,7 +335,7 @@ class RunSummary(BaseModel):
     @classmethod
     def parse(cls, text: str) -> RunSummary:
         """A summary from a termination message or summary.json, read leniently: text that is
-        not a JSON object is no summary, and a field that does not validate is left out (the
+        not a JSON object is no summary, and a part that does not validate is left out (the
         rest still says how the run ended)."""
         try:
             raw = json.loads(text)
@@ -202,23 +345,69 @@ class RunSummary(BaseModel):
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> RunSummary:
-        fields = dict(raw)
+        """The summary of a JSON object, leaving out what does not validate: one figure, one
+        history record or one sample of the collections that hold independent entries (a bad
+        loss leaves the other figures), else the whole field (partial model facts would
+        size a job wrongly, a matrix without a cell would mislead)."""
+        fields: Any = _without_dropped(dict(raw))
         while True:
             try:
                 return cls.model_validate(fields)
             except ValidationError as error:
-                bad = {str(e["loc"][0]) for e in error.errors() if e["loc"]}
-                if not bad & fields.keys():
+                if not all(_mark_dropped(fields, _dropped_part(e["loc"])) for e in error.errors()):
                     return cls()
-                fields = {k: v for k, v in fields.items() if k not in bad}
+                fields = _without_dropped(fields)
+
+
+ENTRIES_DROPPED_ALONE = frozenset({"metrics", "baseline", "history", "samples"})
+"""The summary's fields whose entries are independent: a bad one is left out alone."""
+_DROPPED = object()
+_MISSING = object()
+
+
+def _dropped_part(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    return loc[:2] if loc and loc[0] in ENTRIES_DROPPED_ALONE and len(loc) > 1 else loc[:1]
+
+
+def _mark_dropped(fields: Any, path: tuple[int | str, ...]) -> bool:
+    """Mark the part of `fields` at `path` to be left out; False when it holds no such part."""
+    if not path:
+        return False
+    *parents, last = path
+    holder = fields
+    for key in parents:
+        holder = _child(holder, key)
+    part = _child(holder, last)
+    if part is _DROPPED or holder is _DROPPED:
+        return True  # marked already, for another error of the same part or of its holder
+    if part is _MISSING:
+        return False
+    holder[last] = _DROPPED
+    return True
+
+
+def _child(holder: Any, key: int | str) -> Any:
+    if isinstance(holder, dict):
+        return holder.get(key, _MISSING)
+    if isinstance(holder, list) and isinstance(key, int) and 0 <= key < len(holder):
+        return holder[key]
+    return _MISSING
+
+
+def _without_dropped(value: Any) -> Any:
+    """A copy of JSON data without the parts marked dropped."""
+    if isinstance(value, dict):
+        return {key: _without_dropped(item) for key, item in value.items() if item is not _DROPPED}
+    if isinstance(value, list):
+        return [_without_dropped(item) for item in value if item is not _DROPPED]
+    return value
 
 
 @dataclass(frozen=True)
 class FinalFigures:
-    """The final figures of a run, as the trainer's summary (the termination message) carries
-    them under `metrics`: the steps done, the last training loss, the final evaluation loss,
-    and every other number by the trainer's name (the task's own, such as evalAccuracy or
-    perplexity, and tokensPerSecond)."""
+    """The final figures of a run as the operator's status shows them: the steps done, the
+    last training loss, the final evaluation loss, the tokens per second, and every finite
+    number by the trainer's name (the task's own, such as evalAccuracy or perplexity, too)."""
 
     steps: int | None = None
     train_loss: float | None = None
@@ -230,16 +419,11 @@ class FinalFigures:
     def from_summary(cls, summary: RunSummary) -> FinalFigures:
         """What the summary reports; figures that are absent or not finite numbers are left out
         (a summary cut to fit the 4096 bytes may have lost them all)."""
-        if not summary.metrics:
+        if summary.metrics is None:
             return cls()
-        numbers = {
-            str(name): float(value)
-            for name, value in summary.metrics.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        }
-        steps = numbers.get("steps")
+        numbers = summary.metrics.numbers()
         return cls(
-            steps=int(steps) if steps is not None and steps >= 0 else None,
+            steps=summary.metrics.steps,
             train_loss=numbers.get("trainLoss"),
             eval_loss=numbers.get("evalLoss"),
             tokens_per_second=numbers.get("tokensPerSecond"),

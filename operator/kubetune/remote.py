@@ -12,8 +12,11 @@ from typing import Any
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
-from kubetune.api import Phase
+from kubetune.api import ConditionType, Phase
+from kubetune.api.problems import problems_from_validation_error
+from kubetune.api.status import FineTuneJobStatus, Progress
 from kubetune.controller import names
 from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, ROLE_LABEL
 from kubetune.controller.cluster import KINDS, Rest
@@ -24,6 +27,10 @@ Manifest = dict[str, Any]
 
 class NotFound(LookupError):
     pass
+
+
+class UnreadableStatus(ValueError):
+    """A FineTuneJob's status that the API's model does not read."""
 
 
 def connect(context: str | None = None) -> tuple[ApiClient, str]:
@@ -102,8 +109,8 @@ class Remote:
     def rank_pod(self, name: str, rank: int, attempt: int | None = None) -> str:
         """The pod of the given node rank in the attempt (the newest by default; the preflight
         before the first). The operator keeps a few failed attempts' Jobs for these logs."""
-        status = self.job(name).get("status") or {}
-        newest = int(status.get("attempts") or 0) + int(status.get("preemptions") or 0)
+        status = job_status(self.job(name))
+        newest = status.attempts + status.preemptions
         if attempt is not None and not 1 <= attempt <= newest:
             raise NotFound(f"{name} has no attempt {attempt} (attempts 1 to {newest} were started)")
         attempt = newest if attempt is None else attempt
@@ -162,25 +169,35 @@ def age(created: str | None, now: datetime) -> str:
     return f"{max(seconds, 0)}s"
 
 
+def job_status(job: Manifest) -> FineTuneJobStatus:
+    """The job's status as the API's model (an empty one before the operator wrote any).
+    Raises UnreadableStatus naming each field that does not validate."""
+    try:
+        return FineTuneJobStatus.model_validate(job.get("status") or {})
+    except ValidationError as error:
+        problems = "; ".join(str(p) for p in problems_from_validation_error(error, ("status",)))
+        name = (job.get("metadata") or {}).get("name", "?")
+        raise UnreadableStatus(f"finetunejob {name}: {problems} (an operator of another version wrote it?)") from None
+
+
 def job_table(jobs: Sequence[Manifest], now: datetime | None = None, namespaces: bool = False) -> str:
     """Like `kubectl get`: with a NAMESPACE column first when the jobs come from every namespace."""
     now = now or datetime.now(UTC)
     rows = [["NAMESPACE"] * namespaces + ["NAME", "PHASE", "METHOD", "MODEL", "PROGRESS", "LOSS", "AGE"]]
     for job in jobs:
-        status, spec = job.get("status") or {}, job.get("spec") or {}
-        progress = status.get("progress") or {}
-        percent, loss = progress.get("percent"), progress.get("loss")
+        status, spec = job_status(job), job.get("spec") or {}
+        progress = status.progress or Progress()
         rows.append(
             [job["metadata"].get("namespace") or "-"] * namespaces
             + [
                 job["metadata"]["name"],
-                status.get("phase") or "Pending",
+                status.phase.value,
                 # The method in training; the spec's only before the job has started (an edit
                 # after the start is not applied).
-                status.get("method") or (spec.get("method") or {}).get("type", "-"),
-                status.get("model") or "-",
-                f"{percent:.0f}%" if percent is not None else "-",
-                f"{loss:.4f}" if loss is not None else "-",
+                status.method.value if status.method else (spec.get("method") or {}).get("type", "-"),
+                status.model or "-",
+                f"{progress.percent:.0f}%" if progress.percent is not None else "-",
+                f"{progress.loss:.4f}" if progress.loss is not None else "-",
                 age(job["metadata"].get("creationTimestamp"), now),
             ]
         )
@@ -191,28 +208,26 @@ def job_table(jobs: Sequence[Manifest], now: datetime | None = None, namespaces:
 def job_report(job: Manifest, events: Sequence[Manifest], now: datetime | None = None) -> str:
     """`kubetune status NAME`: phase, conditions, progress, output and the last events."""
     now = now or datetime.now(UTC)
-    status = job.get("status") or {}
+    status = job_status(job)
+    retries = f", preflight retries: {status.preflight_retries}" if status.preflight_retries else ""
     lines = [
         f"Name:      {job['metadata']['name']}",
         f"Namespace: {job['metadata'].get('namespace', '')}",
-        f"Phase:     {status.get('phase') or 'Pending'}",
-        f"Model:     {status.get('model') or '-'}",
-        f"Attempts:  {status.get('attempts', 0)} (preemptions: {status.get('preemptions', 0)}"
-        + (f", preflight retries: {status['preflightRetries']})" if status.get("preflightRetries") else ")"),
+        f"Phase:     {status.phase.value}",
+        f"Model:     {status.model or '-'}",
+        f"Attempts:  {status.attempts} (preemptions: {status.preemptions}{retries})",
     ]
-    progress = status.get("progress")
-    if progress:
-        lines.append(f"Progress:  {progress_line(progress)}")
-    metrics = status.get("metrics")
-    if metrics:
-        lines.append("Metrics:   " + "  ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items())))
-    output = status.get("output")
-    if output:
-        lines.append(f"Output:    {output.get('location')} ({', '.join(output.get('formats') or [])})")
+    if status.progress:
+        lines.append(f"Progress:  {progress_line(status.progress)}")
+    if status.metrics:
+        lines.append("Metrics:   " + "  ".join(f"{name} {value:.4g}" for name, value in sorted(status.metrics.items())))
+    if status.output:
+        formats = ", ".join(f.value for f in status.output.formats)
+        lines.append(f"Output:    {status.output.location} ({formats})")
     lines.append("Conditions:")
-    for condition in status.get("conditions") or []:
-        message = f" - {condition['message']}" if condition.get("message") else ""
-        lines.append(f"  {condition['type']:<10} {condition['status']:<6} {condition.get('reason', '')}{message}")
+    for condition in status.conditions:
+        message = f" - {condition.message}" if condition.message else ""
+        lines.append(f"  {condition.type.value:<10} {condition.status.value:<6} {condition.reason}{message}")
     lines.append("Events:")
     for event in list(events)[-10:]:
         when = age(event.get("lastTimestamp") or event["metadata"].get("creationTimestamp"), now)
@@ -222,30 +237,34 @@ def job_report(job: Manifest, events: Sequence[Manifest], now: datetime | None =
     return "\n".join(lines)
 
 
-def progress_line(progress: Manifest, width: int = 24) -> str:
+def progress_line(progress: Progress | None, width: int = 24) -> str:
     """step/total as a bar, with loss, tokens/s and ETA."""
-    step, total = int(progress.get("step") or 0), progress.get("totalSteps")
+    progress = progress or Progress()
+    step, total = progress.step, progress.total_steps
     parts = []
     if total:
         filled = int(width * min(step, total) / total)
         parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total}")
     else:
         parts.append(f"step {step}")
-    for key, label, fmt in (("loss", "loss", ".4f"), ("evalLoss", "eval", ".4f"), ("tokensPerSecond", "tok/s", ".0f")):
-        if progress.get(key) is not None:
-            parts.append(f"{label} {progress[key]:{fmt}}")
-    if progress.get("eta"):
-        parts.append(f"eta {progress['eta']}")
+    for value, label, fmt in (
+        (progress.loss, "loss", ".4f"),
+        (progress.eval_loss, "eval", ".4f"),
+        (progress.tokens_per_second, "tok/s", ".0f"),
+    ):
+        if value is not None:
+            parts.append(f"{label} {value:{fmt}}")
+    if progress.eta is not None:
+        parts.append(f"eta {progress.eta.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
     return "  ".join(parts)
 
 
-def finished(job: Manifest) -> Phase | None:
-    phase = (job.get("status") or {}).get("phase")
-    return Phase(phase) if phase in (Phase.SUCCEEDED, Phase.FAILED) else None
+def finished(status: FineTuneJobStatus) -> Phase | None:
+    return status.phase if status.phase.finished else None
 
 
-def failure_message(job: Manifest) -> str:
-    failed: Manifest = next(
-        (c for c in (job.get("status") or {}).get("conditions") or [] if c.get("type") == "Failed"), {}
-    )
-    return f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".rstrip(": ")
+def failure_message(status: FineTuneJobStatus) -> str:
+    failed = next((c for c in status.conditions if c.type is ConditionType.FAILED), None)
+    if failed is None:
+        return "Failed"
+    return f"{failed.reason}: {failed.message}".rstrip(": ")

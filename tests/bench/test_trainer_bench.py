@@ -15,7 +15,9 @@ from bench.contenders import (
     TRL_PACKING_COMPILED,
     TRL_PADDING_FREE,
     TRL_PADDING_FREE_COMPILED,
+    RunSpec,
     kubetune_manifest,
+    run_kubetune,
     trl_arguments,
 )
 from bench.measure import flops_per_example
@@ -259,3 +261,30 @@ def test_the_gpu_configuration_holds_its_memory_estimate_against_the_measured_pe
     assert report.estimate_error() == pytest.approx(0.1)
     assert "+10.0% (within the 15% target)" in render(report)
     assert SettingReport.from_dict(json.loads(json.dumps(report.as_dict()))).estimate_mib == report.estimate_mib
+
+
+def test_a_kubetune_run_that_ends_before_its_training_loop_says_why(tmp_path: Path) -> None:
+    prepared = tmp_path / "prepared"
+    (prepared / "model").mkdir(parents=True)
+    run = RunSpec(
+        contender=KUBETUNE,
+        method="lora",
+        precision="fp32",
+        zero3=False,
+        model=str(prepared / "model"),
+        train=str(prepared / "missing.jsonl"),  # the data is not there: the run ends in its prepare phase
+        steps=2,
+        effective_batch=1,
+        per_device_batch=1,
+        learning_rate=1e-4,
+        warmup_steps=0,
+        lora_r=4,
+        lora_alpha=8,
+        max_length=64,
+        seed=1,
+        accelerators=0,
+    )
+    (tmp_path / "run").mkdir()
+
+    with pytest.raises(RuntimeError, match=r"kubetune ended before its training loop did: \w+: .*missing\.jsonl"):
+        run_kubetune(run, tmp_path / "run")

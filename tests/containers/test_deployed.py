@@ -5,7 +5,6 @@ mounts and security context."""
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from kubetune.api import parse_finetunejob
+from kubetune.contract import RunSummary
 from kubetune.controller.builders import Context, build_config_map, build_training_job
 from kubetune.controller.settings import Settings
 from tests.containers.conftest import REPO, Deployment, Images
@@ -72,8 +72,8 @@ async def test_the_quickstart_trains_to_succeeded_in_containers(
     assert owners(outputs) == {(1000, 1000)}
     # The summary travelled in rank 0's termination message, as the kubelet keeps it.
     rank0 = [p for p in deployment.node.pods.values() if p.name.startswith("quickstart-a1-0-")]
-    message = json.loads(rank0[0].termination_file.read_text())
-    assert message["status"] == "Succeeded"
+    message = RunSummary.model_validate_json(rank0[0].termination_file.read_text())  # strictly: no part dropped
+    assert message.status == "Succeeded"
 
 
 async def test_a_dataset_defect_on_line_7_fails_the_preflight_and_nothing_trains(

@@ -4,7 +4,6 @@ DeepSpeed ZeRO-3 over NCCL, and the FSDP rows of the support matrix. Run with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from kubetune.catalog import Strategy, support_matrix
 from kubetune.contract import ExitCode
 
-from ..integration.trainer.conftest import FACTS, greedy_answer, launch, memorise_spec
+from ..integration.trainer.conftest import FACTS, greedy_answer, launch, memorise_spec, summary_in, training_losses
 
 torch = pytest.importorskip("torch")
 pytestmark = [
@@ -44,15 +43,16 @@ def test_gpu_path_trains_with_the_engine_asked_for(
     process = launch(spec, volumes, tmp_path, processes=max(1, torch.cuda.device_count()), torchrun=True)
 
     assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    summary = summary_in(tmp_path / "out")
+    losses = training_losses(summary)
+    assert summary.engine is not None and summary.metrics is not None
     print(
-        f"| {name} | {summary['engine']['engine']} | {losses[0]:.3f} -> {losses[-1]:.3f} "
-        f"| {summary['metrics']['tokensPerSecond']} tok/s |"
+        f"| {name} | {summary.engine.engine} | {losses[0]:.3f} -> {losses[-1]:.3f} "
+        f"| {summary.metrics.tokens_per_second} tok/s |"
     )
     assert losses[-1] < losses[0] / 10
     if distributed["strategy"] == "fsdp":
-        assert "fsdpModules" in summary["engine"]
+        assert summary.engine.fsdp_modules
     if method != "full":
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,10 +19,14 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from kubetune import contract
+from kubetune.api.enums import TrainerPhase
+from kubetune.contract import RunSummary, SummaryOutput
 from kubetune.controller import handlers  # noqa: F401  (registers the handlers)
 from kubetune.controller.cluster import KINDS, Rest
 from kubetune.controller.handlers import memo_for
 from kubetune.controller.settings import Settings
+from kubetune_trainer.summary import termination_message
 
 if TYPE_CHECKING:
     from .conftest import ApiServer
@@ -48,17 +51,19 @@ def login_to_the_emulator(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 class Progress:
-    """Rank 0's GET /progress, with figures the test sets."""
+    """Rank 0's GET /progress, with figures the test sets: the contract's model, served as the
+    trainer's ProgressServer serves it."""
 
     def __init__(self) -> None:
-        self.report: dict[str, Any] = {"step": 0, "phase": "starting"}
+        self.report = contract.Progress(phase=TrainerPhase.STARTING)
         self.requests = 0
         self.port = 0
 
     async def serve(self) -> AsyncIterator[None]:
         async def answer(request: web.Request) -> web.Response:
             self.requests += 1
-            return web.json_response(self.report)
+            body = self.report.model_dump_json(by_alias=True, exclude_none=True)
+            return web.Response(text=body, content_type="application/json")
 
         app = web.Application()
         app.router.add_get("/progress", answer)
@@ -135,13 +140,14 @@ class Cluster:
     async def set_job(self, name: str, status: dict[str, Any]) -> None:
         await self.call("PATCH", KINDS["Job"].path(NAMESPACE, name, "status"), {"status": status}, MERGE)
 
-    async def finish(self, job_name: str, exit_code: int, summary: dict[str, Any], **pod_conditions: str) -> None:
-        """Every pod of the Job terminates; the Job completes or fails."""
+    async def finish(self, job_name: str, exit_code: int, summary: RunSummary, **pod_conditions: str) -> None:
+        """Every pod of the Job terminates (rank 0 with the summary's termination message, as
+        the trainer writes it); the Job completes or fails."""
         conditions = [{"type": t, "status": "True", "reason": r} for t, r in pod_conditions.items()]
         for name in self.made[job_name]:
             terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}
             if name.split("-x")[0].endswith("-0"):
-                terminated["message"] = json.dumps(summary)
+                terminated["message"] = termination_message(summary)
             await self.set_pod(
                 name, "Succeeded" if exit_code == 0 else "Failed", {"terminated": terminated}, conditions
             )
@@ -243,11 +249,13 @@ def _manifest(job: dict[str, Any], **spec: Any) -> dict[str, Any]:
     return body
 
 
-SUCCESS = {"status": "Succeeded", "message": "trained 40 steps", "output": {"location": "pvc://results/demo"}}
+SUCCESS = RunSummary(
+    status="Succeeded", message="trained 40 steps", output=SummaryOutput(location="pvc://results/demo")
+)
 
 
 async def _through_preflight(cluster: Cluster) -> None:
     await eventually(lambda: "demo-preflight" in cluster.jobs(), "the preflight Job")
     await cluster.start_pods("demo-preflight")
-    await cluster.finish("demo-preflight", 0, {"status": "Succeeded", "message": "data checked"})
+    await cluster.finish("demo-preflight", 0, RunSummary(status="Succeeded", message="data checked"))
     await eventually(lambda: "demo-a1" in cluster.jobs(), "the first training Job")

@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from kubetune.cli import cli
+from kubetune.contract import RunSummary
 from kubetune.controller.cluster import KINDS
 
 from .actors import SUCCESS, Cluster, Operator, eventually
@@ -83,7 +84,7 @@ async def test_suspend_resume_and_a_failing_watch(
 
     await cluster.start_pods("demo-a1")
     watching = asyncio.create_task(kubetune("watch", "demo", "--interval", "0.1"))
-    await cluster.finish("demo-a1", 42, {"status": "Failed", "reason": "DatasetInvalid", "message": "line 2: no text"})
+    await cluster.finish("demo-a1", 42, RunSummary.failure("DatasetInvalid", "line 2: no text"))
     watched = await asyncio.wait_for(watching, timeout=30)
 
     assert watched.exit_code == 1
@@ -153,7 +154,7 @@ async def test_logs_of_a_failed_attempt_kept_after_the_retry_started(
     await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
     (first,) = await cluster.start_pods("demo-a1")
     apiserver.emulator.pod_logs[("default", first)] = "step 7 loss nan\nTraceback: NaN loss\n"
-    await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
+    await cluster.finish("demo-a1", 1, RunSummary.failure("TrainingFailed", "NaN loss"))
     await eventually(lambda: "demo-a2" in cluster.jobs(), "attempt 2")
 
     failed = await kubetune("logs", "demo", "--attempt", "1")

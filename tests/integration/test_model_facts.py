@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from kubetune.api.status import FineTuneJobStatus
+from kubetune.contract import RunSummary
 from kubetune.controller.settings import AcceleratorProfile
 from kubetune.estimate import read_model_facts
 
@@ -50,8 +52,8 @@ async def test_a_hub_model_is_sized_from_the_facts_its_preflight_reported(
     unsized = json.loads(cluster.get(("", "v1", "configmaps"), "demo-spec")["data"]["spec.json"])  # type: ignore[index]
     assert unsized["resources"]["accelerators"] == "auto"
     await cluster.start_pods("demo-preflight")
-    facts = read_model_facts(PHI3_MINI).model_dump(mode="json", by_alias=True, exclude_none=True)
-    await cluster.finish("demo-preflight", 0, {"status": "Succeeded", "message": "data checked", "modelFacts": facts})
+    preflight = RunSummary(status="Succeeded", message="data checked", model_facts=read_model_facts(PHI3_MINI))
+    await cluster.finish("demo-preflight", 0, preflight)
 
     await eventually(lambda: "demo-a1" in cluster.jobs(), "the first training Job")
     pod = cluster.jobs()["demo-a1"]["spec"]["template"]["spec"]
@@ -59,4 +61,4 @@ async def test_a_hub_model_is_sized_from_the_facts_its_preflight_reported(
     assert pod["nodeSelector"]["gpu"] == "a100"
     sized = json.loads(cluster.get(("", "v1", "configmaps"), "demo-spec")["data"]["spec.json"])  # type: ignore[index]
     assert sized["resources"]["accelerators"] == 1
-    assert cluster.status()["modelFacts"] == facts
+    assert FineTuneJobStatus.model_validate(cluster.status()).model_facts == preflight.model_facts

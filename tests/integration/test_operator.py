@@ -7,14 +7,17 @@ kubelet, Kueue, and the trainer's rank 0.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import pytest
 
+from kubetune import contract
+from kubetune.api.enums import TrainerPhase
+from kubetune.contract import Figures, RunSummary
 from kubetune.controller.cluster import KINDS
 from kubetune.controller.settings import Settings
+from kubetune_trainer.summary import termination_message
 
 from .actors import (
     FTJ,
@@ -49,7 +52,9 @@ async def test_a_job_runs_from_creation_to_success(
 
     await cluster.start_pods("demo-a1")
     await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
-    progress.report = {"step": 10, "totalSteps": 40, "loss": 1.25, "phase": "training", "tokensPerSecond": 900.0}
+    progress.report = contract.Progress(
+        step=10, total_steps=40, loss=1.25, phase=TrainerPhase.TRAINING, tokens_per_second=900.0
+    )
     mirrored = await eventually(lambda: cluster.status().get("progress", {}).get("step") == 10, "progress mirrored")
     assert mirrored and cluster.status()["progress"]["percent"] == 25.0
 
@@ -69,7 +74,7 @@ async def test_a_failed_attempt_is_retried_and_counted(
     await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
     await cluster.start_pods("demo-a1")
 
-    await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
+    await cluster.finish("demo-a1", 1, RunSummary.failure("TrainingFailed", "NaN loss"))
 
     await eventually(lambda: "demo-a2" in cluster.jobs(), "attempt 2")
     assert cluster.status()["attempts"] == 2
@@ -78,7 +83,7 @@ async def test_a_failed_attempt_is_retried_and_counted(
     assert cluster.apiserver.emulator.list_objects(*PODS, NAMESPACE, {"kubetune.io/attempt": "1"})
 
     await cluster.start_pods("demo-a2")
-    await cluster.finish("demo-a2", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss again"})
+    await cluster.finish("demo-a2", 1, RunSummary.failure("TrainingFailed", "NaN loss again"))
 
     await eventually(lambda: cluster.status().get("phase") == "Failed", "retries exhausted")
     failed = next(c for c in cluster.status()["conditions"] if c["type"] == "Failed")
@@ -93,7 +98,7 @@ async def test_preemption_starts_again_without_counting(
     await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
     await cluster.start_pods("demo-a1")
 
-    interrupted = {"status": "Failed", "reason": "Interrupted", "message": "SIGTERM; checkpoint at step 12"}
+    interrupted = RunSummary.failure("Interrupted", "SIGTERM; checkpoint at step 12")
     await cluster.finish("demo-a1", 44, interrupted, DisruptionTarget="PreemptionByScheduler")
 
     await eventually(lambda: "demo-a2" in cluster.jobs(), "the attempt after the preemption")
@@ -116,9 +121,7 @@ async def test_failed_attempts_jobs_are_kept_up_to_the_bound(
         for attempt in (1, 2):
             await eventually(lambda: f"demo-a{attempt}" in cluster.jobs(), f"attempt {attempt}")  # noqa: B023
             await cluster.start_pods(f"demo-a{attempt}")
-            await cluster.finish(
-                f"demo-a{attempt}", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "x"}
-            )
+            await cluster.finish(f"demo-a{attempt}", 1, RunSummary.failure("TrainingFailed", "x"))
 
         await eventually(lambda: set(cluster.jobs()) == {"demo-a2", "demo-a3"}, "the oldest failed attempt deleted")
     finally:
@@ -132,7 +135,7 @@ async def test_a_disrupted_preflight_starts_again_without_counting(
     first = await eventually(lambda: cluster.jobs().get("demo-preflight"), "the preflight")
     await cluster.start_pods("demo-preflight")
 
-    evicted = {"status": "Failed", "reason": "Interrupted", "message": "SIGTERM"}
+    evicted = RunSummary.failure("Interrupted", "SIGTERM")
     await cluster.finish("demo-preflight", 143, evicted, DisruptionTarget="EvictionByEvictionAPI")
 
     again = await eventually(
@@ -144,7 +147,7 @@ async def test_a_disrupted_preflight_starts_again_without_counting(
     assert (status["phase"], status.get("attempts", 0), status.get("preemptions", 0)) == ("Pending", 0, 0)
     await eventually(lambda: "Preempted" in cluster.reasons(), "the Preempted Event")
     await cluster.start_pods("demo-preflight")
-    await cluster.finish("demo-preflight", 0, {"status": "Succeeded", "message": "data checked"})
+    await cluster.finish("demo-preflight", 0, RunSummary(status="Succeeded", message="data checked"))
     await eventually(lambda: "demo-a1" in cluster.jobs(), "the first training Job")
     assert cluster.status()["attempts"] == 1
 
@@ -156,7 +159,7 @@ async def test_a_preflight_that_failed_for_a_passing_reason_runs_again_counted(
     first = await eventually(lambda: cluster.jobs().get("demo-preflight"), "the preflight")
     await cluster.start_pods("demo-preflight")
 
-    timed_out = {"status": "Failed", "reason": "TrainingFailed", "message": "https://data.example/x.jsonl: timed out"}
+    timed_out = RunSummary.failure("TrainingFailed", "https://data.example/x.jsonl: timed out")
     await cluster.finish("demo-preflight", 1, timed_out)
 
     await eventually(
@@ -185,7 +188,7 @@ async def test_pods_that_end_before_the_job_s_condition_do_not_send_the_job_back
     watcher = asyncio.create_task(_record_phases(cluster, phases))
 
     # The kubelet reports the pod's end; the Job controller writes the Job's condition later.
-    terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(SUCCESS)}
+    terminated = {"exitCode": 0, "reason": "Completed", "message": termination_message(SUCCESS)}
     await cluster.set_pod(pod, "Succeeded", {"terminated": terminated})
     await cluster.set_job("demo-a1", {"active": 0, "succeeded": 1})
     await asyncio.sleep(1.0)  # the operator has looked at the ended pod a few times
@@ -213,7 +216,7 @@ async def test_a_run_that_ends_before_a_progress_poll_keeps_its_final_figures(
     await cluster.start_pods("demo-a1")
     metrics = {"steps": 40, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.875, "precision": "fp32"}
 
-    await cluster.finish("demo-a1", 0, {**SUCCESS, "metrics": metrics})
+    await cluster.finish("demo-a1", 0, SUCCESS.model_copy(update={"metrics": Figures.model_validate(metrics)}))
 
     await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded")
     status = cluster.status()
@@ -243,7 +246,7 @@ async def test_an_edit_of_a_fixed_field_while_training_is_reported_and_not_appli
     assert (status["observedGeneration"], status["method"], status["phase"]) == (1, "lora", "Running")
     await eventually(lambda: "ImmutableSpecChanged" in cluster.reasons(), "the ImmutableSpecChanged Event")
 
-    await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN loss"})
+    await cluster.finish("demo-a1", 1, RunSummary.failure("TrainingFailed", "NaN loss"))
 
     retry = await eventually(lambda: cluster.jobs().get("demo-a2"), "attempt 2")
     assert retry["spec"]["completions"] == 1, "the retry is built from the spec in training"
@@ -270,7 +273,7 @@ async def test_a_bad_dataset_fails_in_the_preflight_before_any_accelerator(
     await eventually(lambda: "demo-preflight" in cluster.jobs(), "the preflight")
     await cluster.start_pods("demo-preflight")
 
-    invalid = {"status": "Failed", "reason": "DatasetInvalid", "message": "train.jsonl line 3: no messages"}
+    invalid = RunSummary.failure("DatasetInvalid", "train.jsonl line 3: no messages")
     await cluster.finish("demo-preflight", 42, invalid)
 
     await eventually(lambda: cluster.status().get("phase") == "Failed", "phase Failed")
@@ -471,7 +474,7 @@ async def test_progress_is_written_at_most_once_per_interval(
     before, polls_before, started = len(writes), progress.requests, time.monotonic()
 
     for step in range(1, 41):  # the trainer reports far more often than the interval
-        progress.report = {"step": step, "totalSteps": 40, "loss": 2.0 / step, "phase": "training"}
+        progress.report = contract.Progress(step=step, total_steps=40, loss=2.0 / step, phase=TrainerPhase.TRAINING)
         await asyncio.sleep(0.05)
     await eventually(lambda: cluster.status().get("progress", {}).get("step") == 40, "the last figures")
     elapsed = time.monotonic() - started

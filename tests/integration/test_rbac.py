@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.contract import RunSummary
 from kubetune.controller.cluster import KINDS
 
 from ..unit.deploy.helm import only, rendered
@@ -62,7 +63,7 @@ async def test_the_chart_grants_exactly_what_the_operator_calls(
     await cluster.submit(job)
     await _through_preflight(cluster)
     await cluster.start_pods("demo-a1")
-    await cluster.finish("demo-a1", 1, {"status": "Failed", "reason": "TrainingFailed", "message": "NaN"})
+    await cluster.finish("demo-a1", 1, RunSummary.failure("TrainingFailed", "NaN"))
     await eventually(lambda: "demo-a2" in cluster.jobs(), "the retry")
     await cluster.start_pods("demo-a2")
     await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")

@@ -18,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from kubetune.cli import cli
+from kubetune.contract import RunSummary
 
 from .actors import NAMESPACE, Cluster, Operator, eventually
 from .conftest import ApiServer
@@ -51,7 +52,7 @@ async def test_no_secret_value_reaches_anything_the_operator_writes_or_prints(
     await cluster.submit(job)
     await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
     await cluster.start_pods("demo-a1")
-    failure = {"status": "Failed", "reason": "TrainingFailed", "message": "rank 3 lost its connection"}
+    failure = RunSummary.failure("TrainingFailed", "rank 3 lost its connection")
     await cluster.finish("demo-a1", 1, failure)
     await eventually(lambda: "demo-a2" in cluster.jobs(), "the retry")
     status = await asyncio.to_thread(CliRunner().invoke, cli, ["status", "demo"])

@@ -5,8 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from kubetune.api import Phase
-from kubetune.remote import age, failure_message, finished, job_report, job_table, progress_line
+from kubetune.api.status import Progress
+from kubetune.remote import (
+    UnreadableStatus,
+    age,
+    failure_message,
+    finished,
+    job_report,
+    job_status,
+    job_table,
+    progress_line,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -67,10 +79,14 @@ def test_ages_are_short() -> None:
 
 
 def test_progress_is_a_bar_with_the_figures_that_matter() -> None:
-    line = progress_line({"step": 30, "totalSteps": 40, "loss": 0.5, "tokensPerSecond": 1234.4, "eta": "12:30"}, 8)
+    progress = Progress.model_validate(
+        {"step": 30, "totalSteps": 40, "loss": 0.5, "tokensPerSecond": 1234.4, "eta": "2026-11-28T12:30:00Z"}
+    )
 
-    assert line == "[######..] 30/40  loss 0.5000  tok/s 1234  eta 12:30"
-    assert progress_line({}) == "step 0"
+    line = progress_line(progress, 8)
+
+    assert line == "[######..] 30/40  loss 0.5000  tok/s 1234  eta 2026-11-28 12:30:00 UTC"
+    assert progress_line(None) == "step 0"
 
 
 def test_status_shows_conditions_output_and_the_last_events() -> None:
@@ -78,7 +94,15 @@ def test_status_shows_conditions_output_and_the_last_events() -> None:
         "demo",
         "Failed",
         attempts=3,
-        conditions=[{"type": "Failed", "status": "True", "reason": "RetriesExhausted", "message": "3 attempts failed"}],
+        conditions=[
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "RetriesExhausted",
+                "message": "3 attempts failed",
+                "lastTransitionTime": "2026-11-28T11:58:00Z",
+            }
+        ],
         output={"location": "pvc://results/demo", "formats": ["adapter"]},
     )
     events = [
@@ -98,12 +122,24 @@ def test_status_shows_conditions_output_and_the_last_events() -> None:
     assert "Output:    pvc://results/demo (adapter)" in report
     assert "Failed     True   RetriesExhausted - 3 attempts failed" in report
     assert "2m Warning  TrainingFailed" in report
-    assert finished(job) is Phase.FAILED
-    assert failure_message(job) == "RetriesExhausted: 3 attempts failed"
-    assert finished(_job("x", "Running")) is None
+    assert finished(job_status(job)) is Phase.FAILED
+    assert failure_message(job_status(job)) == "RetriesExhausted: 3 attempts failed"
+    assert finished(job_status(_job("x", "Running"))) is None
 
 
 def test_status_counts_the_preflight_retries_that_spent_the_budget() -> None:
     job = _job("demo", "Pending", attempts=0, preflightRetries=2)
 
     assert "Attempts:  0 (preemptions: 0, preflight retries: 2)" in job_report(job, [], NOW)
+
+
+def test_a_status_the_api_model_does_not_read_is_refused_naming_the_field() -> None:
+    renamed = _job("demo", "Running", progress={"step": "ten"})
+
+    with pytest.raises(UnreadableStatus, match=r"finetunejob demo: status\.progress\.step"):
+        job_table([renamed], NOW)
+
+
+def test_a_job_without_a_status_yet_reads_as_pending() -> None:
+    assert job_status(_job("new")).phase is Phase.PENDING
+    assert "Phase:     Pending" in job_report(_job("new"), [], NOW)

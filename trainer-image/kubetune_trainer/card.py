@@ -3,17 +3,18 @@ how, and how well, in words a person reads on a Hub page or a volume."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.contract import RunSummary
+from kubetune.contract import Figures, RunSummary
 from kubetune_trainer.arguments import learning_rate
 from kubetune_trainer.tasks import task_for
 
 
 def model_card(spec: FineTuneJobSpec, summary: RunSummary) -> str:
-    """The card of a finished run, from its spec and summary alone."""
-    metrics, data, engine = summary.metrics or {}, summary.data or {}, summary.engine or {}
+    """The card of a finished run, from its spec and summary alone. Raises ValueError for a
+    summary without the data statistics or the engine (no finished training run's)."""
+    metrics, data, engine = summary.metrics or Figures(), summary.data, summary.engine
+    if data is None or engine is None:
+        raise ValueError("a model card is made of a finished run's summary, with its data and engine")
     formats = (summary.output.formats if summary.output else None) or []
     method = spec.method
     model_class = task_for(spec.task).model_class_name
@@ -40,25 +41,25 @@ def model_card(spec: FineTuneJobSpec, summary: RunSummary) -> str:
         "" if labels else None,
         "## Data",
         "",
-        f"- format: {data['format']}; examples: {data['examples']} read, {data['kept']} trained on",
-        f"- truncated: {data['truncated']}; dropped as too long: {data['droppedTooLong']}; "
-        f"dropped with nothing to learn: {data['droppedNothingToLearn']}",
-        f"- tokens: {data['tokens']} ({data['trainableTokens']} trained on); longest example {data['longest']}",
+        f"- format: {data.format}; examples: {data.examples} read, {data.kept} trained on",
+        f"- truncated: {data.truncated}; dropped as too long: {data.dropped_too_long}; "
+        f"dropped with nothing to learn: {data.dropped_nothing_to_learn}",
+        f"- tokens: {data.tokens} ({data.trainable_tokens} trained on); longest example {data.longest}",
         "",
         "## Training",
         "",
-        f"- steps: {metrics['steps']}; learning rate {learning_rate(spec)} ({spec.training.scheduler.value}); "
-        f"precision {metrics['precision']}",
+        f"- steps: {metrics.steps}; learning rate {learning_rate(spec)} ({spec.training.scheduler.value}); "
+        f"precision {metrics.precision}",
         f"- batch: {spec.training.per_device_batch_size} per device x {spec.training.gradient_accumulation_steps} "
         f"accumulation; max sequence length {spec.dataset.max_seq_length}; packing {spec.dataset.packing}",
-        f"- engine: {engine['engine']} on {engine['worldSize']} process(es)",
+        f"- engine: {engine.engine} on {engine.world_size} process(es)",
         "",
         "## Results",
         "",
-        f"- final training loss: {_number(metrics.get('trainLoss'))}",
-        f"- evaluation loss: {_number(metrics.get('evalLoss'))}; perplexity: {_number(metrics.get('perplexity'))}",
+        f"- final training loss: {_number(metrics.train_loss)}",
+        f"- evaluation loss: {_number(metrics.eval_loss)}; perplexity: {_number(metrics.perplexity)}",
         *_before_and_after(summary),
-        f"- trained tokens per second: {_number(metrics.get('tokensPerSecond'))}",
+        f"- trained tokens per second: {_number(metrics.tokens_per_second)}",
         "",
         "## Files",
         "",
@@ -75,14 +76,14 @@ def model_card(spec: FineTuneJobSpec, summary: RunSummary) -> str:
 
 
 def _before_and_after(summary: RunSummary) -> list[str]:
-    """One line per figure of the evaluation split: before the first step, and at the end."""
-    metrics = summary.metrics or {}
+    """One line per task figure of the evaluation split: before the first step, and at the end
+    (the loss and perplexity have their own line)."""
+    after = (summary.metrics or Figures()).task_figures
     return [
-        f"- {name}: {_number(before)} before training, {_number(metrics.get(name))} after"
-        for name, before in (summary.baseline or {}).items()
-        if name not in ("evalLoss", "perplexity")
+        f"- {name}: {_number(before)} before training, {_number(after.get(name))} after"
+        for name, before in (summary.baseline or Figures()).task_figures.items()
     ]
 
 
-def _number(value: Any) -> str:
+def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"

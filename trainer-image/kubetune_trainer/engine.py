@@ -12,6 +12,7 @@ import torch
 from transformers import TrainerCallback
 
 from kubetune.api import StrategyType
+from kubetune.contract import EngineFacts
 from kubetune_trainer.errors import TrainerError
 
 
@@ -28,24 +29,22 @@ def local_elements(parameter: Any) -> int:
     return int(to_local().numel()) if to_local is not None else int(parameter.numel())
 
 
-def engine_facts(trainer: Any, total_elements: int) -> dict[str, Any]:
+def engine_facts(trainer: Any, total_elements: int) -> EngineFacts:
     wrapped = trainer.model_wrapped
-    facts: dict[str, Any] = {
-        "engine": type(wrapped).__name__,
-        "worldSize": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-        "parameterElements": total_elements,
-        "localParameterElements": sum(local_elements(p) for p in trainer.model.parameters()),
-    }
-    if hasattr(wrapped, "zero_optimization_stage"):
-        facts["zeroStage"] = int(wrapped.zero_optimization_stage())
-    if any(type(m).__name__ == "FSDPModule" or type(m).__name__.startswith("FSDP") for m in wrapped.modules()):
-        facts["fsdpModules"] = sum(1 for m in wrapped.modules() if type(m).__name__.startswith("FSDP"))
-    return facts
+    fsdp = [m for m in wrapped.modules() if type(m).__name__.startswith("FSDP")]
+    return EngineFacts(
+        engine=type(wrapped).__name__,
+        world_size=torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+        parameter_elements=total_elements,
+        local_parameter_elements=sum(local_elements(p) for p in trainer.model.parameters()),
+        zero_stage=int(wrapped.zero_optimization_stage()) if hasattr(wrapped, "zero_optimization_stage") else None,
+        fsdp_modules=len(fsdp) if fsdp else None,
+    )
 
 
-def record(facts: dict[str, Any], folder: Path, rank: int) -> None:
+def record(facts: EngineFacts, folder: Path, rank: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank-{rank}.json").write_text(json.dumps(facts) + "\n")
+    (folder / f"rank-{rank}.json").write_text(json.dumps(facts.as_json()) + "\n")
 
 
 class EngineCheck(TrainerCallback):

@@ -34,13 +34,11 @@ def check(spec: FineTuneJobSpec, runtime: Runtime) -> RunSummary:
     # After the data: a job refused for its data leaves nothing on its output claim.
     check_destinations(spec, runtime)
     data, labels = prepared.data, prepared.labels
-    stats = data.stats.as_dict() | {"evalExamples": len(data.eval)}
-    if labels is not None:
-        stats["labels"] = list(labels.names)
+    stats = data.stats.summary(eval_examples=len(data.eval), labels=list(labels.names) if labels is not None else None)
     return RunSummary(
         status="Succeeded",
         reason="DataValid",
-        message=f"{stats['kept']} of {stats['examples']} examples ready to train",
+        message=f"{stats.kept} of {stats.examples} examples ready to train",
         data=stats,
         model_facts=model_facts(spec, runtime) if needs_model_facts(spec) else None,
     )

@@ -20,6 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from kubetune.api.enums import TrainerPhase
+from kubetune.contract import HistoryRecord
 from kubetune.contract import Progress as Progress  # re-exported: train.py and the bench name it here
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,15 @@ def prometheus_text(progress: Progress, job: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def history_record(
+    step: int, epoch: float | None, tokens_per_second: float | None, logs: dict[str, Any]
+) -> HistoryRecord:
+    """One log record of the Trainer as the history keeps it: its numbers under its own names
+    (what else it may log, such as a string, is no figure to plot or compare)."""
+    numbers = {k: v for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return HistoryRecord.model_validate({"step": step, "epoch": epoch, "tokensPerSecond": tokens_per_second} | numbers)
+
+
 @dataclass
 class ProgressTracker(TrainerCallback):
     """Turns the Trainer's log records into Progress, metrics.jsonl lines and listener calls."""
@@ -61,7 +71,7 @@ class ProgressTracker(TrainerCallback):
     progress: Progress = field(default_factory=lambda: Progress(phase=TrainerPhase.STARTING))
     """The latest figures; replaced (never changed in place) at each report, so a reader on
     another thread always sees one whole report."""
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[HistoryRecord] = field(default_factory=list)
     _started: float = 0.0
     _tokens_at_start: int = 0
 
@@ -91,17 +101,14 @@ class ProgressTracker(TrainerCallback):
         if state.global_step and state.max_steps:
             remaining = elapsed / state.global_step * (state.max_steps - state.global_step)
             update["eta"] = now + timedelta(seconds=round(remaining))
-        record = {
-            "step": state.global_step,
-            "epoch": state.epoch,
-            "tokensPerSecond": update.get("tokens_per_second", progress.tokens_per_second),
-            **logs,
-        }
+        record = history_record(
+            state.global_step, state.epoch, update.get("tokens_per_second", progress.tokens_per_second), logs
+        )
         self.history.append(record)
-        log.info("step %s: %s", state.global_step, {k: v for k, v in logs.items() if isinstance(v, float | int)})
+        log.info("step %s: %s", state.global_step, record.logged())
         if self.metrics_file is not None:
             with self.metrics_file.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(record.as_json()) + "\n")
         self._publish(**update)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -7,42 +7,45 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.contract import RunSummary
+from kubetune.contract import Figures, HistoryRecord, RunSummary
+
+Series = tuple[list[int], list[float]]
 
 
-def plot(history: list[dict[str, Any]]) -> bytes:
+def series(history: Sequence[HistoryRecord], figure: Callable[[HistoryRecord], float | None]) -> Series:
+    """A figure by step, over the records that have it."""
+    points = [(record.step, value) for record in history if (value := figure(record)) is not None]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def plot(history: Sequence[HistoryRecord]) -> bytes:
     """Loss and evaluation loss, learning rate and trained tokens per second, by step, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    def series(key: str, alongside: str | None = None) -> tuple[list[float], list[float]]:
-        points = [
-            (r["step"], r[key])
-            for r in history
-            if r.get(key) is not None and "step" in r and (alongside is None or alongside in r)
-        ]
-        return [p[0] for p in points], [p[1] for p in points]
-
+    training = [record for record in history if record.loss is not None]
     figure, (loss_axes, rate_axes, speed_axes) = pyplot.subplots(3, 1, figsize=(8, 8), sharex=True)
-    loss_axes.plot(*series("loss"), marker=".", label="training loss")
-    evaluation = series("eval_loss")
+    loss_axes.plot(*series(history, lambda r: r.loss), marker=".", label="training loss")
+    evaluation = series(history, lambda r: r.eval_loss)
     if evaluation[0]:
         loss_axes.plot(*evaluation, marker="o", label="evaluation loss")
     loss_axes.set_ylabel("loss")
     loss_axes.legend()
     loss_axes.grid(alpha=0.3)
-    rate_axes.plot(*series("learning_rate"), color="tab:green")
+    rate_axes.plot(*series(history, lambda r: r.learning_rate), color="tab:green")
     rate_axes.set_ylabel("learning rate")
     rate_axes.grid(alpha=0.3)
-    speed_axes.plot(*series("tokensPerSecond", alongside="loss"), color="tab:purple")
+    # The speed of training steps: an evaluation's record carries the speed of the last ones.
+    speed_axes.plot(*series(training, lambda r: r.tokens_per_second), color="tab:purple")
     speed_axes.set_ylabel("tokens / s")
     speed_axes.set_xlabel("optimizer step")
     speed_axes.grid(alpha=0.3)
@@ -95,12 +98,12 @@ def _text(value: Any) -> str:
 
 def _before_and_after(summary: RunSummary) -> str:
     """The task's figures on the evaluation split, before the first step and at the end."""
-    baseline, metrics = summary.baseline or {}, summary.metrics or {}
-    if not baseline:
+    before, after = (summary.baseline or Figures()).as_json(), (summary.metrics or Figures()).as_json()
+    if not before:
         return ""
     cells = "".join(
-        f"<tr><th>{html.escape(name)}</th><td>{_text(before)}</td><td>{_text(metrics.get(name))}</td></tr>"
-        for name, before in baseline.items()
+        f"<tr><th>{html.escape(name)}</th><td>{_text(value)}</td><td>{_text(after.get(name))}</td></tr>"
+        for name, value in before.items()
     )
     return (
         "<h2>Evaluation before and after training</h2>\n"
@@ -120,14 +123,14 @@ def _confusion(picture: bytes | None) -> str:
 
 def render_html(summary: RunSummary, spec: FineTuneJobSpec, png: bytes, confusion: bytes | None = None) -> str:
     """The page, from the run's summary, its spec and its pictures alone."""
-    metrics, data = summary.metrics or {}, summary.data or {}
-    samples = summary.samples or []
+    metrics = summary.metrics.as_json() if summary.metrics else {}
+    data = summary.data.as_json() if summary.data else {}
     location = summary.output.location if summary.output else None
     sample_rows = "".join(
         "<tr>"
-        + "".join(f"<td>{html.escape(s.get(k, ''))}</td>" for k in ("prompt", "expected", "before", "after"))
+        + "".join(f"<td>{html.escape(answer)}</td>" for answer in (s.prompt, s.expected, s.before, s.after))
         + "</tr>"
-        for s in samples
+        for s in summary.samples or []
     )
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_unset=True), sort_keys=False)
     image = base64.b64encode(png).decode()
@@ -166,6 +169,6 @@ def write_report(summary: RunSummary, spec: FineTuneJobSpec, folder: Path) -> No
     (folder / "loss.png").write_bytes(png)
     confusion = None
     if summary.confusion is not None:
-        confusion = plot_confusion(summary.confusion["labels"], summary.confusion["matrix"])
+        confusion = plot_confusion(summary.confusion.labels, summary.confusion.matrix)
         (folder / "confusion.png").write_bytes(confusion)
     (folder / "report.html").write_text(render_html(summary, spec, png, confusion))

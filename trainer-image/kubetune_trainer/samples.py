@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from kubetune.contract import SampleAnswers
 from kubetune_trainer.data.formats import Completion, Conversation, Example, Text
 
 SAMPLES = 3
@@ -29,8 +30,9 @@ class Sample:
     example: Any = field(default=None, repr=False)
     """The example the prompt shows, for answers that need more than its text."""
 
-    def as_dict(self) -> dict[str, str]:
-        return {"prompt": self.prompt, "expected": self.expected, "before": self.before, "after": self.after}
+    def answers(self) -> SampleAnswers:
+        """What the summary shows of the sample."""
+        return SampleAnswers(prompt=self.prompt, expected=self.expected, before=self.before, after=self.after)
 
 
 def pick(examples: list[Example], count: int = SAMPLES) -> list[Sample]:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from kubetune.contract import HEADLINE_FIGURES, MODEL_FACTS_KEY, TERMINATION_MESSAGE_LIMIT, RunSummary
+from kubetune.contract import TERMINATION_MESSAGE_LIMIT, Figures, RunSummary, SummaryOutput
 
 TRUNCATED = " [truncated]"
 
@@ -17,59 +16,56 @@ TRUNCATED = " [truncated]"
 def termination_message(run: RunSummary, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """Compact JSON of the summary within `limit` bytes. What the operator's status is made
     of goes in first: the outcome, the model's facts (a preflight's), the output's location
-    and the headline figures (steps, losses); then the message, its tail cut (marked) if it must be; then the output's
-    formats and digest, then the other metrics one by one while they fit. The data
-    statistics, history and samples stay in the full summary. The model's JSON form is
-    measured, since the limit is on its bytes."""
-    summary = run.as_json()
-    compact: dict[str, Any] = {k: summary[k] for k in ("status", "reason") if k in summary}
-    output: dict[str, Any] | None = summary.get("output")
-    metrics: dict[str, Any] | None = summary.get("metrics")
-    essentials: list[tuple[str, Any]] = []
-    if MODEL_FACTS_KEY in summary:  # what the operator sizes an `accelerators: auto` job from
-        essentials.append((MODEL_FACTS_KEY, summary[MODEL_FACTS_KEY]))
-    if output is not None and "location" in output:
-        essentials.append(("output", {"location": output["location"]}))
-    if metrics is not None:
-        essentials.append(("metrics", {k: metrics[k] for k in HEADLINE_FIGURES if k in metrics}))
-    for key, value in essentials:
-        _add_if_it_fits(compact, key, value, limit)
+    and the headline figures (steps, losses); then the message, its tail cut (marked) if it
+    must be; then the output's formats and digest, then the other metrics one by one while
+    they fit. The data statistics, history and samples stay in the full summary. The
+    model's JSON form is measured, since the limit is on its bytes."""
+    compact = RunSummary(status=run.status, reason=run.reason)
+    location = run.output.location if run.output is not None else None
+    essentials = {
+        "model_facts": run.model_facts,  # what the operator sizes an `accelerators: auto` job from
+        "output": SummaryOutput(location=location) if location is not None else None,
+        "metrics": run.metrics.headline() if run.metrics is not None else None,
+    }
+    for name, value in essentials.items():
+        if value is not None:
+            compact = _with_if_it_fits(compact, limit, name, value)
     if run.message is not None:
-        _add_message(compact, run.message, limit)
-    if output is not None and "output" in compact:
-        _add_if_it_fits(compact, "output", output, limit)
-    if metrics is not None and "metrics" in compact:
-        for name, value in metrics.items():
-            _add_if_it_fits(compact, "metrics", {**compact["metrics"], name: value}, limit)
+        compact = _with_message(compact, run.message, limit)
+    if run.output is not None and compact.output is not None:
+        compact = _with_if_it_fits(compact, limit, "output", run.output)
+    if run.metrics is not None and compact.metrics is not None:
+        for name, value in run.metrics.as_json().items():
+            more = Figures.model_validate(compact.metrics.as_json() | {name: value})
+            compact = _with_if_it_fits(compact, limit, "metrics", more)
     return _dump(compact)
 
 
-def _add_if_it_fits(compact: dict[str, Any], key: str, value: Any, limit: int) -> None:
-    if _size({**compact, key: value}) <= limit:
-        compact[key] = value
+def _with_if_it_fits(compact: RunSummary, limit: int, name: str, value: object) -> RunSummary:
+    larger = compact.model_copy(update={name: value})
+    return larger if _size(larger) <= limit else compact
 
 
-def _add_message(compact: dict[str, Any], message: str, limit: int) -> None:
+def _with_message(compact: RunSummary, message: str, limit: int) -> RunSummary:
     """The message whole, or its longest head that fits with the marker."""
-    if _size({**compact, "message": message}) <= limit:
-        compact["message"] = message
-        return
+    if _size(compact.model_copy(update={"message": message})) <= limit:
+        return compact.model_copy(update={"message": message})
     low, high = 0, min(len(message), limit)  # every character takes a byte at least
     while low < high:
         middle = (low + high + 1) // 2
-        if _size({**compact, "message": message[:middle] + TRUNCATED}) <= limit:
+        if _size(compact.model_copy(update={"message": message[:middle] + TRUNCATED})) <= limit:
             low = middle
         else:
             high = middle - 1
-    _add_if_it_fits(compact, "message", message[:low] + TRUNCATED, limit)
+    return _with_if_it_fits(compact, limit, "message", message[:low] + TRUNCATED)
 
 
-def _size(value: dict[str, Any]) -> int:
-    return len(_dump(value).encode())
+def _size(summary: RunSummary) -> int:
+    return len(_dump(summary).encode())
 
 
-def _dump(value: dict[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def _dump(summary: RunSummary) -> str:
+    return json.dumps(summary.as_json(), separators=(",", ":"), ensure_ascii=False)
 
 
 def write_summary(summary: RunSummary, termination_log: Path) -> None:

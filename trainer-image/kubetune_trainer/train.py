@@ -24,7 +24,7 @@ from transformers import PrinterCallback, TrainerCallback
 from kubetune.api.enums import Precision
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.catalog import Strategy
-from kubetune.contract import RunSummary, SummaryOutput
+from kubetune.contract import EngineFacts, Figures, HistoryRecord, RunSummary, SummaryOutput
 from kubetune_trainer.arguments import learning_rate, training_arguments
 from kubetune_trainer.card import model_card
 from kubetune_trainer.checkpoints import CheckpointMirror, CompletionMarker, newest_complete
@@ -152,7 +152,7 @@ class Fitted:
     respond: Callable[[Sample], str]
     chosen: list[Sample]
     compiled: int
-    facts: dict[str, Any]
+    facts: EngineFacts
     runtime_seconds: float
 
 
@@ -170,7 +170,7 @@ def prepare_data(
     tokenizer = load_tokenizer(source, runtime)
     default_template = task_for(spec.task).prepare_tokenizer(tokenizer)
     data = checked.tokenize(tokenizer, write=runtime.is_main, kept_by=kept_by)
-    log.info("data: %s", data.stats.as_dict())
+    log.info("data: %s", data.stats.summary().as_json())
     return RunData(checked, tokenizer, default_template, data)
 
 
@@ -310,7 +310,7 @@ def finish(prepared: Prepared, fitted: Fitted) -> RunSummary:
         p.settings,
         labels,
     )
-    metrics["wallSeconds"] = round(time.monotonic() - p.started, 2)
+    metrics = metrics.model_copy(update={"wall_seconds": round(time.monotonic() - p.started, 2)})
     output = SummaryOutput(location=output_location(spec, runtime, p.out), formats=[f.value for f in formats])
     summary = summarise(p, fitted, metrics, baseline, output)
     if runtime.is_main:
@@ -321,30 +321,30 @@ def finish(prepared: Prepared, fitted: Fitted) -> RunSummary:
     return summary
 
 
-def _evaluate(p: Prepared, fitted: Fitted) -> tuple[dict[str, Any], dict[str, Any]]:
+def _evaluate(p: Prepared, fitted: Fitted) -> tuple[Figures, Figures]:
     """The run's figures, with the final evaluation's; and the evaluation of the untrained
     model (the baseline), where the run made one."""
     trainer, tracker = fitted.trainer, fitted.tracker
-    metrics: dict[str, Any] = {
-        "steps": trainer.state.global_step,
-        "trainLoss": _last(tracker.history, "loss"),
-        "trainableParameters": p.trainable,
-        "totalParameters": p.total,
-        "tokensPerSecond": tracker.progress.tokens_per_second,
-        "learningRate": learning_rate(p.spec),
-        "precision": p.precision.value,
-        "compiledLayers": fitted.compiled,
-        "trainRuntimeSeconds": fitted.runtime_seconds,
-    }
+    trained = Figures(
+        steps=trainer.state.global_step,
+        train_loss=_last_loss(tracker.history),
+        trainable_parameters=p.trainable,
+        total_parameters=p.total,
+        tokens_per_second=tracker.progress.tokens_per_second,
+        learning_rate=learning_rate(p.spec),
+        precision=p.precision.value,
+        compiled_layers=fitted.compiled,
+        train_runtime_seconds=fitted.runtime_seconds,
+    )
     if not p.run_data.data.eval:
-        return metrics, {}
-    metrics |= p.task.summary_figures(trainer.evaluate())
-    return metrics, p.task.summary_figures(_evaluation_at_start(tracker.history))
+        return trained, Figures()
+    final = p.task.summary_figures(trainer.evaluate())
+    baseline = p.task.summary_figures(_evaluation_at_start(tracker.history))
+    # The task's figures are named by the task (camelCase), so they join by name.
+    return Figures.model_validate(trained.as_json() | final.as_json()), baseline
 
 
-def summarise(
-    p: Prepared, fitted: Fitted, metrics: dict[str, Any], baseline: dict[str, Any], output: SummaryOutput
-) -> RunSummary:
+def summarise(p: Prepared, fitted: Fitted, metrics: Figures, baseline: Figures, output: SummaryOutput) -> RunSummary:
     """The summary of a finished run, from what the phases left."""
     run_data, labels = p.run_data, p.run_data.labels
     return RunSummary(
@@ -354,16 +354,16 @@ def summarise(
         output=output,
         metrics=metrics,
         engine=fitted.facts,
-        data=run_data.data.stats.as_dict() | {"defaultChatTemplate": run_data.default_template},
+        data=run_data.data.stats.summary(default_chat_template=run_data.default_template),
         model=p.source.display,
         method=p.spec.method.type.value,
         task=p.spec.task.value,
         baseline=baseline,
         history=fitted.tracker.history,
-        samples=[sample.as_dict() for sample in fitted.chosen],
+        samples=[sample.answers() for sample in fitted.chosen],
         labels=list(labels.names) if labels is not None else None,
         # The final evaluation's confusion matrix, for classification.
-        confusion=fitted.scorer.details.get("confusion") if fitted.scorer is not None else None,
+        confusion=fitted.scorer.confusion if fitted.scorer is not None else None,
     )
 
 
@@ -392,12 +392,13 @@ def _whole_model(spec: FineTuneJobSpec) -> bool:
     return spec.matrix_strategy not in (Strategy.ZERO3, Strategy.FSDP)
 
 
-def _evaluation_at_start(history: list[dict[str, Any]]) -> dict[str, float]:
-    """The evaluation before the first step (the untrained model), or nothing when the run
-    did not start from step 0."""
-    return next((record for record in history if record.get("step") == 0 and "eval_loss" in record), {})
+def _evaluation_at_start(history: list[HistoryRecord]) -> dict[str, float]:
+    """The evaluation before the first step (the untrained model), under the Trainer's names,
+    or nothing when the run did not start from step 0."""
+    first = next((record for record in history if record.step == 0 and record.eval_loss is not None), None)
+    return dict(first.logged()) if first is not None else {}
 
 
-def _last(history: list[dict[str, Any]], key: str) -> float | None:
-    values = [record[key] for record in history if key in record]
-    return values[-1] if values else None
+def _last_loss(history: list[HistoryRecord]) -> float | None:
+    """The last training loss logged."""
+    return next((record.loss for record in reversed(history) if record.loss is not None), None)

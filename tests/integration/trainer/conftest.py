@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import FineTuneJobSpec
+from kubetune.contract import EngineFacts, RunSummary
 from tests.unit.trainer.conftest import (
     CORPUS,
     FACTS,
@@ -55,6 +56,23 @@ __all__ = [
     "volumes",
     "write_jsonl",
 ]
+
+
+def summary_in(folder: Path, name: str = "summary.json") -> RunSummary:
+    """The summary a run left in `folder` (summary.json, or the termination message's file),
+    read strictly: a part that drifted from the contract fails the test instead of being
+    left out as the operator's lenient reading would."""
+    return RunSummary.model_validate_json((folder / name).read_text())
+
+
+def training_losses(summary: RunSummary) -> list[float]:
+    """The training loss of each history record that has one, in order."""
+    return [record.loss for record in summary.history or [] if record.loss is not None]
+
+
+def rank_engines(work: Path) -> list[EngineFacts]:
+    """What each rank recorded of the engine that ran (work/ranks/rank-N.json), by rank."""
+    return [EngineFacts.model_validate_json(p.read_text()) for p in sorted((work / "ranks").glob("rank-*.json"))]
 
 
 def launch(

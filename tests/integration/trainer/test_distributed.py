@@ -19,7 +19,17 @@ from kubetune.catalog import Strategy, SupportRow, support_matrix
 from kubetune.contract import ExitCode
 from kubetune_trainer.checkpoints import MARKER, checkpoints
 
-from .conftest import FACTS, greedy_answer, kill_everything, launch, memorise_spec, reload_output
+from .conftest import (
+    FACTS,
+    greedy_answer,
+    kill_everything,
+    launch,
+    memorise_spec,
+    rank_engines,
+    reload_output,
+    summary_in,
+    training_losses,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -105,16 +115,15 @@ def test_row_trains_on_two_processes_with_the_engine_asked_for(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     folder = _run((row.method, row.strategy), runs, volumes, tmp_path_factory)
-    summary = json.loads((folder / "out" / "summary.json").read_text())
-    losses = [h["loss"] for h in summary["history"] if "loss" in h]
-    ranks = [json.loads(p.read_text()) for p in sorted((folder / "work" / "ranks").glob("rank-*.json"))]
+    losses = training_losses(summary_in(folder / "out"))
+    ranks = rank_engines(folder / "work")
 
     assert losses[-1] < losses[0] / 10, losses
-    assert [r["engine"] for r in ranks] == [ENGINES[row.strategy]] * 2
-    assert all(r["worldSize"] == 2 for r in ranks)
+    assert [r.engine for r in ranks] == [ENGINES[row.strategy]] * 2
+    assert all(r.world_size == 2 for r in ranks)
     if row.strategy is Strategy.ZERO3:
-        assert all(r["zeroStage"] == 3 for r in ranks)
-        assert all(r["localParameterElements"] <= r["parameterElements"] * 0.55 for r in ranks), ranks
+        assert all(r.zero_stage == 3 for r in ranks)
+        assert all(r.local_parameter_elements <= r.parameter_elements * 0.55 for r in ranks), ranks
     model, tokenizer = reload_output(row.output, folder / "out", volumes)
     question, answer = FACTS[5]
     assert greedy_answer(model, tokenizer, question) == answer
@@ -130,8 +139,8 @@ def test_zero3_with_optimizer_and_parameter_offload_trains(volumes: Path, tmp_pa
     assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
     config = json.loads((tmp_path / "out" / "checkpoints" / "deepspeed.json").read_text())
     assert config["zero_optimization"]["offload_param"]["device"] == "cpu"
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["engine"]["zeroStage"] == 3
+    engine = summary_in(tmp_path / "out").engine
+    assert engine is not None and engine.zero_stage == 3
 
 
 def _checkpointing(
@@ -167,8 +176,8 @@ def test_killed_zero3_run_resumes_from_its_checkpoint(volumes: Path, tmp_path: P
     again = launch(spec, volumes, tmp_path, processes=2)
 
     assert again.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["metrics"]["steps"] == 200
+    metrics = summary_in(tmp_path / "out").metrics
+    assert metrics is not None and metrics.steps == 200
     assert (
         f"resuming from {tmp_path / 'out' / 'checkpoints' / f'checkpoint-{reached}'}"
         in (tmp_path / "log.txt").read_text()
@@ -202,9 +211,9 @@ def test_sigterm_to_one_rank_checkpoints_every_rank_at_the_same_step(volumes: Pa
         process.wait(timeout=180)
     finally:
         kill_everything(tmp_path)
-    summary = json.loads((tmp_path / "termination-log").read_text())
-    assert summary["reason"] == "Interrupted", (tmp_path / "log.txt").read_text()[-4000:]
-    stopped_at = int(summary["message"].split("at step ")[1].split(";")[0])
+    summary = summary_in(tmp_path, "termination-log")
+    assert summary.reason == "Interrupted", (tmp_path / "log.txt").read_text()[-4000:]
+    stopped_at = int(str(summary.message).split("at step ")[1].split(";")[0])
     newest_step, newest = checkpoints(tmp_path / "out" / "checkpoints")[0]
     assert newest_step == stopped_at < 400
     assert (newest / MARKER).exists()

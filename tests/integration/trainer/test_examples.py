@@ -3,7 +3,6 @@ comments say."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from click.testing import CliRunner
 from kubetune.api import KIND
 from kubetune.cli import cli
 from kubetune.manifests import read_documents
+
+from .conftest import summary_in
 
 # The examples a fresh machine runs offline: the model each needs, made as its comments say,
 # and the figure its report must show rising on the evaluation split.
@@ -55,9 +56,11 @@ def test_task_example_trains_with_kubetune_run(repo: Path, tmp_path: Path, name:
     assert result.exit_code == 0, result.output
     job = next(d.body for d in read_documents(manifest) if d.body.get("kind") == KIND)
     out = volumes / "results" / job["spec"]["output"]["pvc"]["path"]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"][figure] >= reached, summary["metrics"]
-    assert summary["metrics"][figure] > summary["baseline"][figure]
+    summary = summary_in(out)
+    assert summary.metrics is not None and summary.baseline is not None
+    after, before = summary.metrics.task_figures, summary.baseline.task_figures
+    assert after[figure] >= reached, after
+    assert after[figure] > before[figure]
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "merged" / "model.safetensors").is_file()
     assert "  expected: " in result.output and "  after:    " in result.output

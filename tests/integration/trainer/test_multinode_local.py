@@ -5,7 +5,6 @@ machine through a private /etc/hosts), forms one process group of two and trains
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -24,6 +23,7 @@ from kubetune.controller.builders import Context, build_config_map, build_traini
 from kubetune.controller.settings import Settings
 
 from ..trainer.conftest import _free_port
+from .conftest import summary_in, training_losses
 
 pytestmark = pytest.mark.slow
 
@@ -106,9 +106,9 @@ def test_rendered_two_node_zero3_job_trains_as_two_local_pods(volumes: Path, tmp
 
     logs = "\n".join((tmp_path / f"pod-{i}.log").read_text()[-3000:] for i in range(len(pods)))
     assert codes == [ExitCode.OK, ExitCode.OK], logs
-    summary = json.loads((claims / "results" / "demo" / "summary.json").read_text())
-    assert summary["engine"]["worldSize"] == 2
-    assert summary["engine"]["zeroStage"] == 3
-    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    summary = summary_in(claims / "results" / "demo")
+    assert summary.engine is not None
+    assert (summary.engine.world_size, summary.engine.zero_stage) == (2, 3)
+    losses = training_losses(summary)
     assert losses[-1] < losses[0] / 5, losses
     assert "--node-rank=1" in (tmp_path / "pod-1.log").read_text()

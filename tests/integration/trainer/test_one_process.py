@@ -4,14 +4,13 @@ distributed tests cover them."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from kubetune.contract import ExitCode
 
-from .conftest import launch, memorise_spec
+from .conftest import launch, memorise_spec, summary_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,7 +22,7 @@ def test_one_process_under_torchrun_trains_the_plain_model(method: str, volumes:
     process = launch(spec, volumes, tmp_path, processes=1, torchrun=True)
 
     assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
-    engine = json.loads((tmp_path / "out" / "summary.json").read_text())["engine"]
-    assert engine["worldSize"] == 1
-    assert engine["engine"] != "DistributedDataParallel"
-    assert engine["engine"] == ("PeftModelForCausalLM" if method == "lora" else "Phi3ForCausalLM")
+    engine = summary_in(tmp_path / "out").engine
+    assert engine is not None and engine.world_size == 1
+    assert engine.engine != "DistributedDataParallel"
+    assert engine.engine == ("PeftModelForCausalLM" if method == "lora" else "Phi3ForCausalLM")

@@ -34,5 +34,5 @@ def test_the_training_run_reuses_what_the_preflight_tokenised(
 
     assert code is ExitCode.OK, summary
     assert "reused the tokenised data from the preflight (8 training and 0 evaluation examples" in caplog.text
-    assert summary.data == uncached.stats.as_dict() | {"defaultChatTemplate": default_template}
-    assert preflight.data == uncached.stats.as_dict() | {"evalExamples": 0}
+    assert summary.data == uncached.stats.summary(default_chat_template=default_template)
+    assert preflight.data == uncached.stats.summary(eval_examples=0)

@@ -3,7 +3,6 @@ step count; SIGTERM (what Kubernetes sends on preemption) checkpoints before exi
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -14,7 +13,7 @@ import pytest
 from kubetune.contract import ExitCode
 from kubetune_trainer.checkpoints import MARKER, checkpoints
 
-from .conftest import launch, memorise_spec
+from .conftest import launch, memorise_spec, summary_in
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +44,9 @@ def _wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes], at_leas
 def _finish(volumes: Path, folder: Path) -> tuple[int, str]:
     process = _launch(volumes, folder)
     assert process.wait(timeout=300) == ExitCode.OK, (folder / "log.txt").read_text()[-3000:]
-    return json.loads((folder / "out" / "summary.json").read_text())["metrics"]["steps"], (
-        folder / "log.txt"
-    ).read_text()
+    metrics = summary_in(folder / "out").metrics
+    assert metrics is not None and metrics.steps is not None
+    return metrics.steps, (folder / "log.txt").read_text()
 
 
 def test_killed_run_resumes_from_the_newest_complete_checkpoint(volumes: Path, tmp_path: Path) -> None:
@@ -70,9 +69,9 @@ def test_sigterm_writes_a_checkpoint_and_exits_as_interrupted(volumes: Path, tmp
     code = process.wait(timeout=120)
 
     assert code == ExitCode.INTERRUPTED
-    summary = json.loads((tmp_path / "termination-log").read_text())
-    assert summary["reason"] == "Interrupted"
-    stopped_at = int(summary["message"].split("at step ")[1].split(";")[0])
+    summary = summary_in(tmp_path, "termination-log")
+    assert summary.reason == "Interrupted"
+    stopped_at = int(str(summary.message).split("at step ")[1].split(";")[0])
     newest = checkpoints(tmp_path / "out" / "checkpoints")[0]
     assert newest[0] == stopped_at and (newest[1] / MARKER).exists()
 

@@ -3,7 +3,6 @@ run stopped by SIGTERM resumes in a new pod from the bucket, and two pods share 
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -12,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, RunSummary
 from kubetune_trainer.checkpoints import MARKER
 from tests.unit.trainer.test_s3_checkpoints import CREDENTIALS, _files, _remote, bucket, client
 
-from .conftest import KEY_ID, SECRET, _free_port, launch, memorise_spec
+from .conftest import KEY_ID, SECRET, _free_port, launch, memorise_spec, summary_in
 
 __all__ = ["bucket", "client"]
 
@@ -60,7 +59,7 @@ def test_a_run_stopped_by_sigterm_resumes_in_a_new_pod_from_the_bucket(
     _wait_for_copy(client, bucket, "demo/checkpoints", process, first / "log.txt")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == ExitCode.INTERRUPTED, (first / "log.txt").read_text()[-3000:]
-    message = json.loads((first / "termination-log").read_text())["message"]
+    message = str(summary_in(first, "termination-log").message)
     stopped = f"checkpoint-{int(message.split('at step ')[1].split(';')[0])}"
     # The checkpoint SIGTERM asked for reached the bucket before the process exited.
     local = first / "work" / "output" / "checkpoints" / stopped
@@ -71,8 +70,8 @@ def test_a_run_stopped_by_sigterm_resumes_in_a_new_pod_from_the_bucket(
 
     log = (second / "log.txt").read_text()
     assert f"resuming from {second / 'work' / 'output' / 'checkpoints' / stopped}" in log
-    summary = json.loads(client.get_object(Bucket=bucket, Key="demo/summary.json")["Body"].read())
-    assert summary["metrics"]["steps"] == STEPS
+    summary = RunSummary.model_validate_json(client.get_object(Bucket=bucket, Key="demo/summary.json")["Body"].read())
+    assert summary.metrics is not None and summary.metrics.steps == STEPS
     assert sorted(_remote(client, bucket, "demo/checkpoints")) == [f"checkpoint-{STEPS}"]
     assert SECRET not in log + (first / "log.txt").read_text()
 

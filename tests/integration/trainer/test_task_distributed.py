@@ -5,7 +5,6 @@ kubetune, scores what the run reported (the head, gathered from every rank, incl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from kubetune.api.tasks import TaskRow, task_rows
 from kubetune.catalog import Strategy
 from kubetune.contract import ExitCode
 
-from .conftest import launch, task_spec
+from .conftest import launch, rank_engines, summary_in, task_spec, training_losses
 from .task_checks import measure, one_example
 
 pytestmark = pytest.mark.slow
@@ -70,13 +69,15 @@ def test_task_row_trains_on_two_processes(row: TaskRow, task_volumes: Path, tmp_
     process = launch(spec, task_volumes, tmp_path, processes=2)
 
     assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    losses = [h["loss"] for h in summary["history"] if "loss" in h]
-    ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "work" / "ranks").glob("rank-*.json"))]
+    summary = summary_in(tmp_path / "out")
+    losses = training_losses(summary)
+    ranks = rank_engines(tmp_path / "work")
     assert losses[-1] < losses[0] / 4, losses
-    assert [r["engine"] for r in ranks] == [ENGINES[row.strategy]] * 2
+    assert [r.engine for r in ranks] == [ENGINES[row.strategy]] * 2
     if row.strategy is Strategy.ZERO3:
-        assert all(r["localParameterElements"] <= r["parameterElements"] * 0.55 for r in ranks), ranks
-    assert summary["metrics"][figure] > summary["baseline"][figure]
+        assert all(r.local_parameter_elements <= r.parameter_elements * 0.55 for r in ranks), ranks
+    assert summary.metrics is not None and summary.baseline is not None
+    after, before = summary.metrics.task_figures, summary.baseline.task_figures
+    assert after[figure] > before[figure]
     reloaded = measure(row.task, "adapter", tmp_path / "out", task_volumes, data)
-    assert reloaded == pytest.approx(summary["metrics"][figure], abs=one_example(row.task))
+    assert reloaded == pytest.approx(after[figure], abs=one_example(row.task))

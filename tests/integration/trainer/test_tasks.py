@@ -19,7 +19,7 @@ from kubetune.catalog import Strategy
 from kubetune.contract import ExitCode
 from kubetune_trainer.main import run
 
-from .conftest import runtime_in, task_spec
+from .conftest import runtime_in, summary_in, task_spec, training_losses
 from .task_checks import measure, one_example
 
 pytestmark = pytest.mark.slow
@@ -122,16 +122,18 @@ def test_every_method_trains_the_task_and_each_output_predicts_as_the_run_measur
     task: TaskType, method: MethodType, trained: dict[tuple[TaskType, MethodType], Path], task_volumes: Path
 ) -> None:
     out = trained[(task, method)]
-    summary = json.loads((out / "summary.json").read_text())
-    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    summary = summary_in(out)
+    losses = training_losses(summary)
     figure, reached = FIGURE[task]
+    assert summary.metrics is not None and summary.baseline is not None
+    after, before = summary.metrics.task_figures, summary.baseline.task_figures
 
     assert losses[-1] < losses[0] / 4, losses
-    assert summary["metrics"][figure] >= reached, summary["metrics"]
-    assert summary["metrics"][figure] > summary["baseline"][figure], (summary["baseline"], summary["metrics"])
+    assert after[figure] >= reached, after
+    assert after[figure] > before[figure], (before, after)
     for output in _formats(method):
         measured = measure(task, output, out, task_volumes, TINY[task][1])
-        assert measured == pytest.approx(summary["metrics"][figure], abs=one_example(task)), (output, measured)
+        assert measured == pytest.approx(after[figure], abs=one_example(task)), (output, measured)
 
 
 def test_classification_outputs_carry_their_label_names_and_the_report_its_confusion_matrix(
@@ -140,17 +142,18 @@ def test_classification_outputs_carry_their_label_names_and_the_report_its_confu
     from transformers import AutoConfig
 
     out = trained[(TaskType.SEQUENCE_CLASSIFICATION, MethodType.LORA)]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = summary_in(out)
     names = ["food", "sports", "technology", "weather"]
 
-    assert summary["labels"] == names
+    assert summary.labels == names
     assert json.loads((out / "labels.json").read_text())["labels"] == names
     assert json.loads((out / "adapter" / "labels.json").read_text())["labels"] == names
     assert AutoConfig.from_pretrained(out / "merged").id2label == dict(enumerate(names))
-    matrix = summary["confusion"]["matrix"]
-    assert summary["confusion"]["labels"] == names
+    assert summary.confusion is not None and summary.metrics is not None
+    matrix = summary.confusion.matrix
+    assert summary.confusion.labels == names
     assert sum(map(sum, matrix)) == 16
-    assert sum(matrix[i][i] for i in range(4)) / 16 == summary["metrics"]["evalAccuracy"]
+    assert sum(matrix[i][i] for i in range(4)) / 16 == summary.metrics.task_figures["evalAccuracy"]
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.html").read_text()
     assert "<h2>Confusion matrix</h2>" in report and "<h2>Evaluation before and after training</h2>" in report
@@ -180,8 +183,12 @@ def test_a_warm_start_continues_from_the_adapter_and_its_trained_head(
 
     assert code is ExitCode.OK, summary
     # Measured before its first step, the run already classifies as the earlier one ended.
-    before = json.loads((earlier / "summary.json").read_text())["metrics"]["evalAccuracy"]
-    assert summary.baseline["evalAccuracy"] == pytest.approx(before, abs=one_example(TaskType.SEQUENCE_CLASSIFICATION))
+    earlier_metrics = summary_in(earlier).metrics
+    assert earlier_metrics is not None and summary.baseline is not None
+    before = earlier_metrics.task_figures["evalAccuracy"]
+    assert summary.baseline.task_figures["evalAccuracy"] == pytest.approx(
+        before, abs=one_example(TaskType.SEQUENCE_CLASSIFICATION)
+    )
 
 
 def test_minilm_with_lora_classifies_unseen_phrases_far_better_than_its_untrained_head(
@@ -202,7 +209,8 @@ def test_minilm_with_lora_classifies_unseen_phrases_far_better_than_its_untraine
     code, summary = run(spec, runtime_in(task_volumes, tmp_path))
 
     assert code is ExitCode.OK, summary
-    before, after = summary.baseline, summary.metrics
+    assert summary.baseline is not None and summary.metrics is not None
+    before, after = summary.baseline.task_figures, summary.metrics.task_figures
     assert before["evalAccuracy"] <= 0.45
     assert after["evalAccuracy"] >= 0.9
     assert after["evalMacroF1"] >= 0.9 > before["evalMacroF1"] + 0.4
@@ -219,7 +227,8 @@ def test_minilm_with_lora_finds_unseen_people_and_places(task_volumes: Path, tmp
     code, summary = run(spec, runtime_in(task_volumes, tmp_path))
 
     assert code is ExitCode.OK, summary
-    before, after = summary.baseline, summary.metrics
+    assert summary.baseline is not None and summary.metrics is not None
+    before, after = summary.baseline.task_figures, summary.metrics.task_figures
     assert before["evalEntityF1"] <= 0.3
     assert after["evalEntityF1"] >= 0.6
     assert after["evalEntityF1"] >= before["evalEntityF1"] + 0.4

@@ -4,7 +4,6 @@ set, assert that the loss falls and that each saved output reloads and answers f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,18 @@ import pytest
 
 from kubetune.api import MethodType
 from kubetune.catalog import Strategy, support_matrix
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, RunSummary
 from kubetune_trainer.main import run
 
-from .conftest import FACTS, greedy_answer, memorise_spec, reload_output, runtime_in
+from .conftest import (
+    FACTS,
+    greedy_answer,
+    memorise_spec,
+    reload_output,
+    runtime_in,
+    summary_in,
+    training_losses,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +36,7 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, volumes: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+def trained(tmp_path_factory: pytest.TempPathFactory, volumes: Path) -> dict[str, tuple[Path, RunSummary]]:
     """One run per method, writing every built output format it supports."""
     runs = {}
     for method in MethodType:
@@ -44,10 +51,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, volumes: Path) -> dict[str
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"{r.method}-{r.output}" for r in ROWS])
 def test_row_trains_and_its_output_answers_from_memory(
-    row: Any, trained: dict[str, tuple[Path, dict[str, Any]]], volumes: Path
+    row: Any, trained: dict[str, tuple[Path, RunSummary]], volumes: Path
 ) -> None:
     out, summary = trained[row.method]
-    losses = [h["loss"] for h in summary.history if "loss" in h]
+    losses = training_losses(summary)
 
     assert losses[-1] < losses[0] / 10, losses
     unreadable = [p.name for p in out.rglob("*") if p.is_file() and not p.stat().st_mode & 0o004]
@@ -57,14 +64,14 @@ def test_row_trains_and_its_output_answers_from_memory(
     assert greedy_answer(model, tokenizer, question) == answer
 
 
-def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, dict[str, Any]]]) -> None:
+def test_summary_records_data_and_metrics(trained: dict[str, tuple[Path, RunSummary]]) -> None:
     out, summary = trained["lora"]
 
-    assert summary.data["examples"] == len(FACTS)
-    assert summary.data["format"] == "chat"
-    assert summary.metrics["steps"] == 60
-    assert summary.metrics["tokensPerSecond"] > 0
-    assert json.loads((out / "summary.json").read_text())["status"] == "Succeeded"
+    assert summary.data is not None and summary.metrics is not None
+    assert (summary.data.examples, summary.data.format) == (len(FACTS), "chat")
+    assert summary.metrics.steps == 60
+    assert (summary.metrics.tokens_per_second or 0) > 0
+    assert summary_in(out).status == "Succeeded"
     assert (out / "metrics.jsonl").read_text().count("\n") >= 6
     card = (out / "README.md").read_text()
     assert "Trained by kubetune with **lora** (r 16, alpha 32" in card

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import FineTuneJobStatus, Phase
-from kubetune.contract import RunSummary
+from kubetune.contract import Figures, RunSummary
 from kubetune.controller.observe import JobState, PodState, WorkloadState
 from kubetune.controller.reconcile import (
     Action,
@@ -48,14 +48,14 @@ def _running(attempt: int = 1, **job: Any) -> Attempt:
 def _failed(
     attempt: int, exit_code: int, reason: str, disruption: str | None = None, started: dict[str, Any] | None = None
 ) -> Attempt:
-    summary = {"reason": reason, "message": f"{reason} happened"}
+    summary = RunSummary(reason=reason, message=f"{reason} happened")
     pod = PodState(
         name=f"demo-a{attempt}-0",
         index=0,
         phase="Failed",
         exit_code=exit_code,
-        summary=RunSummary.from_json(summary),
-        raw_message=json.dumps(summary),
+        summary=summary,
+        raw_message=json.dumps(summary.as_json()),
         disruption=disruption,
     )
     job = JobState(
@@ -300,9 +300,11 @@ def test_success_reports_where_the_output_landed(job: dict[str, Any]) -> None:
 
 
 def test_a_run_that_ends_between_two_polls_keeps_its_final_figures(job: dict[str, Any]) -> None:
-    metrics = {"steps": 40, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.9, "precision": "bf16"}
-    summary = {"status": "Succeeded", "message": "trained 40 steps", "metrics": metrics}
-    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=RunSummary.from_json(summary))
+    metrics = Figures.model_validate(
+        {"steps": 40, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.9, "precision": "bf16"}
+    )
+    summary = RunSummary(status="Succeeded", message="trained 40 steps", metrics=metrics)
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
     done = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True), (pod,))
     polled = FineTuneJobStatus.model_validate(
         {**_started().model_dump(by_alias=True), "progress": {"step": 10, "totalSteps": 40, "loss": 1.5}}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 
 from kubetune.api.enums import TrainerPhase
@@ -43,3 +44,19 @@ def test_what_the_tracker_reports_the_keeper_reads_back_whole() -> None:
     assert mirrored == shown[1].model_copy(update={"percent": 25.0})
     assert (mirrored.step, mirrored.total_steps, mirrored.loss, mirrored.learning_rate) == (10, 40, 1.5, 2e-4)
     assert shown[0].step == 0 and shown[0].loss is None  # each report is a new object, never changed later
+
+
+def test_the_history_keeps_each_log_record_under_the_trainers_names_and_in_metrics_jsonl(tmp_path: Path) -> None:
+    tracker = ProgressTracker(TokenMeter(), world_size=1, metrics_file=tmp_path / "metrics.jsonl")
+    state = SimpleNamespace(global_step=0, max_steps=40, epoch=0)
+
+    tracker.on_train_begin(None, state, None)
+    state.global_step, state.epoch = 5, 0.5
+    logs = {"loss": 1.5, "grad_norm": 3.0, "learning_rate": 2e-4, "epoch": 0.5, "note": "text", "total_flos": 7}
+    tracker.on_log(None, state, None, logs=logs)
+
+    record = tracker.history[0]
+    assert (record.step, record.loss, record.learning_rate) == (5, 1.5, 2e-4)
+    assert record.logged() == {k: v for k, v in logs.items() if k != "note"} | {"step": 5}
+    assert (tmp_path / "metrics.jsonl").read_text() == json.dumps(record.as_json()) + "\n"
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["total_flos"] == 7

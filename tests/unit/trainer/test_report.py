@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from kubetune.contract import RunSummary
-from kubetune_trainer.report import plot, render_html
+from kubetune.contract import Confusion, Figures, HistoryRecord, RunSummary, SampleAnswers, SummaryOutput
+from kubetune_trainer.report import plot, render_html, series
 
 from .conftest import memorise_spec
 
 HISTORY = [
-    {"step": 1, "loss": 5.0, "learning_rate": 1e-4, "tokensPerSecond": 900.0},
-    {"step": 10, "loss": 1.0, "learning_rate": 2e-4, "tokensPerSecond": 1000.0},
-    {"step": 10, "eval_loss": 1.5},
+    HistoryRecord(step=1, loss=5.0, learning_rate=1e-4, tokens_per_second=900.0),
+    HistoryRecord(step=10, loss=1.0, learning_rate=2e-4, tokens_per_second=1000.0),
+    HistoryRecord(step=10, eval_loss=1.5, tokens_per_second=950.0),
 ]
 
 
@@ -16,19 +16,23 @@ def test_plot_is_a_png() -> None:
     assert plot(HISTORY)[:4] == b"\x89PNG"
 
 
-def test_report_escapes_what_the_model_said() -> None:
-    summary = {
-        "status": "Succeeded",
-        "message": "ok",
-        "model": "tiny",
-        "method": "lora",
-        "output": {"location": "/out", "formats": ["adapter"]},
-        "metrics": {"steps": 10, "evalLoss": 1.5},
-        "data": {"examples": 2},
-        "samples": [{"prompt": "hi", "expected": "<b>x</b>", "before": "<script>alert(1)</script>", "after": "x"}],
-    }
+def test_the_curves_take_each_figure_from_the_records_that_have_it() -> None:
+    assert series(HISTORY, lambda r: r.loss) == ([1, 10], [5.0, 1.0])
+    assert series(HISTORY, lambda r: r.eval_loss) == ([10], [1.5])
 
-    page = render_html(RunSummary.from_json(summary), memorise_spec("lora", ["adapter"]), plot(HISTORY))
+
+def test_report_escapes_what_the_model_said() -> None:
+    summary = RunSummary(
+        status="Succeeded",
+        message="ok",
+        model="tiny",
+        method="lora",
+        output=SummaryOutput(location="/out", formats=["adapter"]),
+        metrics=Figures(steps=10, eval_loss=1.5),
+        samples=[SampleAnswers(prompt="hi", expected="<b>x</b>", before="<script>alert(1)</script>", after="x")],
+    )
+
+    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY))
 
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -38,17 +42,18 @@ def test_report_escapes_what_the_model_said() -> None:
 def test_classification_report_shows_figures_before_and_after_and_the_confusion_matrix() -> None:
     from kubetune_trainer.report import plot_confusion
 
-    summary = {
-        "status": "Succeeded",
-        "task": "sequence-classification",
-        "method": "lora",
-        "metrics": {"evalAccuracy": 0.9, "evalLoss": 0.3},
-        "baseline": {"evalAccuracy": 0.25, "evalLoss": 1.4},
-        "confusion": {"labels": ["no", "yes"], "matrix": [[4, 1], [0, 5]]},
-    }
-    picture = plot_confusion(summary["confusion"]["labels"], summary["confusion"]["matrix"])
+    summary = RunSummary(
+        status="Succeeded",
+        task="sequence-classification",
+        method="lora",
+        metrics=Figures.model_validate({"evalAccuracy": 0.9, "evalLoss": 0.3}),
+        baseline=Figures.model_validate({"evalAccuracy": 0.25, "evalLoss": 1.4}),
+        confusion=Confusion(labels=["no", "yes"], matrix=[[4, 1], [0, 5]]),
+    )
+    assert summary.confusion is not None
+    picture = plot_confusion(summary.confusion.labels, summary.confusion.matrix)
 
-    page = render_html(RunSummary.from_json(summary), memorise_spec("lora", ["adapter"]), plot(HISTORY), picture)
+    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY), picture)
 
     assert picture[:4] == b"\x89PNG"
     assert "<tr><th>evalAccuracy</th><td>0.25</td><td>0.9</td></tr>" in page
@@ -57,8 +62,8 @@ def test_classification_report_shows_figures_before_and_after_and_the_confusion_
 
 
 def test_a_run_without_evaluation_shows_no_comparison() -> None:
-    summary = {"status": "Succeeded", "metrics": {"steps": 1}, "baseline": {}}
+    summary = RunSummary(status="Succeeded", metrics=Figures(steps=1), baseline=Figures())
 
-    page = render_html(RunSummary.from_json(summary), memorise_spec("lora", ["adapter"]), plot(HISTORY))
+    page = render_html(summary, memorise_spec("lora", ["adapter"]), plot(HISTORY))
 
     assert "Evaluation before and after" not in page and "Confusion matrix" not in page

@@ -6,52 +6,64 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kubetune.contract import RunSummary
+from kubetune.contract import (
+    Confusion,
+    DataSummary,
+    EngineFacts,
+    Figures,
+    HistoryRecord,
+    RunSummary,
+    SampleAnswers,
+    SummaryOutput,
+)
 from kubetune_trainer.card import model_card
 from kubetune_trainer.train import write_run_files
 
 from .conftest import memorise_spec, task_spec
 
-DATA = {
-    "format": "chat",
-    "examples": 8,
-    "kept": 8,
-    "truncated": 0,
-    "droppedTooLong": 0,
-    "droppedNothingToLearn": 0,
-    "tokens": 400,
-    "trainableTokens": 120,
-    "longest": 60,
-    "defaultChatTemplate": False,
-}
+DATA = DataSummary(
+    format="chat",
+    examples=8,
+    kept=8,
+    truncated=0,
+    dropped_too_long=0,
+    dropped_nothing_to_learn=0,
+    tokens=400,
+    trainable_tokens=120,
+    longest=60,
+    default_chat_template=False,
+)
 HISTORY = [
-    {"step": 0, "eval_loss": 2.5},
-    {"step": 5, "loss": 2.0, "learning_rate": 1e-4, "tokensPerSecond": 800.0},
-    {"step": 10, "loss": 0.5, "learning_rate": 2e-4, "tokensPerSecond": 900.0},
+    HistoryRecord(step=0, eval_loss=2.5),
+    HistoryRecord(step=5, loss=2.0, learning_rate=1e-4, tokens_per_second=800.0),
+    HistoryRecord(step=10, loss=0.5, learning_rate=2e-4, tokens_per_second=900.0),
 ]
+METRICS = Figures(steps=10, train_loss=0.5, eval_loss=0.75, tokens_per_second=850.0, precision="fp32")
 ADAPTER_RUN = RunSummary(
     status="Succeeded",
     reason="Completed",
     message="trained 10 steps on 8 examples",
-    output={"location": "pvc://results/demo", "formats": ["adapter", "merged"]},
-    metrics={"steps": 10, "trainLoss": 0.5, "evalLoss": 0.75, "tokensPerSecond": 850.0, "precision": "fp32"},
-    engine={"engine": "PeftModelForCausalLM", "worldSize": 1},
+    output=SummaryOutput(location="pvc://results/demo", formats=["adapter", "merged"]),
+    metrics=METRICS,
+    engine=EngineFacts(
+        engine="PeftModelForCausalLM", world_size=1, parameter_elements=900, local_parameter_elements=900
+    ),
     data=DATA,
     model="tiny-phi3",
     method="lora",
     task="causal-lm",
-    baseline={"evalLoss": 2.5},
+    baseline=Figures(eval_loss=2.5),
     history=HISTORY,
-    samples=[{"prompt": "capital of France?", "expected": "Paris", "before": "", "after": "Paris"}],
+    samples=[SampleAnswers(prompt="capital of France?", expected="Paris", before="", after="Paris")],
 )
 CLASSIFIER_RUN = ADAPTER_RUN.model_copy(
     update={
         "task": "sequence-classification",
-        "metrics": {**(ADAPTER_RUN.metrics or {}), "evalAccuracy": 0.75},
-        "baseline": {"evalLoss": 1.4, "evalAccuracy": 0.25},
+        "metrics": Figures.model_validate(METRICS.as_json() | {"evalAccuracy": 0.75}),
+        "baseline": Figures.model_validate({"evalLoss": 1.4, "evalAccuracy": 0.25}),
         "labels": ["no", "yes"],
-        "confusion": {"labels": ["no", "yes"], "matrix": [[3, 1], [1, 3]]},
-        "output": ADAPTER_RUN.output.model_copy(update={"formats": ["adapter"]}) if ADAPTER_RUN.output else None,
+        "confusion": Confusion(labels=["no", "yes"], matrix=[[3, 1], [1, 3]]),
+        "output": SummaryOutput(location="pvc://results/demo", formats=["adapter"]),
     }
 )
 

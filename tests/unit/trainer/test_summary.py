@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +80,12 @@ def test_a_short_message_is_kept_whole_and_the_room_left_holds_more_metrics() ->
     assert kept["message"] == "trained 60 steps on 8 examples"
     assert kept["output"]["formats"] == ["adapter", "merged"]
     assert kept["metrics"]["evalAccuracy"] == 0.91
+
+
+def test_the_termination_message_of_a_stored_summary_is_the_one_the_previous_version_wrote() -> None:
+    stored = Path(__file__).parents[1] / "stored"
+    summary = RunSummary.parse((stored / "classifier-summary.json").read_text())
+
+    message = termination_message(summary)
+
+    assert json.loads(message) == json.loads((stored / "classifier-termination-message.json").read_text())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import Truncation
+from kubetune.contract import DataSummary
 from kubetune_trainer.data.formats import Completion, Conversation, Generation, Text
 from kubetune_trainer.errors import InvalidSpec
 
@@ -74,18 +75,21 @@ class DataStats:
         self.tokens += tokens
         self.trainable_tokens += trainable
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "examples": self.examples,
-            "kept": self.kept,
-            "truncated": self.truncated,
-            "droppedTooLong": self.dropped_too_long,
-            "droppedNothingToLearn": self.dropped_nothing_to_learn,
-            "tokens": self.tokens,
-            "trainableTokens": self.trainable_tokens,
-            "longest": self.longest,
-            "format": self.detected_format,
-        }
+    def summary(self, **added: Any) -> DataSummary:
+        """The statistics as the run summary carries them, with what the run adds (`added`:
+        DataSummary's other fields, such as default_chat_template)."""
+        return DataSummary(
+            examples=self.examples,
+            kept=self.kept,
+            truncated=self.truncated,
+            dropped_too_long=self.dropped_too_long,
+            dropped_nothing_to_learn=self.dropped_nothing_to_learn,
+            tokens=self.tokens,
+            trainable_tokens=self.trainable_tokens,
+            longest=self.longest,
+            format=self.detected_format,
+            **added,
+        )
 
 
 def ensure_chat_template(tokenizer: Any) -> bool:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from kubetune.api import DataFormat
 from kubetune.api.spec import DatasetSpec
+from kubetune.contract import Confusion, Figures
 from kubetune_trainer.data.formats import Example
 from kubetune_trainer.data.tokenize import DataStats
 from kubetune_trainer.samples import Sample
@@ -23,10 +24,10 @@ Answer = Callable[[Sample], str]
 
 @dataclass
 class Metrics(ABC):
-    """The Trainer's compute_metrics for a task: scalar figures by name, and the details of the
-    latest evaluation (a confusion matrix) that do not fit a log line."""
+    """The Trainer's compute_metrics for a task: scalar figures by name, and what of the
+    latest evaluation does not fit a log line (a classifier's confusion matrix)."""
 
-    details: dict[str, Any] = field(default_factory=dict, init=False)
+    confusion: Confusion | None = field(default=None, init=False)
 
     def preprocess(self, logits: Any, labels: Any) -> Any:
         """What the Trainer keeps of each evaluation batch: the predicted ids, not the logits."""
@@ -102,15 +103,16 @@ class Task(ABC):
         """Extra TrainingArguments the task needs (seq2seq: generation in evaluation)."""
         return {}
 
-    def summary_figures(self, evaluation: dict[str, float]) -> dict[str, float]:
-        """An evaluation's figures for the summary: the loss, and the task's own under camelCase names."""
+    def summary_figures(self, evaluation: Mapping[str, float]) -> Figures:
+        """An evaluation's figures (the Trainer's names) for the summary: the loss, and the
+        task's own under camelCase names."""
         out = {"evalLoss": evaluation["eval_loss"]} if "eval_loss" in evaluation else {}
         if self.perplexity and "evalLoss" in out:
             out["perplexity"] = math.exp(min(out["evalLoss"], 700.0))
         for name in self.figures:
             if f"eval_{name}" in evaluation:
                 out[_camel(f"eval_{name}")] = evaluation[f"eval_{name}"]
-        return out
+        return Figures.model_validate(out)
 
     @abstractmethod
     def pick(self, examples: Sequence[Example], labels: LabelMap | None, count: int) -> list[Sample]:

@@ -12,6 +12,7 @@ import torch
 
 from kubetune.api import DataFormat
 from kubetune.api.spec import DatasetSpec
+from kubetune.contract import Confusion
 from kubetune_trainer.data.collate import ClassificationCollator
 from kubetune_trainer.data.formats import Example, LabelledText
 from kubetune_trainer.data.tokenize import ClassifiedExample, DataStats, fit, length_limit, truncating
@@ -104,12 +105,9 @@ class ClassificationMetrics(Metrics):
     def __call__(self, prediction: Any) -> dict[str, float]:
         references = [int(v) for v in prediction.label_ids.reshape(-1)]
         predictions = [int(v) for v in prediction.predictions.reshape(-1)]
-        self.details = {
-            "confusion": {
-                "labels": list(self.labels.names),
-                "matrix": confusion(references, predictions, len(self.labels)),
-            }
-        }
+        self.confusion = Confusion(
+            labels=list(self.labels.names), matrix=confusion(references, predictions, len(self.labels))
+        )
         return {"accuracy": accuracy(references, predictions), "macro_f1": macro_f1(references, predictions)}
 
 

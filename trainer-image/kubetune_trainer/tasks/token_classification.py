@@ -13,6 +13,7 @@ import torch
 
 from kubetune.api import DataFormat
 from kubetune.api.spec import DatasetSpec
+from kubetune.contract import Confusion
 from kubetune_trainer.data.collate import PaddingCollator
 from kubetune_trainer.data.formats import Example, TaggedWords
 from kubetune_trainer.data.tokenize import IGNORE_INDEX, DataStats, TokenizedExample, fit, length_limit, truncating
@@ -113,7 +114,7 @@ class TaggingMetrics(Metrics):
         flat_truth = [t for row in references for t in row]
         flat_guess = [g for row in predictions for g in row]
         names = self.labels.names
-        self.details = {"confusion": {"labels": list(names), "matrix": confusion(flat_truth, flat_guess, len(names))}}
+        self.confusion = Confusion(labels=list(names), matrix=confusion(flat_truth, flat_guess, len(names)))
         figures = {"token_accuracy": accuracy(flat_truth, flat_guess), "macro_f1": macro_f1(flat_truth, flat_guess)}
         if is_bio(names):
             scores = entity_scores(

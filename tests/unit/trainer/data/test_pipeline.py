@@ -54,7 +54,7 @@ def test_prepare_reads_a_configmap_source_and_a_separate_evaluation_source(token
 
     assert data.format is DataFormat.CHAT
     assert (len(data.train), len(data.eval)) == (8, 2)
-    assert data.stats.as_dict()["examples"] == 8
+    assert data.stats.summary().examples == 8
 
 
 def test_packing_returns_packed_sequences(tokenizer: Any, runtime: Runtime) -> None:

@@ -130,8 +130,9 @@ def test_preflight_names_the_labels_it_found(task_volumes: Path, tmp_path: Path)
 
     summary = check(spec, runtime)
 
-    assert summary.data["labels"] == ["food", "sports", "technology", "weather"]
-    assert summary.data["evalExamples"] == 64
+    assert summary.data is not None
+    assert summary.data.labels == ["food", "sports", "technology", "weather"]
+    assert summary.data.eval_examples == 64
 
 
 def test_an_evaluation_label_the_training_data_lacks_fails_before_the_model_loads(
