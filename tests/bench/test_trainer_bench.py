@@ -202,14 +202,26 @@ def test_unequal_eval_loss_or_steps_void_the_comparison() -> None:
     assert "VOID: " in render(report)
 
 
+# Each contender is a process that imports torch and transformers (about 15 s here) for a
+# second of training. kubetune and one TRL configuration make a table with a speed-up; the
+# row-batched one (packing) is the TRL configuration whose steps the harness computes itself.
+SMOKE_CONTENDERS = (KUBETUNE, TRL_PACKING)
+
+
 @pytest.mark.slow
 def test_a_tiny_run_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    document = main(["--size", "smoke", "--results", str(tmp_path), "--wait-for-quiet", "0", "--retries", "0"])
+    document = main(
+        [
+            *("--size", "smoke", "--results", str(tmp_path), "--wait-for-quiet", "0", "--retries", "0"),
+            *("--contenders", ",".join(SMOKE_CONTENDERS)),
+        ]
+    )
 
     printed = capsys.readouterr().out
     (setting,) = document["settings"]
     assert "== lora-fp32" in printed and "kubetune speed-up" in printed
-    assert list(setting["contenders"]) == list(DEFAULT_CONTENDERS)
+    assert f"fastest TRL: {TRL_PACKING}" in printed
+    assert list(setting["contenders"]) == list(SMOKE_CONTENDERS)
     assert not setting["problems"]
     assert {run["steps"] for run in setting["runs"]} == {SIZES["smoke"].steps}
     assert json.loads((tmp_path / "latest.json").read_text()) == json.loads(json.dumps(document))

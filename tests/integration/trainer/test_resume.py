@@ -1,23 +1,39 @@
 """A run killed mid-way resumes from its newest complete checkpoint and ends at the same
-step count; SIGTERM (what Kubernetes sends on preemption) checkpoints before exiting."""
+step count; SIGTERM (what Kubernetes sends on preemption) checkpoints before exiting.
+
+One run does both, as a job preempted twice would: killed (SIGKILL, as when a node dies),
+started again and stopped by SIGTERM, started again and finished. Each test reads the
+attempts it is about; three starts of the trainer instead of four."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, RunSummary
 from kubetune_trainer.checkpoints import MARKER, checkpoints
 
 from .conftest import launch, memorise_spec, summary_in
 
 pytestmark = pytest.mark.slow
 
-STEPS = 300
+STEPS = 200
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one start of the trainer left: its exit code, its part of the log, its
+    termination message, and the checkpoints on disk when it had exited."""
+
+    code: int
+    log: str
+    termination: RunSummary
+    checkpoints: list[tuple[int, Path, bool]]
 
 
 def _launch(volumes: Path, folder: Path) -> subprocess.Popen[bytes]:
@@ -30,51 +46,73 @@ def _launch(volumes: Path, folder: Path) -> subprocess.Popen[bytes]:
     return launch(spec, volumes, folder)
 
 
-def _wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes], at_least: int) -> int:
+def _complete(folder: Path) -> list[int]:
+    return [step for step, path in checkpoints(folder / "out" / "checkpoints") if (path / MARKER).exists()]
+
+
+def _wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes], after: int) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        done = [step for step, path in checkpoints(folder / "out" / "checkpoints") if (path / MARKER).exists()]
-        if done and max(done) >= at_least:
+        done = _complete(folder)
+        if done and max(done) > after:
             return max(done)
         assert process.poll() is None, (folder / "log.txt").read_text()[-3000:]
         time.sleep(0.05)
     raise AssertionError("no checkpoint appeared")
 
 
-def _finish(volumes: Path, folder: Path) -> tuple[int, str]:
+def _attempt(volumes: Path, folder: Path, stop: signal.Signals | None, after: int = 0) -> Attempt:
+    """Start the run in `folder`; with `stop`, send it once a complete checkpoint past step
+    `after` exists. Returns what the attempt left before the next one overwrites it."""
+    log = folder / "log.txt"
+    start = len(log.read_text()) if log.exists() else 0
     process = _launch(volumes, folder)
-    assert process.wait(timeout=300) == ExitCode.OK, (folder / "log.txt").read_text()[-3000:]
-    metrics = summary_in(folder / "out").metrics
-    assert metrics is not None and metrics.steps is not None
-    return metrics.steps, (folder / "log.txt").read_text()
+    if stop is not None:
+        _wait_for_checkpoint(folder, process, after)
+        process.send_signal(stop)
+    code = process.wait(timeout=300)
+    termination = folder / "termination-log"
+    return Attempt(
+        code=code,
+        log=log.read_text()[start:],
+        termination=summary_in(folder, "termination-log") if termination.exists() else RunSummary(),
+        checkpoints=[(step, p, (p / MARKER).exists()) for step, p in checkpoints(folder / "out" / "checkpoints")],
+    )
 
 
-def test_killed_run_resumes_from_the_newest_complete_checkpoint(volumes: Path, tmp_path: Path) -> None:
-    process = _launch(volumes, tmp_path)
-    reached = _wait_for_checkpoint(tmp_path, process, at_least=40)
-    process.kill()
-    process.wait()
-
-    steps, log = _finish(volumes, tmp_path)
-
-    assert steps == STEPS
-    resumed = int(log.split("resuming from ")[1].split("checkpoint-")[1].split()[0])
-    assert resumed >= reached
+def _resumed_step(log: str) -> int:
+    return int(log.split("resuming from ")[1].split("checkpoint-")[1].split()[0])
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_as_interrupted(volumes: Path, tmp_path: Path) -> None:
-    process = _launch(volumes, tmp_path)
-    _wait_for_checkpoint(tmp_path, process, at_least=20)
-    process.send_signal(signal.SIGTERM)
-    code = process.wait(timeout=120)
+@pytest.fixture(scope="module")
+def preempted(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Attempt, Attempt, Attempt]:
+    folder = tmp_path_factory.mktemp("preempted")
+    killed = _attempt(volumes, folder, signal.SIGKILL)
+    reached = max(step for step, _, complete in killed.checkpoints if complete)
+    stopped = _attempt(volumes, folder, signal.SIGTERM, after=reached)
+    finished = _attempt(volumes, folder, None)
+    return killed, stopped, finished
 
-    assert code == ExitCode.INTERRUPTED
-    summary = summary_in(tmp_path, "termination-log")
-    assert summary.reason == "Interrupted"
-    stopped_at = int(str(summary.message).split("at step ")[1].split(";")[0])
-    newest = checkpoints(tmp_path / "out" / "checkpoints")[0]
-    assert newest[0] == stopped_at and (newest[1] / MARKER).exists()
 
-    steps, log = _finish(volumes, tmp_path)
-    assert steps == STEPS
-    assert f"resuming from {newest[1]}" in log
+def test_killed_run_resumes_from_the_newest_complete_checkpoint(preempted: tuple[Attempt, Attempt, Attempt]) -> None:
+    killed, stopped, _ = preempted
+    reached = max(step for step, _, complete in killed.checkpoints if complete)
+
+    assert killed.code == -signal.SIGKILL
+    assert "resuming from " in stopped.log, stopped.log[-3000:]
+    assert _resumed_step(stopped.log) == reached
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_as_interrupted(preempted: tuple[Attempt, Attempt, Attempt]) -> None:
+    _, stopped, finished = preempted
+
+    assert stopped.code == ExitCode.INTERRUPTED, stopped.log[-3000:]
+    assert stopped.termination.reason == "Interrupted"
+    stopped_at = int(str(stopped.termination.message).split("at step ")[1].split(";")[0])
+    newest_step, newest, complete = stopped.checkpoints[0]
+    assert newest_step == stopped_at < STEPS and complete
+
+    assert finished.code == ExitCode.OK, finished.log[-3000:]
+    assert f"resuming from {newest}" in finished.log
+    metrics = summary_in(newest.parent.parent).metrics
+    assert metrics is not None and metrics.steps == STEPS
