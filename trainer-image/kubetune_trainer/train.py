@@ -168,7 +168,7 @@ def prepare_data(
     """Tokenise checked data with the model's tokenizer (the task's template set), keeping
     the result where the next pod looks (rank 0 only). The preflight runs this too."""
     tokenizer = load_tokenizer(source, runtime)
-    default_template = task_for(spec.task).prepare_tokenizer(tokenizer)
+    default_template = task_for(spec.task, spec.objective).prepare_tokenizer(tokenizer)
     data = checked.tokenize(tokenizer, write=runtime.is_main, kept_by=kept_by)
     log.info("data: %s", data.stats.as_dict())
     return RunData(checked, tokenizer, default_template, data)
@@ -182,7 +182,7 @@ def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
     precision = hardware.precision(spec.training.precision)
     check_formats(spec)
     check_destination(spec, runtime)
-    task = task_for(spec.task)
+    task = task_for(spec.task, spec.objective, spec.preference)
     out = output_folder(spec, runtime)
     checkpoint_dir = checkpoint_folder(spec, runtime, out)
     mirror = checkpoint_mirror(spec, runtime)
