@@ -23,10 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kubetune.api.enums import Objective, PreferenceLoss
-from kubetune.api.spec import PreferenceSpec
+from kubetune.api.enums import Objective, Precision, PreferenceLoss
+from kubetune.api.spec import FineTuneJobSpec, PreferenceSpec
 from kubetune_trainer.data.preference import SEQUENCE_IDS
 from kubetune_trainer.data.tokenize import IGNORE_INDEX
+from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.trainers import CountingTrainer
 
 FIGURES = ("reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected")
@@ -136,18 +137,17 @@ class PreferenceTrainer(CountingTrainer):
     def __init__(
         self, *args: Any, objective: Objective, preference: PreferenceSpec, reference: Any = None, **kwargs: Any
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self.objective, self.preference = objective, preference
-        # The loss is a mean over pairs, so the Trainer divides it across accumulated micro-batches.
-        self.model_accepts_loss_kwargs = False
-        self.reference = reference
         from peft import PeftModel
 
+        super().__init__(*args, **kwargs)
+        self.objective: Objective = objective
+        self.preference: PreferenceSpec = preference
+        # The loss is a mean over pairs, so the Trainer divides it across accumulated micro-batches.
+        self.model_accepts_loss_kwargs = False
         if objective.uses_reference and reference is None and not isinstance(self.model, PeftModel):
             # Full fine-tuning: the reference is the base as it is now, before any step.
-            self.reference = _frozen(copy.deepcopy(self.model))
-        elif reference is not None:
-            self.reference = _frozen(reference.to(self.args.device))
+            reference = copy.deepcopy(self.model)
+        self.reference = None if reference is None else _frozen(reference, self.args)
         self._kept: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(
@@ -194,10 +194,28 @@ class PreferenceTrainer(CountingTrainer):
         super().log(logs, start_time)
 
 
-def _frozen(model: Any) -> Any:
+def _frozen(model: Any, args: Any) -> Any:
+    """A reference model on the training device, in evaluation mode and without gradients; in
+    the 16-bit compute dtype under mixed precision (autocast computes in it anyway), which
+    halves a full-precision copy."""
     model.eval()
     model.requires_grad_(False)
-    return model
+    half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    if half is not None and not getattr(model, "is_loaded_in_4bit", False):
+        model.to(half)
+    return model.to(args.device) if not getattr(model, "is_loaded_in_4bit", False) else model
+
+
+def load_reference(spec: FineTuneJobSpec, runtime: Runtime, precision: Precision) -> Any | None:
+    """The reference model a dpo spec names (loaded as its base would be, 4-bit with a 4-bit
+    method), or None when the reference is the base itself."""
+    from kubetune_trainer.model import fetch_once, load_model, resolve_source
+
+    named = spec.preferences.reference
+    if named is None or not spec.objective.uses_reference:
+        return None
+    as_base = spec.model_copy(update={"model": named})
+    return load_model(as_base, fetch_once(resolve_source(as_base, runtime), runtime), precision, runtime).model
 
 
 @contextmanager

@@ -176,6 +176,7 @@ def _preference(row: Row) -> TextPreference | ChatPreference:
     for column in ("prompt", "chosen", "rejected"):
         if row.values.get(column) is None:
             raise InvalidData(f"{row.where}: missing {column}; a preference row has prompt, chosen and rejected")
+    pair: TextPreference | ChatPreference
     if not any(isinstance(row.values[column], list) for column in ("prompt", "chosen", "rejected")):
         pair = TextPreference(
             _text(row, "prompt"), _text(row, "chosen", allow_empty=False), _text(row, "rejected", allow_empty=False)
