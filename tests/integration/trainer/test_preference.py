@@ -1,9 +1,9 @@
 """Preference tuning in one process, one run per method: on a tiny Phi-3 and a preference set
 with a learnable rule (preference_data.py), held-out reward accuracy rises from chance to above
 0.9, the run reports its figures before and after, and the saved output prefers the chosen
-answer of a held-out pair. The runs spread the objective's paths over the methods: dpo with a
-named reference model (lora, on chat pairs), dpo against the base with the adapter switched off
-(qlora), dpo against a frozen copy (full), and orpo (dora)."""
+answer of held-out pairs more than the base does. The runs spread the objective's paths over
+the methods: dpo with a named reference model (lora, on chat pairs), dpo against the base with
+the adapter switched off (qlora), dpo against a frozen copy (full), and orpo (dora)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from typing import Any
 
 import pytest
 
-from kubetune.api import FineTuneJobSpec
+from kubetune.api import DataFormat, FineTuneJobSpec, Truncation
 from kubetune.api.tasks import objective_rows
 from kubetune.catalog import Strategy
 from kubetune.contract import ExitCode
-from kubetune_trainer.data.formats import TextPreference
+from kubetune_trainer.data.formats import to_example
+from kubetune_trainer.data.preference import PairCollator, encode_pair
+from kubetune_trainer.data.readers import Row
+from kubetune_trainer.data.tokenize import DataStats
 from kubetune_trainer.main import run
-from kubetune_trainer.tasks.preference import preferred
+from kubetune_trainer.preference import score
 
 from .conftest import reload_output, runtime_in, write_jsonl
 from .preference_data import preference_rows
@@ -97,17 +100,34 @@ def test_held_out_reward_accuracy_rises_from_chance_above_0_9(method: str, runs:
     assert [s["after"].startswith("prefers the chosen answer") for s in summary.samples] == [True] * 3
 
 
+def _scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
+    import torch
+
+    pairs = [to_example(DataFormat.PREFERENCE, Row(row, f"held-out pair {i}")) for i, row in enumerate(rows)]
+    encoded = [
+        encode_pair(p, tokenizer, max_length=64, truncation=Truncation.TRUNCATE, stats=DataStats()) for p in pairs
+    ]
+    model.eval()
+    with torch.no_grad():
+        return score(model, PairCollator(tokenizer.pad_token_id, together=False)(encoded))
+
+
 @pytest.mark.parametrize("method", list(RUNS))
-def test_the_saved_output_prefers_the_chosen_answer(
+def test_the_saved_output_prefers_the_chosen_answer_more_than_the_base_does(
     method: str, runs: dict[str, tuple[Path, Any]], volumes: Path
 ) -> None:
+    from transformers import AutoModelForCausalLM
+
     out, _ = runs[method]
-    model, tokenizer = reload_output("adapter" if method != "full" else "merged", out, volumes)
-    held_out = preference_rows(4, seed=3)
+    tuned, tokenizer = reload_output("adapter" if method != "full" else "merged", out, volumes)
+    base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
+    held_out = preference_rows(8, seed=3, chat=RUNS[method]["chat"])
 
-    verdicts = [preferred(model, tokenizer, TextPreference(**row)) for row in held_out]
+    after, before = _scores(tuned, tokenizer, held_out), _scores(base, tokenizer, held_out)
 
-    assert all(v.startswith("prefers the chosen answer") for v in verdicts), verdicts
+    # DPO's implicit reward of the saved model against the base: chosen gains on rejected in every pair.
+    margins = (after.chosen - before.chosen) - (after.rejected - before.rejected)
+    assert (margins > 0).all(), margins
 
 
 def test_every_supported_single_process_row_is_run_or_covered() -> None:
