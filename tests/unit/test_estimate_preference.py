@@ -3,16 +3,18 @@ model where it costs memory."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 
 from kubetune.api import parse_finetunejob
+from kubetune.api.spec import DeepSpeedSpec, DistributedSpec
 from kubetune.catalog import presets
 from kubetune.controller.builders import NotBuildable
 from kubetune.controller.settings import AcceleratorProfile, Settings
 from kubetune.controller.sizing import size_job
-from kubetune.estimate import ModelFacts, estimate
+from kubetune.estimate import GIB, ModelFacts, estimate
 
 PHI3 = ModelFacts.of_preset(presets()["phi-3-mini-4k-instruct"])
 PHI3_MINI = 3_821_079_552
@@ -29,7 +31,7 @@ def _job(job: dict[str, Any], objective: str, method: str, **spec: Any) -> Any:
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "dora"])
 def test_dpo_with_an_adapter_costs_no_reference_but_twice_the_activations(job: dict[str, Any], method: str) -> None:
-    sft = estimate(_job(dict(job, spec=dict(job["spec"])), "sft", method).spec, PHI3, 1)
+    sft = estimate(_job(copy.deepcopy(job), "sft", method).spec, PHI3, 1)
     dpo = estimate(_job(job, "dpo", method).spec, PHI3, 1)
 
     assert dpo.parts["reference"] == 0
@@ -62,14 +64,19 @@ def test_a_named_reference_beside_a_4_bit_base_is_counted_4_bit(job: dict[str, A
     assert result.parts["reference"] < result.parts["weights"] < 1.03 * result.parts["reference"]
 
 
-def test_auto_sizing_refuses_several_devices_to_a_preference_job_that_sft_would_spread(job: dict[str, Any]) -> None:
+def test_auto_sizing_refuses_several_devices_to_a_preference_job(job: dict[str, Any]) -> None:
+    # Full dpo of Phi-3-mini at 512 tokens needs about 87 GiB on one device: more than an H100
+    # holds, less than ZeRO-3 leaves on each of two, which sft would be given.
     job["spec"]["resources"] = {"accelerators": "auto"}
-    settings = Settings(accelerator_profiles=(H100,))
-    sft, _ = size_job(_job(dict(job, spec=dict(job["spec"])), "sft", "full"), settings)
+    job["spec"]["dataset"]["maxSeqLength"] = 512
+    dpo = _job(job, "dpo", "full")
+    zero3 = dpo.spec.model_copy(
+        update={"distributed": DistributedSpec(strategy="deepspeed", deepspeed=DeepSpeedSpec(stage=3))}
+    )
 
     with pytest.raises(NotBuildable, match="objective dpo and method full runs on one device for now"):
-        size_job(_job(job, "dpo", "full"), settings)
-    assert sft.spec.resources.accelerators > 1
+        size_job(dpo, Settings(accelerator_profiles=(H100,)))
+    assert estimate(dpo.spec, PHI3, 1).total > 80 * GIB > estimate(zero3, PHI3, 2).total
 
 
 def test_auto_sizing_puts_a_preference_job_on_one_device(job: dict[str, Any]) -> None:
