@@ -183,3 +183,32 @@ def test_a_model_that_attends_across_examples_gets_one_padded_row_per_answer() -
     assert batch["input_ids"].shape == (2, 8)
     assert batch["attention_mask"].sum(dim=1).tolist() == [5, 3]
     assert batch["sequence_ids"][1].tolist() == [1, 1, 1, -1, -1, -1, -1, -1]
+
+
+def _dpo_spec(path: str) -> Any:
+    from kubetune.api import FineTuneJobSpec
+
+    from ..conftest import memorise_spec
+
+    spec = memorise_spec("lora", ["adapter"], dataset={"pvc": {"claimName": "data", "path": path}})
+    return FineTuneJobSpec.model_validate(spec.model_dump(by_alias=True, exclude_unset=True) | {"objective": "dpo"})
+
+
+def test_the_preflight_passes_good_pairs_and_refuses_a_bad_one_with_its_line(runtime: Runtime, tmp_path: Path) -> None:
+    import dataclasses
+
+    from kubetune_trainer.preflight import check
+
+    from ..conftest import write_jsonl
+
+    write_jsonl(runtime.volumes / "data" / "pairs-good.jsonl", [TEXT, CHAT])
+    claims = tmp_path / "claims"
+    write_jsonl(claims / "data" / "pairs-bad.jsonl", [TEXT, {"prompt": "q", "chosen": "a"}])
+
+    summary = check(_dpo_spec("pairs-good.jsonl"), runtime)
+    with pytest.raises(InvalidData, match=r"pairs-bad\.jsonl line 2: missing rejected"):
+        check(_dpo_spec("pairs-bad.jsonl"), dataclasses.replace(runtime, volumes=claims, output_override=None))
+
+    assert summary.reason == "DataValid"
+    assert summary.message == "2 of 2 examples ready to train"
+    assert summary.data is not None and summary.data["format"] == "preference"
