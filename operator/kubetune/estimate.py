@@ -9,6 +9,12 @@ the weights too (frozen base weights included); offload moves the optimizer stat
 with parameter offload, the sharded weights) to CPU memory. A 4-bit base takes half a
 byte per linear-layer parameter plus its quantisation constants.
 
+A preference objective (dpo, orpo) runs two sequences per pair, the chosen and the rejected
+answer, so a batch keeps twice the activations; dpo also scores every batch with a frozen
+reference model: none more with an adapter method (the base with its adapter switched off),
+a 16-bit copy of the base with full fine-tuning, or the named reference model (counted at
+the base's size and quantisation).
+
 The task decides the head: a language model's head writes a score per vocabulary entry for
 every token; a classifier replaces it with a new, small head (hidden x labels) that trains
 in full beside the adapter (peft keeps a frozen copy of the original as well) and writes a
@@ -442,7 +448,29 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         "activations": _activations(spec, model, head),
         "overhead": FRAMEWORK_OVERHEAD,
     }
+    if spec.objective.prefers:
+        parts["activations"] *= 2
+        assumptions.append(f"{spec.objective}: two sequences per pair (chosen and rejected answer)")
+    if spec.objective.uses_reference:
+        parts["reference"], said = _reference(spec, model, total)
+        assumptions.append(said)
     return Estimate(parts, trainable, total, world_size, assumptions)
+
+
+def _reference(spec: FineTuneJobSpec, model: ModelFacts, total: int) -> tuple[float, str]:
+    """Bytes per device of dpo's frozen reference model, and how they were counted."""
+    named = spec.preferences.reference is not None
+    if spec.method.type.uses_adapter and not named:
+        return 0.0, "reference: the base with its adapter switched off (no second copy)"
+    quant = spec.method.quantized
+    what = f"reference {spec.preferences.reference.display}" if spec.preferences.reference else "reference"
+    if quant is not None:
+        linear = model.linear_parameters(spec.task)
+        nbytes = linear * (0.5 + _quant_constant_bytes(quant.double_quant)) + (total - linear) * WEIGHT_BYTES
+        return float(nbytes), f"{what}: frozen, of the base's size, 4-bit like it"
+    if named:
+        return float(total * WEIGHT_BYTES), f"{what}: frozen, of the base's size, in 16 bits"
+    return float(total * WEIGHT_BYTES), "reference: a frozen 16-bit copy of the base, taken before training"
 
 
 def _targets(spec: FineTuneJobSpec, model: ModelFacts) -> list[str] | str:

@@ -23,7 +23,8 @@ def model_card(spec: FineTuneJobSpec, summary: RunSummary) -> str:
         "---",
         f"base_model: {summary.model}",
         "library_name: peft" if method.type.uses_adapter else "library_name: transformers",
-        f"tags: [kubetune, {method.type.value}, {spec.task.value}]",
+        f"tags: [kubetune, {method.type.value}, {spec.task.value}"
+        + (f", {spec.objective.value}]" if spec.objective.prefers else "]"),
         "---",
         "",
         f"# Fine-tuned {summary.model}",
@@ -35,7 +36,9 @@ def model_card(spec: FineTuneJobSpec, summary: RunSummary) -> str:
             else " (every weight)"
         )
         + (f" over a 4-bit {method.quantized.type.value} base" if method.quantized else "")
-        + f", task **{spec.task.value}**.",
+        + f", task **{spec.task.value}**"
+        + (_objective(spec) if spec.objective.prefers else "")
+        + ".",
         "",
         f"Labels, in id order: {', '.join(labels)} (also in `labels.json`)." if labels else None,
         "" if labels else None,
@@ -87,3 +90,14 @@ def _before_and_after(summary: RunSummary) -> list[str]:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+def _objective(spec: FineTuneJobSpec) -> str:
+    """The preference objective in words: dpo with its beta, loss and reference, or orpo."""
+    preference = spec.preferences
+    if not spec.objective.uses_reference:
+        return f", objective **{spec.objective.value}** (beta {preference.beta}, no reference model)"
+    reference = preference.reference.display if preference.reference else "the base model"
+    return (
+        f", objective **{spec.objective.value}** (beta {preference.beta}, {preference.loss} loss, against {reference})"
+    )

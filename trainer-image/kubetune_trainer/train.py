@@ -53,6 +53,7 @@ from kubetune_trainer.outputs import (
     publish,
     write_outputs,
 )
+from kubetune_trainer.preference import load_reference
 from kubetune_trainer.progress import Progress, ProgressTracker, TokenMeter
 from kubetune_trainer.ranks import any_rank, barrier
 from kubetune_trainer.report import write_report
@@ -140,6 +141,8 @@ class Prepared:
     model: Any
     trainable: int
     total: int
+    reference: Any = None
+    """The frozen reference model a dpo spec names (None: the base itself, or no reference)."""
 
 
 @dataclass
@@ -168,7 +171,7 @@ def prepare_data(
     """Tokenise checked data with the model's tokenizer (the task's template set), keeping
     the result where the next pod looks (rank 0 only). The preflight runs this too."""
     tokenizer = load_tokenizer(source, runtime)
-    default_template = task_for(spec.task).prepare_tokenizer(tokenizer)
+    default_template = task_for(spec.task, spec.objective).prepare_tokenizer(tokenizer)
     data = checked.tokenize(tokenizer, write=runtime.is_main, kept_by=kept_by)
     log.info("data: %s", data.stats.summary().as_json())
     return RunData(checked, tokenizer, default_template, data)
@@ -182,7 +185,7 @@ def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
     precision = hardware.precision(spec.training.precision)
     check_formats(spec)
     check_destination(spec, runtime)
-    task = task_for(spec.task)
+    task = task_for(spec.task, spec.objective, spec.preference)
     out = output_folder(spec, runtime)
     checkpoint_dir = checkpoint_folder(spec, runtime, out)
     mirror = checkpoint_mirror(spec, runtime)
@@ -215,6 +218,7 @@ def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
     settings = task.model_kwargs(run_data.labels, run_data.tokenizer)
     warm_start = warm_start_folder(spec, runtime)  # a bad source fails before the model loads
     model = apply_method(load_model(spec, source, precision, runtime, settings), spec, source, warm_start)
+    reference = load_reference(spec, runtime, precision)
     trainable, total = trainable_parameters(model)
     log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
     return Prepared(
@@ -235,6 +239,7 @@ def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
         model=model,
         trainable=trainable,
         total=total,
+        reference=reference,
     )
 
 
@@ -250,6 +255,7 @@ def fit(prepared: Prepared, listeners: Sequence[Callable[[Progress], None]] = ()
     )
     stopper = StopOnSignal()
     scorer = p.task.metrics(tokenizer, labels)
+    reference = {"reference": p.reference} if p.reference is not None else {}
     trainer = p.task.trainer_class()(
         model=p.model,
         args=p.args,
@@ -261,6 +267,7 @@ def fit(prepared: Prepared, listeners: Sequence[Callable[[Progress], None]] = ()
         preprocess_logits_for_metrics=scorer.preprocess if scorer else None,
         callbacks=[tracker, CompletionMarker(p.checkpoint_dir, runtime.is_main, barrier, p.mirror), stopper],
         meter=meter,
+        **reference,
     )
     respond = p.task.answerer(p.model, tokenizer, labels, data.format)
     examples = p.run_data.checked.examples

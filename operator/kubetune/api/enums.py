@@ -59,6 +59,7 @@ class DataFormat(enum.StrEnum):
     TEXT_LABEL = "text-label"
     TOKENS_TAGS = "tokens-tags"
     SOURCE_TARGET = "source-target"
+    PREFERENCE = "preference"
 
 
 class TaskType(enum.StrEnum):
@@ -86,6 +87,43 @@ TASK_FORMATS: dict[TaskType, tuple[DataFormat, ...]] = {
     TaskType.TOKEN_CLASSIFICATION: (DataFormat.TOKENS_TAGS,),
     TaskType.SEQ2SEQ: (DataFormat.SOURCE_TARGET, DataFormat.PROMPT_COMPLETION),
 }
+
+
+class Objective(enum.StrEnum):
+    """What the training optimises. sft: the likelihood of the answers (supervised fine-tuning).
+    dpo (direct preference optimisation) and orpo (odds-ratio preference optimisation): that
+    the model prefers the chosen answer of each pair to the rejected one; dpo measures the
+    preference against a frozen reference model, orpo against nothing but adds the chosen
+    answer's likelihood to its loss."""
+
+    SFT = "sft"
+    DPO = "dpo"
+    ORPO = "orpo"
+
+    @property
+    def prefers(self) -> bool:
+        """Whether the objective learns from pairs of a chosen and a rejected answer."""
+        return self is not Objective.SFT
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the loss compares the model with a frozen reference model."""
+        return self is Objective.DPO
+
+    def formats(self, task: TaskType) -> tuple[DataFormat, ...]:
+        """The data formats a task reads under this objective, in the order `auto` tries them."""
+        return (DataFormat.PREFERENCE,) if self.prefers else task.formats
+
+
+class PreferenceLoss(enum.StrEnum):
+    """How dpo turns the margin between the chosen and the rejected answer's implicit rewards
+    into a loss (TRL's DPOConfig.loss_type of the same names). sigmoid: the DPO paper's
+    -log sigmoid(beta * margin); hinge: the SLiC hinge max(0, 1 - beta * margin); ipo: the
+    IPO paper's squared distance of the margin from 1 / (2 beta)."""
+
+    SIGMOID = "sigmoid"
+    HINGE = "hinge"
+    IPO = "ipo"
 
 
 class Truncation(enum.StrEnum):

@@ -13,13 +13,14 @@ from kubetune.api.enums import (
     TASK_FORMATS,
     DataFormat,
     MethodType,
+    Objective,
     OutputFormat,
     StrategyType,
     TaskType,
     TrackingBackend,
 )
 from kubetune.api.problems import Problem
-from kubetune.api.tasks import task_row
+from kubetune.api.tasks import objective_row, task_row
 from kubetune.catalog import presets, support_row
 
 if TYPE_CHECKING:
@@ -194,7 +195,9 @@ def _dataset(spec: FineTuneJobSpec) -> Iterator[Problem]:
 
 def _task(spec: FineTuneJobSpec) -> Iterator[Problem]:
     task, dataset = spec.task, spec.dataset
-    if dataset.format is not DataFormat.AUTO and dataset.format not in task.formats:
+    # Preference pairs are the objective's format, checked with it (`_objective`).
+    preference = spec.objective.prefers or dataset.format is DataFormat.PREFERENCE
+    if not preference and dataset.format is not DataFormat.AUTO and dataset.format not in task.formats:
         readers = ", ".join(t.value for t, formats in TASK_FORMATS.items() if dataset.format in formats)
         yield Problem(
             "dataset.format",
@@ -221,6 +224,44 @@ def _task(spec: FineTuneJobSpec) -> Iterator[Problem]:
     if strategy is not None and (row is None or not row.supported):
         reason = row.reason if row is not None and row.reason else "not in the support matrix"
         yield Problem("distributed.strategy", f"{task} x {strategy} is not supported: {reason}")
+
+
+def _objective(spec: FineTuneJobSpec) -> Iterator[Problem]:
+    objective, preference, dataset = spec.objective, spec.preference, spec.dataset
+    if not objective.prefers:
+        if preference is not None:
+            yield Problem("preference", f"settings of dpo and orpo, but the objective is {objective}")
+        if dataset.format is DataFormat.PREFERENCE:
+            yield Problem("dataset.format", "preference pairs train objective dpo or orpo; set objective")
+        return
+    # A preference is between two continuations of a prompt by one decoder; the other tasks
+    # predict labels or write through an encoder, where a chosen and a rejected answer mean nothing.
+    if spec.task is not TaskType.CAUSAL_LM:
+        yield Problem("objective", f"{objective} tunes a causal language model's answers; task {spec.task} has none")
+    if dataset.format not in (DataFormat.AUTO, DataFormat.PREFERENCE):
+        yield Problem("dataset.format", f"{objective} reads preference pairs (format preference), not {dataset.format}")
+    if dataset.packing:
+        yield Problem("dataset.packing", f"{objective} lays each pair's answers out together; packing is for sft")
+    if "completion_only_loss" in dataset.model_fields_set and not dataset.completion_only_loss:
+        yield Problem("dataset.completionOnlyLoss", f"{objective} scores the answers alone; remove the field")
+    if preference is not None and objective is Objective.ORPO:
+        if preference.loss_type is not None:
+            yield Problem("preference.lossType", "orpo has one loss, the odds ratio; the loss types are dpo's")
+        if preference.reference is not None:
+            yield Problem("preference.reference", "orpo compares no reference model; remove it or use dpo")
+    yield from _objective_row(spec)
+
+
+def _objective_row(spec: FineTuneJobSpec) -> Iterator[Problem]:
+    strategy = spec.matrix_strategy
+    if strategy is None:
+        return
+    row = objective_row(spec.objective, spec.method.type, strategy)
+    if row is None or not row.supported:
+        reason = row.reason if row is not None and row.reason else "not in the support matrix"
+        yield Problem(
+            "distributed.strategy", f"{spec.objective} x {spec.method.type} x {strategy} is not supported: {reason}"
+        )
 
 
 def _output(spec: FineTuneJobSpec) -> Iterator[Problem]:
@@ -270,6 +311,7 @@ RULES: tuple[Rule, ...] = (
     _training,
     _dataset,
     _task,
+    _objective,
     _output,
     _resources,
 )

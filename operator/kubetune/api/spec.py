@@ -33,9 +33,11 @@ from kubetune.api.enums import (
     DType,
     FsdpSharding,
     MethodType,
+    Objective,
     Optimizer,
     OutputFormat,
     Precision,
+    PreferenceLoss,
     QuantType,
     Scheduler,
     StrategyType,
@@ -138,6 +140,28 @@ class MethodSpec(ApiModel):
         return self.quantization if self.type is MethodType.DORA else None
 
 
+# ---------------------------------------------------------------------------- objective
+
+
+class PreferenceSpec(ApiModel):
+    """Settings of preference tuning (objective dpo or orpo)."""
+
+    beta: Annotated[float, Field(gt=0, le=100)] = 0.1
+    """dpo: how far the model may move from the reference (smaller lets it move further; the
+    reward of an answer is beta times its log-probability ratio to the reference's). orpo: the
+    weight of the odds-ratio term beside the chosen answer's likelihood (ORPO's lambda)."""
+    loss_type: PreferenceLoss | None = None
+    """dpo only: sigmoid (the DPO paper's, the default), hinge (SLiC) or ipo."""
+    reference: ModelSpec | None = None
+    """dpo only: the frozen model the preference is measured against. Default: the base model
+    itself (with an adapter method, the base with the adapter switched off, so no second copy)."""
+
+    @property
+    def loss(self) -> PreferenceLoss:
+        """The loss in force (sigmoid when unset)."""
+        return self.loss_type or PreferenceLoss.SIGMOID
+
+
 # ---------------------------------------------------------------------------- dataset
 
 
@@ -208,7 +232,9 @@ class DatasetSpec(DatasetSource):
     prompt-completion or text. For sequence-classification: text-label (text, an optional
     text_pair, and label). For token-classification: tokens-tags (tokens and tags, lists of
     equal length, one tag per word). For seq2seq: source-target (source and target) or
-    prompt-completion. auto: detected from the first row among the task's formats, and reported."""
+    prompt-completion. For objectives dpo and orpo: preference (a prompt, and a chosen and a
+    rejected answer, each text or chat messages). auto: detected from the first row among the
+    formats of the task (or of the objective), and reported."""
     labels: (
         Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=2, max_length=1024)]
         | None
@@ -510,6 +536,13 @@ class FineTuneJobSpec(ApiModel):
     precision, recall and F1). seq2seq: an encoder-decoder model (T5, BART) writes a target
     from a source, e.g. translation or summarisation (reports BLEU). A classification head is
     new, so it trains in full beside the adapter and is saved with it."""
+    objective: Objective = Objective.SFT
+    """What the training optimises. sft: the likelihood of the answers. dpo and orpo: preference
+    tuning, from pairs of a chosen and a rejected answer (dataset format preference), with any
+    method; causal-lm only. dpo compares the model with a frozen reference (the base by
+    default); orpo needs no reference and also learns the chosen answers."""
+    preference: PreferenceSpec | None = None
+    """Settings of dpo and orpo. Default: beta 0.1, the sigmoid loss, the base as reference."""
     model: ModelSpec
     """The base model."""
     dataset: DatasetSpec
@@ -538,6 +571,11 @@ class FineTuneJobSpec(ApiModel):
     """Limit on the whole job's running time, across attempts and suspensions."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     """Remove the finished job's pods and Jobs this long after it ends (the FineTuneJob stays)."""
+
+    @property
+    def preferences(self) -> PreferenceSpec:
+        """The preference settings in force (defaults when the block is omitted)."""
+        return self.preference or PreferenceSpec()
 
     @property
     def matrix_strategy(self) -> Strategy | None:

@@ -34,12 +34,16 @@ def _claims(spec: FineTuneJobSpec, sources: list[DatasetSource]) -> Iterator[Pvc
         candidates.append(spec.checkpoint.location.pvc)
     if spec.training.warm_start is not None:
         candidates.append(spec.training.warm_start.pvc)
+    reference = spec.preferences.reference
+    if reference is not None:
+        candidates.append(reference.pvc)
     yield from (c for c in candidates if c is not None)
 
 
 def _secrets(spec: FineTuneJobSpec, sources: list[DatasetSource]) -> Iterator[str]:
-    if spec.model.hub_token_secret is not None:
-        yield spec.model.hub_token_secret.name
+    for model in (spec.model, spec.preferences.reference):
+        if model is not None and model.hub_token_secret is not None:
+            yield model.hub_token_secret.name
     for source in sources:
         if source.hugging_face is not None and source.hugging_face.token_secret is not None:
             yield source.hugging_face.token_secret.name

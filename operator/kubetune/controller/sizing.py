@@ -15,6 +15,7 @@ from kubetune.api import FineTuneJob
 from kubetune.api.enums import StrategyType
 from kubetune.api.facts import ModelFacts
 from kubetune.api.spec import DeepSpeedSpec, DistributedSpec, FineTuneJobSpec
+from kubetune.api.tasks import objective_row
 from kubetune.catalog import presets
 from kubetune.controller.builders import NotBuildable
 from kubetune.controller.settings import AcceleratorProfile, Settings
@@ -51,6 +52,8 @@ def size_job(job: FineTuneJob, settings: Settings, reported: ModelFacts | None =
         for nodes, per_node in _sizes(profile, spec.resources.nodes):
             for distributed in _strategies(spec.distributed, nodes * per_node):
                 candidate = _with_size(spec, profile, nodes, per_node, distributed)
+                if not _runs(candidate):
+                    continue
                 need = estimate(candidate, model, nodes * per_node)
                 if need.fits(profile.memory_gib * GIB):
                     why = (
@@ -61,6 +64,13 @@ def size_job(job: FineTuneJob, settings: Settings, reported: ModelFacts | None =
                     return job.model_copy(update={"spec": candidate}), why
         tried.append(profile.name)
     largest = max(settings.accelerator_profiles, key=lambda p: p.memory_gib * p.per_node)
+    if spec.objective.prefers:
+        alone = estimate(_with_size(spec, largest, 1, 1, DistributedSpec()), model, 1).total
+        raise NotBuildable(
+            f"{spec.model.display} with objective {spec.objective} and method {spec.method.type} runs on one "
+            f"device for now, and fits none of the accelerator profiles ({', '.join(tried)}): it needs "
+            f"{alone / GIB:.1f} GiB of {largest.name}'s {largest.memory_gib:g} GiB; try qlora or a shorter maxSeqLength"
+        )
     world = MAX_NODES * largest.per_node
     best = min(
         estimate(_with_size(spec, largest, MAX_NODES, largest.per_node, d), model, world).total
@@ -72,6 +82,16 @@ def size_job(job: FineTuneJob, settings: Settings, reported: ModelFacts | None =
         f"{best / GIB:.1f} GiB per device of {largest.memory_gib:g} GiB; "
         "try qlora, DeepSpeed offload, or a shorter maxSeqLength"
     )
+
+
+def _runs(candidate: FineTuneJobSpec) -> bool:
+    """Whether the support matrix runs the candidate's objective with its method and strategy
+    (a preference objective runs on one process only, for now)."""
+    strategy = candidate.matrix_strategy
+    if not candidate.objective.prefers or strategy is None:
+        return True
+    row = objective_row(candidate.objective, candidate.method.type, strategy)
+    return row is not None and row.supported
 
 
 def _sizes(profile: AcceleratorProfile, nodes_asked: int) -> Iterator[tuple[int, int]]:

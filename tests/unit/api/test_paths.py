@@ -31,6 +31,11 @@ CLAIM_PATHS: dict[str, Manifest] = {
     "spec.training.warmStart.pvc": {"training": {"warmStart": {"pvc": {"claimName": "adapters", "path": "v1"}}}},
     "spec.checkpoint.location.pvc": {"checkpoint": {"location": {"pvc": {"claimName": "ckpt", "path": "demo"}}}},
     "spec.output.pvc": {"output": {"pvc": {"claimName": "results", "path": "demo"}}},
+    "spec.preference.reference.pvc": {
+        "objective": "dpo",
+        "dataset": {"pvc": {"claimName": "data", "path": "pairs.jsonl"}},
+        "preference": {"reference": {"pvc": {"claimName": "models", "path": "sft"}}},
+    },
 }
 
 ESCAPES = ["..", "../x", "../../x", "a/../../b", "a/..", "/../etc", "models/../../"]

@@ -116,7 +116,8 @@ def test_each_task_reads_its_own_formats_and_auto_tries_them_in_order() -> None:
     assert TaskType.TOKEN_CLASSIFICATION.formats == (DataFormat.TOKENS_TAGS,)
     assert TaskType.SEQ2SEQ.formats == (DataFormat.SOURCE_TARGET, DataFormat.PROMPT_COMPLETION)
     every = {fmt for task in TaskType for fmt in task.formats}
-    assert every == set(DataFormat) - {DataFormat.AUTO}
+    # Preference pairs are read by an objective (dpo, orpo), never detected for sft.
+    assert every == set(DataFormat) - {DataFormat.AUTO, DataFormat.PREFERENCE}
 
 
 def test_classification_job_with_its_labels_is_valid(job: dict[str, Any]) -> None:

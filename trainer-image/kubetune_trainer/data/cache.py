@@ -43,7 +43,16 @@ from pydantic import BaseModel, ConfigDict
 from kubetune import __version__
 from kubetune.api import DataFormat
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune_trainer.data.formats import Completion, Conversation, LabelledText, Message, TaggedWords, Text
+from kubetune_trainer.data.formats import (
+    ChatPreference,
+    Completion,
+    Conversation,
+    LabelledText,
+    Message,
+    TaggedWords,
+    Text,
+    TextPreference,
+)
 from kubetune_trainer.data.pipeline import (
     EncodedData,
     ExampleSets,
@@ -53,6 +62,7 @@ from kubetune_trainer.data.pipeline import (
     label_map,
     read_dataset,
 )
+from kubetune_trainer.data.preference import EncodedPair
 from kubetune_trainer.data.sources import mounted_files
 from kubetune_trainer.data.tokenize import ClassifiedExample, DataStats, TokenizedExample
 from kubetune_trainer.errors import InvalidSpec
@@ -107,6 +117,7 @@ def _required(name: str, kind: pa.DataType) -> pa.Field:
 
 _IDS = pa.list_(_required("item", pa.int32()))
 _TEXT = pa.string()
+_MESSAGES = pa.list_(pa.struct([_required("role", _TEXT), _required("content", _TEXT)]))
 # A label as the data gave it: a name or an id (a parquet column holds one type).
 _LABEL = pa.struct([pa.field("name", pa.string()), pa.field("id", pa.int64())])
 
@@ -120,6 +131,14 @@ def _label_out(value: dict[str, Any]) -> Label:
     if (name is None) == (number is None):
         raise CacheMismatch(f"a label is neither a name nor an id: {value}")
     return name if name is not None else number  # type: ignore[no-any-return]
+
+
+def _messages_in(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _messages_out(values: list[dict[str, str]]) -> tuple[Message, ...]:
+    return tuple(Message(m["role"], m["content"]) for m in values)
 
 
 def _layouts(*layouts: Layout) -> dict[str, Layout]:
@@ -140,14 +159,32 @@ LAYOUTS = _layouts(
         lambda item: (item.input_ids, item.label, item.token_type_ids),
         ClassifiedExample,
     ),
+    Layout(
+        EncodedPair,
+        pa.schema(
+            [_required(name, _IDS) for name in ("chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels")]
+        ),
+        lambda item: (item.chosen_ids, item.chosen_labels, item.rejected_ids, item.rejected_labels),
+        EncodedPair,
+    ),
     # The checked examples of every format.
     Layout(
         Conversation,
-        pa.schema(
-            [_required("messages", pa.list_(pa.struct([_required("role", _TEXT), _required("content", _TEXT)])))]
-        ),
-        lambda example: ([{"role": m.role, "content": m.content} for m in example.messages],),
-        lambda messages: Conversation(tuple(Message(m["role"], m["content"]) for m in messages)),
+        pa.schema([_required("messages", _MESSAGES)]),
+        lambda example: (_messages_in(example.messages),),
+        lambda messages: Conversation(_messages_out(messages)),
+    ),
+    Layout(
+        TextPreference,
+        pa.schema([_required(name, _TEXT) for name in ("prompt", "chosen", "rejected")]),
+        lambda example: (example.prompt, example.chosen, example.rejected),
+        TextPreference,
+    ),
+    Layout(
+        ChatPreference,
+        pa.schema([_required(name, _MESSAGES) for name in ("prompt", "chosen", "rejected")]),
+        lambda example: tuple(_messages_in(part) for part in (example.prompt, example.chosen, example.rejected)),
+        lambda *parts: ChatPreference(*(_messages_out(part) for part in parts)),
     ),
     Layout(
         Completion,
@@ -209,6 +246,7 @@ def data_key(spec: FineTuneJobSpec, runtime: Runtime) -> str:
         "version": CACHE_VERSION,
         "kubetune": __version__,
         "task": spec.task.value,
+        "objective": spec.objective.value,
         "seed": spec.training.seed,
         "dataset": spec.dataset.model_dump(mode="json", by_alias=True),
         "files": files,
@@ -458,12 +496,14 @@ class CheckedData:
         if encoded is None:
             # The label names stay those found first: the model's head is built to them.
             sets = (
-                self.examples if self.read else read_dataset(spec.dataset, self.runtime, spec.training.seed, spec.task)
+                self.examples
+                if self.read
+                else read_dataset(spec.dataset, self.runtime, spec.training.seed, spec.task, spec.objective)
             )
-            encoded = encode_dataset(sets, spec.dataset, tokenizer, spec.task, self.labels)
+            encoded = encode_dataset(sets, spec.dataset, tokenizer, spec.task, self.labels, spec.objective)
             if write and key is not None:
                 _keep(self.root, key, encoded, self.labels, sets, kept_by)
-        return arrange(encoded, spec.dataset, spec.task)
+        return arrange(encoded, spec.dataset, spec.task, spec.objective)
 
     def _cached(self, key: CacheKey) -> EncodedData | None:
         entry = self.root / key.name if self.root is not None else None
@@ -519,7 +559,7 @@ def read_data(
     key is taken before the files are read: a file changed while it is read is keyed as it
     was, and read again by the next pod."""
     key = key if key is not None else data_key(spec, runtime)
-    sets = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task)
+    sets = read_dataset(spec.dataset, runtime, spec.training.seed, spec.task, spec.objective)
     labels = label_map(sets, spec.dataset, spec.task)
     return CheckedData(sets, labels, spec, runtime, cache_folder(spec, runtime), key, read=True, ignored=ignored)
 

@@ -6,7 +6,9 @@ Five kinds of example come out, whatever the format went in:
   and its target);
 - Text: plain text, trained on all of it;
 - LabelledText: a text (or a pair of texts) and its class;
-- TaggedWords: words, each with its tag.
+- TaggedWords: words, each with its tag;
+- TextPreference and ChatPreference: a prompt with a chosen and a rejected answer (dpo, orpo),
+  as plain text or as chat messages rendered with the tokenizer's chat template.
 """
 
 from __future__ import annotations
@@ -62,7 +64,28 @@ class TaggedWords:
     where: str = field(default="", compare=False)
 
 
-Example = Conversation | Completion | Text | LabelledText | TaggedWords
+@dataclass(frozen=True)
+class TextPreference:
+    """A text prompt and two answers to continue it with, the first preferred."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class ChatPreference:
+    """A conversation so far and two ways the assistant could go on, the first preferred."""
+
+    prompt: tuple[Message, ...]
+    chosen: tuple[Message, ...]
+    rejected: tuple[Message, ...]
+
+
+Preference = TextPreference | ChatPreference
+"""A pair of answers to one prompt, the chosen one preferred to the rejected one."""
+
+Example = Conversation | Completion | Text | LabelledText | TaggedWords | TextPreference | ChatPreference
 Generation = Conversation | Completion | Text
 """The examples a language model learns to continue."""
 
@@ -75,6 +98,9 @@ SIGNATURES: dict[DataFormat, frozenset[str]] = {
     DataFormat.TEXT_LABEL: frozenset({"text", "label"}),
     DataFormat.TOKENS_TAGS: frozenset({"tokens", "tags"}),
     DataFormat.SOURCE_TARGET: frozenset({"source", "target"}),
+    # The column that makes a row a preference: one without its prompt or its rejected answer
+    # is then told which column it lacks.
+    DataFormat.PREFERENCE: frozenset({"chosen"}),
 }
 
 
@@ -105,16 +131,27 @@ def to_example(fmt: DataFormat, row: Row) -> Example:
             return _tokens_tags(row)
         case DataFormat.SOURCE_TARGET:
             return Completion(_text(row, "source", allow_empty=False), _text(row, "target", allow_empty=False))
+        case DataFormat.PREFERENCE:
+            return _preference(row)
     raise InvalidData(f"{row.where}: format {fmt} must be resolved before rows are read")
 
 
 def _chat(row: Row) -> Conversation:
-    messages = row.values.get("messages")
+    parsed = _messages(row, "messages")
+    if not any(m.role == "assistant" for m in parsed):
+        raise InvalidData(f"{row.where}: no assistant turn to learn from")
+    return Conversation(parsed)
+
+
+def _messages(row: Row, column: str, first: bool = True) -> tuple[Message, ...]:
+    """A column's chat messages, checked; `first` when they begin the conversation (a system
+    message may come only there)."""
+    messages = row.values.get(column)
     if not isinstance(messages, list) or not messages:
-        raise InvalidData(f"{row.where}: messages must be a non-empty list of {{role, content}} objects")
+        raise InvalidData(f"{row.where}: {column} must be a non-empty list of {{role, content}} objects")
     parsed: list[Message] = []
     for index, item in enumerate(messages):
-        where = f"{row.where}: messages[{index}]"
+        where = f"{row.where}: {column}[{index}]"
         if not isinstance(item, dict):
             raise InvalidData(f"{where}: expected an object with role and content")
         role, content = item.get("role"), item.get("content")
@@ -126,12 +163,47 @@ def _chat(row: Row) -> Conversation:
             raise InvalidData(f"{where}: content must be a string")
         if role == "assistant" and not content.strip():
             raise InvalidData(f"{where}: empty assistant turn")
-        if role == "system" and index != 0:
+        if role == "system" and (index != 0 or not first):
             raise InvalidData(f"{where}: a system message may only come first")
         parsed.append(Message(role, content))
-    if not any(m.role == "assistant" for m in parsed):
-        raise InvalidData(f"{row.where}: no assistant turn to learn from")
-    return Conversation(tuple(parsed))
+    return tuple(parsed)
+
+
+def _preference(row: Row) -> TextPreference | ChatPreference:
+    """A prompt and its chosen and rejected answers: all text, or (when any is a list of
+    messages) a conversation, where a text prompt is the user's turn and a text answer the
+    assistant's."""
+    for column in ("prompt", "chosen", "rejected"):
+        if row.values.get(column) is None:
+            raise InvalidData(f"{row.where}: missing {column}; a preference row has prompt, chosen and rejected")
+    pair: TextPreference | ChatPreference
+    if not any(isinstance(row.values[column], list) for column in ("prompt", "chosen", "rejected")):
+        pair = TextPreference(
+            _text(row, "prompt"), _text(row, "chosen", allow_empty=False), _text(row, "rejected", allow_empty=False)
+        )
+    else:
+        pair = ChatPreference(_turns(row, "prompt", "user"), _answer(row, "chosen"), _answer(row, "rejected"))
+    if pair.chosen == pair.rejected:
+        raise InvalidData(f"{row.where}: chosen and rejected are the same answer; a pair teaches only when they differ")
+    return pair
+
+
+def _turns(row: Row, column: str, role: str, first: bool = True) -> tuple[Message, ...]:
+    """A column of messages, or of text standing for one message of `role`."""
+    if isinstance(row.values[column], list):
+        return _messages(row, column, first)
+    return (Message(role, _text(row, column, allow_empty=role != "assistant")),)
+
+
+def _answer(row: Row, column: str) -> tuple[Message, ...]:
+    """An answer's messages: they go on the prompt's conversation and end with the assistant's turn."""
+    turns = _turns(row, column, "assistant", first=False)
+    last = turns[-1]
+    if last.role != "assistant":
+        raise InvalidData(f"{row.where}: {column} must end with an assistant message, not {last.role}")
+    if not last.content.strip():
+        raise InvalidData(f"{row.where}: {column} is empty")
+    return turns
 
 
 def _instruction(row: Row) -> Conversation:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import DataFormat, TaskType
+from kubetune.api.enums import Objective
 from kubetune.api.spec import DatasetSource, DatasetSpec
 from kubetune_trainer.data.formats import Example, detect_format, to_example
 from kubetune_trainer.data.sources import source_rows
@@ -17,6 +18,7 @@ from kubetune_trainer.data.tokenize import DataStats
 from kubetune_trainer.errors import InvalidData
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.tasks import task_for
+from kubetune_trainer.tasks.base import Task
 from kubetune_trainer.tasks.labels import LabelMap, build_label_map
 
 
@@ -30,14 +32,18 @@ class PreparedData:
 
 
 def read_examples(
-    source: DatasetSource, fmt: DataFormat, runtime: Runtime, task: TaskType = TaskType.CAUSAL_LM
+    source: DatasetSource,
+    fmt: DataFormat,
+    runtime: Runtime,
+    task: TaskType = TaskType.CAUSAL_LM,
+    objective: Objective = Objective.SFT,
 ) -> tuple[list[Example], DataFormat]:
     """Every row of a source checked and converted; `auto` resolved from the first row among
-    the task's formats."""
+    the formats the task reads under the objective."""
     examples: list[Example] = []
     for row in source_rows(source, runtime):
         if fmt is DataFormat.AUTO:
-            fmt = detect_format(row, task.formats)
+            fmt = detect_format(row, objective.formats(task))
         examples.append(to_example(fmt, row))
     if not examples:
         raise InvalidData(f"the {source.kind} dataset has no examples")
@@ -65,15 +71,21 @@ class ExampleSets:
     format: DataFormat
 
 
-def read_dataset(dataset: DatasetSpec, runtime: Runtime, seed: int, task: TaskType = TaskType.CAUSAL_LM) -> ExampleSets:
+def read_dataset(
+    dataset: DatasetSpec,
+    runtime: Runtime,
+    seed: int,
+    task: TaskType = TaskType.CAUSAL_LM,
+    objective: Objective = Objective.SFT,
+) -> ExampleSets:
     """Read and check every row, and split off the evaluation examples. Needs no model."""
-    examples, fmt = read_examples(dataset, dataset.format, runtime, task)
+    examples, fmt = read_examples(dataset, dataset.format, runtime, task, objective)
     held_out: list[Example] = []
     evaluation = dataset.evaluation
     if evaluation is not None and evaluation.fraction is not None:
         examples, held_out = split_for_evaluation(examples, evaluation.fraction, seed)
     elif evaluation is not None and evaluation.source is not None:
-        held_out, _ = read_examples(evaluation.source, fmt, runtime, task)
+        held_out, _ = read_examples(evaluation.source, fmt, runtime, task, objective)
     return ExampleSets(examples, held_out, fmt)
 
 
@@ -92,8 +104,9 @@ def tokenize_dataset(
     tokenizer: Any,
     task: TaskType = TaskType.CAUSAL_LM,
     labels: LabelMap | None = None,
+    objective: Objective = Objective.SFT,
 ) -> PreparedData:
-    return arrange(encode_dataset(sets, dataset, tokenizer, task, labels), dataset, task)
+    return arrange(encode_dataset(sets, dataset, tokenizer, task, labels, objective), dataset, task, objective)
 
 
 @dataclass(frozen=True)
@@ -113,30 +126,38 @@ def encode_dataset(
     tokenizer: Any,
     task: TaskType = TaskType.CAUSAL_LM,
     labels: LabelMap | None = None,
+    objective: Objective = Objective.SFT,
 ) -> EncodedData:
     stats = DataStats(detected_format=sets.format.value)
-    train = _tokenize_all(sets.train, tokenizer, dataset, task, labels, stats)
+    encoder = task_for(task, objective)
+    train = _tokenize_all(sets.train, tokenizer, dataset, encoder, labels, stats)
     if not train:
         raise InvalidData(
             f"no example is left to train on: {stats.dropped_too_long} longer than maxSeqLength "
             f"{dataset.max_seq_length}, {stats.dropped_nothing_to_learn} with nothing to learn"
         )
-    eval_set = _tokenize_all(sets.eval, tokenizer, dataset, task, labels, DataStats())
+    eval_set = _tokenize_all(sets.eval, tokenizer, dataset, encoder, labels, DataStats())
     return EncodedData(train, eval_set, stats, sets.format)
 
 
-def arrange(encoded: EncodedData, dataset: DatasetSpec, task: TaskType = TaskType.CAUSAL_LM) -> PreparedData:
-    return PreparedData(task_for(task).arrange(encoded.train, dataset), encoded.eval, encoded.stats, encoded.format)
+def arrange(
+    encoded: EncodedData,
+    dataset: DatasetSpec,
+    task: TaskType = TaskType.CAUSAL_LM,
+    objective: Objective = Objective.SFT,
+) -> PreparedData:
+    training = task_for(task, objective).arrange(encoded.train, dataset)
+    return PreparedData(training, encoded.eval, encoded.stats, encoded.format)
 
 
 def _tokenize_all(
     examples: list[Example],
     tokenizer: Any,
     dataset: DatasetSpec,
-    task: TaskType,
+    task: Task,
     labels: LabelMap | None,
     stats: DataStats,
 ) -> list[Any]:
-    encode = task_for(task).encode
+    encode = task.encode
     encoded = (encode(example, tokenizer, dataset, labels, stats) for example in examples)
     return [item for item in encoded if item is not None]

@@ -113,20 +113,21 @@ def segments(example: Generation, tokenizer: Any, completion_only: bool) -> list
     return parts
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    """Messages as the tokenizer's chat template writes them."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     return str(text)
 
 
 def _conversation_segments(conversation: Conversation, tokenizer: Any) -> list[Segment]:
     messages = [{"role": m.role, "content": m.content} for m in conversation.messages]
-    full = _render(tokenizer, messages, generation_prompt=False)
+    full = render(tokenizer, messages, generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = _render(tokenizer, messages[:index], generation_prompt=True) if index else ""
-        through = _render(tokenizer, messages[: index + 1], generation_prompt=False)
+        prefix = render(tokenizer, messages[:index], generation_prompt=True) if index else ""
+        through = render(tokenizer, messages[: index + 1], generation_prompt=False)
         # A template may close a conversation differently from a turn (Phi-3 adds the
         # end-of-text token), so the turn ends where this rendering and the full one part.
         end = _common_prefix_length(through, full)
@@ -160,14 +161,29 @@ def tokenize_example(
     stats: DataStats,
 ) -> TokenizedExample | None:
     """Token ids and labels of one example, or None when it is dropped (and counted)."""
-    stats.examples += 1
     parts = segments(example, tokenizer, completion_only)
+    return tokenize_segments(
+        parts,
+        tokenizer,
+        rendered=isinstance(example, Conversation),
+        max_length=max_length,
+        truncation=truncation,
+        stats=stats,
+    )
+
+
+def tokenize_segments(
+    parts: list[Segment], tokenizer: Any, *, rendered: bool, max_length: int, truncation: Truncation, stats: DataStats
+) -> TokenizedExample | None:
+    """Token ids and labels of text segments, or None when they are dropped (and counted).
+    `rendered`: the text came from the chat template, which placed the special tokens itself;
+    otherwise the tokenizer adds its own and the end-of-sequence token closes the text."""
+    stats.examples += 1
     text = "".join(part.text for part in parts)
-    is_conversation = isinstance(example, Conversation)
-    encoded = tokenizer(text, add_special_tokens=not is_conversation, return_offsets_mapping=True)
+    encoded = tokenizer(text, add_special_tokens=not rendered, return_offsets_mapping=True)
     ids: list[int] = list(encoded["input_ids"])
     trainable = _trainable_mask(parts, encoded["offset_mapping"])
-    if not is_conversation and tokenizer.eos_token_id is not None:
+    if not rendered and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
         trainable.append(True)
     stats.longest = max(stats.longest, len(ids))

@@ -1,11 +1,14 @@
 """The tasks a FineTuneJob can train, one module each; `task_for` is the only dispatch on
-the spec's task."""
+the spec's task and objective (a preference objective tunes a causal-lm model its own way)."""
 
 from __future__ import annotations
 
 from kubetune.api import TaskType
+from kubetune.api.enums import Objective
+from kubetune.api.spec import PreferenceSpec
 from kubetune_trainer.tasks.base import Task
 from kubetune_trainer.tasks.causal_lm import CausalLm
+from kubetune_trainer.tasks.preference import Preference
 from kubetune_trainer.tasks.seq2seq import Seq2Seq
 from kubetune_trainer.tasks.sequence_classification import SequenceClassification
 from kubetune_trainer.tasks.token_classification import TokenClassification
@@ -18,5 +21,8 @@ TASKS: dict[TaskType, Task] = {
 }
 
 
-def task_for(task: TaskType) -> Task:
+def task_for(task: TaskType, objective: Objective = Objective.SFT, preference: PreferenceSpec | None = None) -> Task:
+    """The task as the objective trains it (the API allows a preference objective for causal-lm only)."""
+    if objective.prefers:
+        return Preference(objective, preference)
     return TASKS[task]

@@ -17,8 +17,18 @@ import pytest
 
 from kubetune.api import FineTuneJobSpec
 from kubetune_trainer.data.cache import LAYOUTS, MANIFEST, MARKER, CheckedData, cache_folder, check_data
-from kubetune_trainer.data.formats import Completion, Conversation, LabelledText, Message, TaggedWords, Text
+from kubetune_trainer.data.formats import (
+    ChatPreference,
+    Completion,
+    Conversation,
+    LabelledText,
+    Message,
+    TaggedWords,
+    Text,
+    TextPreference,
+)
 from kubetune_trainer.data.pipeline import PreparedData, label_map, read_dataset, tokenize_dataset
+from kubetune_trainer.data.preference import EncodedPair
 from kubetune_trainer.data.tokenize import ClassifiedExample, TokenizedExample
 from kubetune_trainer.model import load_tokenizer, resolve_source
 from kubetune_trainer.preflight import check
@@ -73,6 +83,15 @@ VALUES: dict[str, list[Any]] = {
     "Text": [Text("plain text\nover two lines")],
     "LabelledText": [LabelledText("a text", "positive", None, "line 1"), LabelledText("one", 3, "two", "line 2")],
     "TaggedWords": [TaggedWords(("Ada", "visited", "Paris"), ("B-PER", "O", 4), "line 3")],
+    "EncodedPair": [EncodedPair([1, 2], [-100, 2], [1, 3, 4], [-100, 3, 4])],
+    "TextPreference": [TextPreference("", "yes", "no"), TextPreference("a prompt", "ü ∑ 🚀", "a rejected answer")],
+    "ChatPreference": [
+        ChatPreference(
+            (Message("system", "be brief"), Message("user", "hi")),
+            (Message("assistant", "yo"),),
+            (Message("assistant", "go away"), Message("user", "why?"), Message("assistant", "because")),
+        )
+    ],
 }
 
 

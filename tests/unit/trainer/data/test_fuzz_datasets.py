@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kubetune.api import DataFormat, TaskType
+from kubetune.api.enums import Objective
 from kubetune.api.spec import DatasetSpec
 from kubetune_trainer.data.pipeline import label_map, read_dataset, tokenize_dataset
 from kubetune_trainer.errors import InvalidData
@@ -40,7 +41,9 @@ from ..conftest import memorise_spec
 
 EXAMPLES = int(os.environ.get("KUBETUNE_FUZZ_EXAMPLES", "300"))
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-COMBINATIONS = [(task, fmt) for task in TaskType for fmt in (DataFormat.AUTO, *task.formats)]
+COMBINATIONS = [(task, fmt) for task in TaskType for fmt in (DataFormat.AUTO, *task.formats)] + [
+    (TaskType.CAUSAL_LM, DataFormat.PREFERENCE)  # read and encoded under objective dpo
+]
 LOCATED = re.compile(r"\b(line|item|row|byte) \d+")
 WHOLE_FILE = ("holds no rows", "not a readable parquet file", "expected a list of objects", "nested too deep")
 """Verdicts on a file as a whole: they name the file, and there is no row to point at."""
@@ -123,6 +126,11 @@ ROWS: dict[DataFormat, Any] = {
     },
     DataFormat.TOKENS_TAGS: _tokens_tags,
     DataFormat.SOURCE_TARGET: lambda draw: {"source": draw(_maybe(plain)), "target": draw(_maybe(plain))},
+    DataFormat.PREFERENCE: lambda draw: {
+        "prompt": draw(_maybe(st.one_of(words, messages()))),
+        "chosen": draw(_maybe(st.one_of(plain, plain, messages()))),
+        "rejected": draw(_maybe(st.one_of(plain, plain, messages()))),
+    },
 }
 
 
@@ -278,10 +286,11 @@ def _prepare(name: str, content: bytes, task: TaskType, fmt: DataFormat, tokeniz
         dataset = DatasetSpec.model_validate(
             {"pvc": {"claimName": "data", "path": name}, "format": fmt.value, "maxSeqLength": 64}
         )
-        sets = read_dataset(dataset, runtime, seed=0, task=task)
+        objective = Objective.DPO if fmt is DataFormat.PREFERENCE else Objective.SFT
+        sets = read_dataset(dataset, runtime, seed=0, task=task, objective=objective)
         labels = label_map(sets, dataset, task)
         if task is TaskType.CAUSAL_LM:
-            tokenize_dataset(sets, dataset, tokenizer, task, labels)
+            tokenize_dataset(sets, dataset, tokenizer, task, labels, objective)
 
 
 def _check_refusal(message: str, name: str) -> str:

@@ -1,0 +1,229 @@
+"""Preference tuning on kubetune's own data path: the DPO and ORPO losses, and the Trainer that
+computes them from padding-free batches of pairs (`kubetune_trainer.data.preference`).
+
+Why not TRL's DPOTrainer and ORPOTrainer: they tokenise and pad on their own, so a run would
+lose the preflight's cache, the padding-free batches and the counting Trainer's progress,
+checkpoints and outputs. Here the loss is a few tensor operations on the log-probabilities of
+each answer, and everything else is the run's usual path.
+
+The reference model of dpo is, by default, the base itself: with an adapter method, the model
+with its adapter switched off (no second copy); with full fine-tuning, a frozen copy taken
+before training. A reference named in the spec is loaded beside the model and frozen.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kubetune.api.enums import Objective, Precision, PreferenceLoss
+from kubetune.api.spec import FineTuneJobSpec, PreferenceSpec
+from kubetune_trainer.data.preference import SEQUENCE_IDS
+from kubetune_trainer.data.tokenize import IGNORE_INDEX
+from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.trainers import CountingTrainer
+
+FIGURES = ("reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected")
+"""What a preference run reports at each log and evaluation, besides its loss."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Summed log-probabilities of each pair's answers, and their token counts."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+    @property
+    def chosen_mean(self) -> torch.Tensor:
+        return self.chosen / self.chosen_tokens.clamp(min=1)
+
+    @property
+    def rejected_mean(self) -> torch.Tensor:
+        return self.rejected / self.rejected_tokens.clamp(min=1)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A batch's loss per pair, and the implicit reward of each answer."""
+
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+def sequence_scores(logits: torch.Tensor, labels: torch.Tensor, sequence_ids: torch.Tensor) -> Scores:
+    """Each sequence's summed log-probability of its labelled tokens. Only labelled positions
+    are taken to float32, so the vocabulary-wide softmax costs no more than its targets need."""
+    targets, owners = labels[:, 1:], sequence_ids[:, 1:]
+    mask = targets != IGNORE_INDEX
+    picked = logits[:, :-1][mask].float()
+    chosen_targets = targets[mask]
+    logps = picked.gather(-1, chosen_targets.unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)
+    count = int(sequence_ids.max().item()) + 1
+    sums = torch.zeros(count, device=logits.device).index_add(0, owners[mask], logps)
+    tokens = torch.zeros(count, device=logits.device).index_add(0, owners[mask], torch.ones_like(logps))
+    half = count // 2
+    return Scores(sums[:half], sums[half:], tokens[:half], tokens[half:])
+
+
+def score(model: Any, inputs: dict[str, torch.Tensor]) -> Scores:
+    """The model's scores of a batch of pairs."""
+    extra = {"attention_mask": inputs["attention_mask"]} if "attention_mask" in inputs else {}
+    logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False, **extra).logits
+    return sequence_scores(logits, inputs["labels"], inputs[SEQUENCE_IDS])
+
+
+def dpo_outcome(policy: Scores, reference: Scores, beta: float, loss: PreferenceLoss) -> Outcome:
+    """DPO's loss on the margin between the answers' log-probability ratios to the reference
+    (ipo: per-token ratios, as the IPO paper and TRL take them)."""
+    if loss is PreferenceLoss.IPO:
+        chosen = policy.chosen_mean - reference.chosen_mean
+        rejected = policy.rejected_mean - reference.rejected_mean
+    else:
+        chosen, rejected = policy.chosen - reference.chosen, policy.rejected - reference.rejected
+    margin = chosen - rejected
+    if loss is PreferenceLoss.SIGMOID:
+        losses = -F.logsigmoid(beta * margin)
+    elif loss is PreferenceLoss.HINGE:
+        losses = torch.relu(1 - beta * margin)
+    else:
+        losses = (margin - 1 / (2 * beta)) ** 2
+    return Outcome(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def orpo_outcome(policy: Scores, beta: float) -> Outcome:
+    """ORPO's loss: the chosen answer's negative log-likelihood per token, plus beta times the
+    negative log-sigmoid of the log odds ratio of chosen to rejected. The reward of an answer is
+    beta times its mean log-probability."""
+    chosen, rejected = policy.chosen_mean, policy.rejected_mean
+    log_odds = (chosen - rejected) - (_log1m_exp(chosen) - _log1m_exp(rejected))
+    losses = -chosen - beta * F.logsigmoid(log_odds)
+    return Outcome(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def _log1m_exp(logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(logp)), finite where the probability rounds to 1."""
+    return torch.log(-torch.expm1(logp.clamp(max=-1e-6)))
+
+
+def figures(outcome: Outcome, policy: Scores) -> dict[str, list[float]]:
+    """Each pair's figures: whether the chosen answer wins (a tie counts half: the untrained
+    model ties every pair with its own reference), the reward margin, and the answers' summed
+    log-probabilities."""
+    chosen, rejected = outcome.chosen_rewards, outcome.rejected_rewards
+    wins = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+    values = {
+        "reward_accuracy": wins,
+        "reward_margin": chosen - rejected,
+        "logp_chosen": policy.chosen.detach(),
+        "logp_rejected": policy.rejected.detach(),
+    }
+    return {name: value.float().tolist() for name, value in values.items()}
+
+
+class PreferenceTrainer(CountingTrainer):
+    """The counting Trainer with a preference loss: dpo against a reference, or orpo."""
+
+    def __init__(
+        self, *args: Any, objective: Objective, preference: PreferenceSpec, reference: Any = None, **kwargs: Any
+    ) -> None:
+        from peft import PeftModel
+
+        super().__init__(*args, **kwargs)
+        self.objective: Objective = objective
+        self.preference: PreferenceSpec = preference
+        # The loss is a mean over pairs, so the Trainer divides it across accumulated micro-batches.
+        self.model_accepts_loss_kwargs = False
+        if objective.uses_reference and reference is None and not isinstance(self.model, PeftModel):
+            # Full fine-tuning: the reference is the base as it is now, before any step.
+            reference = copy.deepcopy(self.model)
+        self.reference = None if reference is None else _frozen(reference, self.args)
+        self._kept: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        tokens = inputs.pop("num_tokens", None)
+        if tokens is not None and model.training:
+            self.meter.tokens += int(tokens)
+        policy = score(model, inputs)
+        if self.objective.uses_reference:
+            outcome = dpo_outcome(
+                policy, self._reference_scores(model, inputs), self.preference.beta, self.preference.loss
+            )
+        else:
+            outcome = orpo_outcome(policy, self.preference.beta)
+        kept = self._kept["train" if model.training else "eval"]
+        for name, values in figures(outcome, policy).items():
+            kept[name] += values
+        loss = outcome.losses.mean()
+        return (loss, {}) if return_outputs else loss
+
+    def _reference_scores(self, model: Any, inputs: dict[str, Any]) -> Scores:
+        with torch.no_grad():
+            if self.reference is not None:
+                return score(self.reference, inputs)
+            unwrapped = self.accelerator.unwrap_model(model)
+            with unwrapped.disable_adapter(), _evaluating(unwrapped):
+                return score(unwrapped, inputs)
+
+    def prediction_step(
+        self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> tuple[torch.Tensor, None, None]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # In place: evaluate() returns the very dict it logs, so the run's summary gets the figures too.
+        kind, prefix = ("eval", "eval_") if "eval_loss" in logs else ("train", "")
+        kept = self._kept[kind]
+        logs.update({f"{prefix}{name}": sum(kept[name]) / len(kept[name]) for name in FIGURES if kept[name]})
+        kept.clear()
+        super().log(logs, start_time)
+
+
+def _frozen(model: Any, args: Any) -> Any:
+    """A reference model on the training device, in evaluation mode and without gradients; in
+    the 16-bit compute dtype under mixed precision (autocast computes in it anyway), which
+    halves a full-precision copy."""
+    model.eval()
+    model.requires_grad_(False)
+    half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    if half is not None and not getattr(model, "is_loaded_in_4bit", False):
+        model.to(half)
+    return model.to(args.device) if not getattr(model, "is_loaded_in_4bit", False) else model
+
+
+def load_reference(spec: FineTuneJobSpec, runtime: Runtime, precision: Precision) -> Any | None:
+    """The reference model a dpo spec names (loaded as its base would be, 4-bit with a 4-bit
+    method), or None when the reference is the base itself."""
+    from kubetune_trainer.model import fetch_once, load_model, resolve_source
+
+    named = spec.preferences.reference
+    if named is None or not spec.objective.uses_reference:
+        return None
+    as_base = spec.model_copy(update={"model": named})
+    return load_model(as_base, fetch_once(resolve_source(as_base, runtime), runtime), precision, runtime).model
+
+
+@contextmanager
+def _evaluating(model: Any) -> Iterator[None]:
+    """The reference answers without dropout, as a frozen copy would; the model trains on after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
