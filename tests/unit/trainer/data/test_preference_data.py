@@ -211,4 +211,4 @@ def test_the_preflight_passes_good_pairs_and_refuses_a_bad_one_with_its_line(run
 
     assert summary.reason == "DataValid"
     assert summary.message == "2 of 2 examples ready to train"
-    assert summary.data is not None and summary.data["format"] == "preference"
+    assert summary.data is not None and summary.data.format == "preference"
