@@ -12,9 +12,8 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -27,11 +26,10 @@ from kubetune.api import GROUP, VERSION
 from kubetune.api.resource import PLURAL
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.controller import names
-from kubetune.controller.builders import ATTEMPT_LABEL, JOB_LABEL, KUEUE_QUEUE_LABEL, ROLE_LABEL, Manifest
-from kubetune.controller.observe import job_state, owning_job, pod_state, workload_state
+from kubetune.controller.builders import JOB_LABEL, Manifest
+from kubetune.controller.observe import JobRecord, PodRecord, WorkloadState, job_record, pod_record, workload_state
 from kubetune.controller.reconcile import (
     Action,
-    Attempt,
     Create,
     Delete,
     Emit,
@@ -39,6 +37,7 @@ from kubetune.controller.reconcile import (
     SetWorkloadActive,
     Snapshot,
     WriteStatus,
+    assemble,
 )
 
 log = logging.getLogger(__name__)
@@ -112,6 +111,18 @@ def _absent(error: ApiException) -> bool:
     return bool(error.status == 404)
 
 
+@dataclass
+class Applied:
+    """What carrying out a plan changed that the operator keeps: the FineTuneJob as its last
+    status write left it, and the Jobs made and removed (the watch will say so too, later)."""
+
+    written: dict[str, Any] | None = None
+    created_jobs: list[dict[str, Any]] = field(default_factory=list)
+    deleted_jobs: list[str] = field(default_factory=list)
+    adopted: bool = False
+    """A Job to create was there already: the operator's picture of its Jobs was behind."""
+
+
 class Cluster:
     """What the operator reads and writes for one FineTuneJob at a time."""
 
@@ -121,39 +132,23 @@ class Cluster:
 
     # ------------------------------------------------------------------------- reading
 
-    def snapshot(self, namespace: str, name: str) -> Snapshot:
-        """The job's Jobs with their pods, and Kueue's Workloads when a Job was made for a queue
-        (its label says so, whatever the spec reads now: an edit is not applied to a started job)."""
+    def children(self, namespace: str, name: str) -> tuple[list[JobRecord], list[PodRecord]]:
+        """The job's Jobs and Pods, read afresh (when what the watch delivered may be stale)."""
         selector = [("labelSelector", f"{JOB_LABEL}={names.label_value(name)}")]
-        jobs = self._list("Job", namespace, selector)
-        queued = any(KUEUE_QUEUE_LABEL in ((job.get("metadata") or {}).get("labels") or {}) for job in jobs)
-        pods_by_job: dict[str, list[Manifest]] = defaultdict(list)
-        for pod in self._list("Pod", namespace, selector):
-            # By the owning Job's uid; by the job-name label for a pod that names no owner.
-            labels = (pod.get("metadata") or {}).get("labels") or {}
-            job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
-            pods_by_job[owning_job(pod) or job_name].append(pod)
-        workloads = {}
-        if queued:
-            for workload in self._list("Workload", namespace, (), missing_ok=True):
-                state = workload_state(workload)
-                workloads[state.owner_uid] = state
-        attempts, preflight = {}, None
-        for job in jobs:
-            meta = job["metadata"]
-            role = (meta.get("labels") or {}).get(ROLE_LABEL)
-            attempt = Attempt(
-                job_state(job),
-                tuple(
-                    pod_state(p) for p in pods_by_job.get(meta.get("uid", ""), []) + pods_by_job.get(meta["name"], [])
-                ),
-                workloads.get(meta.get("uid", "")),
-            )
-            if role == "preflight":
-                preflight = attempt
-            elif role == "train":
-                attempts[int(meta["labels"].get(ATTEMPT_LABEL, "0"))] = attempt
-        return Snapshot(preflight=preflight, attempts=attempts)
+        jobs = [job_record(job) for job in self._list("Job", namespace, selector)]
+        pods = [pod_record(pod) for pod in self._list("Pod", namespace, selector)]
+        return jobs, pods
+
+    def workloads(self, namespace: str) -> dict[str, WorkloadState]:
+        """Kueue's Workloads of the namespace by the uid of the Job each admits (none when
+        Kueue is not installed)."""
+        listed = (workload_state(w) for w in self._list("Workload", namespace, (), missing_ok=True))
+        return {state.owner_uid: state for state in listed}
+
+    def snapshot(self, namespace: str, name: str) -> Snapshot:
+        """The job's Jobs with their pods, and Kueue's Workloads when a Job was made for a queue."""
+        jobs, pods = self.children(namespace, name)
+        return assemble(jobs, pods, self.workloads(namespace) if any(job.queued for job in jobs) else None)
 
     def _list(
         self, kind: str, namespace: str, query: Sequence[tuple[str, str]], missing_ok: bool = False
@@ -168,38 +163,46 @@ class Cluster:
 
     # ------------------------------------------------------------------------- writing
 
-    def apply(self, body: dict[str, Any], actions: Sequence[Action]) -> dict[str, Any] | None:
+    def apply(self, body: dict[str, Any], actions: Sequence[Action]) -> Applied:
         """Carry out the plan in its order. Creating what exists and deleting what is gone
-        are no-ops: a redelivered event or a restarted operator repeats a plan safely.
-        Returns the FineTuneJob as the last status write left it (None without one)."""
+        are no-ops: a redelivered event or a restarted operator repeats a plan safely."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        version, written = meta.get("resourceVersion"), None
+        version, applied = meta.get("resourceVersion"), Applied()
         for action in actions:
             match action:
                 case Create(manifest):
-                    self._create(namespace, manifest)
+                    made = self._create(namespace, manifest)
+                    if manifest["kind"] == "Job":
+                        if made is None:
+                            applied.adopted = True
+                        else:
+                            applied.created_jobs.append(made)
                 case Delete(kind, child):
                     self._delete(namespace, kind, child)
+                    if kind == "Job":
+                        applied.deleted_jobs.append(child)
                 case SetSuspend(job, suspend):
                     self._patch("Job", namespace, job, {"spec": {"suspend": suspend}})
                 case SetWorkloadActive(workload, active):
                     self._patch("Workload", namespace, workload, {"spec": {"active": active}})
                 case WriteStatus(status):
-                    written = self.write_status(namespace, name, status, version)
-                    version = (written.get("metadata") or {}).get("resourceVersion")
+                    applied.written = self.write_status(namespace, name, status, version)
+                    version = (applied.written.get("metadata") or {}).get("resourceVersion")
                 case Emit(warning, reason, message):
                     self.emit(body, warning, reason, message)
-        return written
+        return applied
 
-    def _create(self, namespace: str, manifest: Manifest) -> None:
+    def _create(self, namespace: str, manifest: Manifest) -> dict[str, Any] | None:
+        """The object as created; None when it existed already (it is adopted as it is)."""
         kind = KINDS[manifest["kind"]]
         try:
-            self.rest.call("POST", kind.path(namespace), body=manifest)
+            return self.rest.call("POST", kind.path(namespace), body=manifest)
         except ApiException as error:
             if error.status != 409:
                 raise
             log.debug("%s %s exists already", manifest["kind"], manifest["metadata"]["name"])
+            return None
 
     def _delete(self, namespace: str, kind: str, name: str) -> None:
         # Background: the Job goes at once and the garbage collector removes its pods (the API's

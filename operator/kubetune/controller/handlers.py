@@ -3,8 +3,11 @@ adapter (`cluster.Cluster`).
 
 One keeper per FineTuneJob keeps it true: a task of the operator's own that plans from
 the FineTuneJob and its children, applies the plan, and sleeps until a child changes or
-the progress interval passes. Kopf's watch events only start, wake or stop keepers; they
-decide nothing. All writes for a job come from its one keeper, so they never race each
+the progress interval passes. Kopf's watch events start, wake or stop keepers and feed the
+index of children (`index.ChildIndex`) the keepers plan from; they decide nothing. A
+keeper goes to the API server to write, and to read only when what it knows may be stale
+(its first look at a started job, a failed or conflicting pass, a Job the status counts
+that the index lacks, and every resync period). All writes for a job come from its one keeper, so they never race each
 other, and a restarted operator picks up where the last one stopped (the decisions depend
 on the cluster only).
 
@@ -35,12 +38,21 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import GROUP, VERSION, Phase
 from kubetune.api.resource import PLURAL
+from kubetune.api.status import FineTuneJobStatus
 from kubetune.controller import names
 from kubetune.controller.builders import JOB_LABEL
 from kubetune.controller.cluster import KINDS, Cluster, fetch_progress
+from kubetune.controller.index import ChildIndex
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.observe import progress_from_report
-from kubetune.controller.reconcile import Snapshot, WriteStatus, plan, read_status, seconds_to_next_look
+from kubetune.controller.reconcile import (
+    Snapshot,
+    WriteStatus,
+    expected_job_missing,
+    plan,
+    read_status,
+    seconds_to_next_look,
+)
 from kubetune.controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +73,9 @@ class Keeper:
     it; None when it must be read afresh (the spec changed, or a pass failed). A body that
     is stale all the same costs no wrong decision: status writes carry its resourceVersion,
     and a conflict makes the next pass read."""
+    listed_at: float | None = None
+    """When the job's children were last read from the API (monotonic), or found to be none;
+    None when the index may be stale for the job (a new keeper, a failed pass)."""
     waker: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -73,6 +88,7 @@ class OperatorState:
     cluster: Cluster
     metrics: Metrics = field(default_factory=Metrics)
     keepers: dict[Key, Keeper] = field(default_factory=dict)
+    index: ChildIndex = field(default_factory=ChildIndex)
 
     def wake(self, namespace: str | None, label: str | None) -> None:
         keeper = self.keepers.get((namespace or "", label or ""))
@@ -92,7 +108,9 @@ class OperatorState:
 
     async def release(self, namespace: str, name: str) -> None:
         """Stop the job's keeper (the job is being deleted)."""
-        keeper = self.keepers.pop((namespace, names.label_value(name)), None)
+        key = (namespace, names.label_value(name))
+        keeper = self.keepers.pop(key, None)
+        self.index.release(key)
         if keeper is not None and keeper.task is not None:
             keeper.task.cancel()
             await asyncio.gather(keeper.task, return_exceptions=True)
@@ -145,7 +163,7 @@ async def keep_job_true(state: OperatorState, namespace: str, keeper: Keeper) ->
                 if did_poll:
                     polled = time.monotonic()
             except ApiException as error:
-                keeper.body = None  # the next pass reads afresh
+                keeper.body, keeper.listed_at = None, None  # the next pass reads afresh
                 state.metrics.api_errors.labels(status=str(error.status)).inc()
                 pause = _backoff(error, state.settings.error_backoff_seconds)
                 log.log(
@@ -158,7 +176,7 @@ async def keep_job_true(state: OperatorState, namespace: str, keeper: Keeper) ->
                     pause,
                 )
             except Exception:  # a lost connection, or a bug: logged, and the next pass tries again
-                keeper.body = None
+                keeper.body, keeper.listed_at = None, None
                 state.metrics.api_errors.labels(status="none").inc()
                 pause = state.settings.error_backoff_seconds
                 log.exception("reconciling %s/%s failed; trying again in %.1f s", namespace, name, pause)
@@ -204,10 +222,7 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
             raise
         keeper.body = json.dumps(body)
     previous = read_status(body)
-    if previous.start_time is None:
-        snapshot = Snapshot()  # nothing is created before the status says the job started
-    else:
-        snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name)
+    snapshot = await children(state, namespace, keeper, previous)
     progress, polled = None, False
     current = previous.attempts + previous.preemptions
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
@@ -216,12 +231,38 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
             report = await asyncio.to_thread(fetch_progress, address, state.settings.progress_port)
             progress, polled = progress_from_report(report), True
     actions = plan(body, snapshot, state.settings, datetime.now(UTC), progress)
-    answer = await asyncio.to_thread(cluster.apply, body, actions)
-    if answer is not None:
-        keeper.body = json.dumps(answer)  # what the API holds now, the status just written included
+    applied = await asyncio.to_thread(cluster.apply, body, actions)
+    key = (namespace, names.label_value(name))
+    for job in applied.created_jobs:
+        state.index.created(key, job)
+    for job_name in applied.deleted_jobs:
+        state.index.deleted(key, job_name)
+    if applied.adopted:
+        keeper.listed_at = None  # a Job it meant to create was there: read what else it missed
+    if applied.written is not None:
+        keeper.body = json.dumps(applied.written)  # what the API holds now, the status just written included
     written = next((a.status for a in reversed(actions) if isinstance(a, WriteStatus)), previous)
     state.metrics.observe(namespace, name, written.phase, time.monotonic() - started)
     return polled, seconds_to_next_look(body, snapshot, written, state.settings, datetime.now(UTC))
+
+
+async def children(state: OperatorState, namespace: str, keeper: Keeper, status: FineTuneJobStatus) -> Snapshot:
+    """The job's children from the index; read from the API first when the index may be
+    stale for the job. Kueue's Workloads are not watched: a queued job's are listed."""
+    key, now = (namespace, names.label_value(keeper.name)), time.monotonic()
+    if status.start_time is None:
+        keeper.listed_at = now  # nothing is created before the status says the job started
+        return Snapshot()
+    fresh = keeper.listed_at is not None and now - keeper.listed_at < state.settings.resync_seconds
+    if not fresh or expected_job_missing(status, state.index.snapshot(key)):
+        since = state.index.last
+        jobs, pods = await asyncio.to_thread(state.cluster.children, namespace, keeper.name)
+        state.index.replace(key, jobs, pods, since)
+        keeper.listed_at = now
+    workloads = None
+    if state.index.queued(key):
+        workloads = await asyncio.to_thread(state.cluster.workloads, namespace)
+    return state.index.snapshot(key, workloads)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -240,9 +281,25 @@ async def job_changed(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
+async def job_child_changed(
+    event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
+    """A Job of a FineTuneJob: its facts into the index, and its keeper woken."""
+    state: OperatorState = memo.state
+    key = (namespace or "", labels.get(JOB_LABEL) or "")
+    state.index.job_event(key, event.get("type"), event["object"])
+    state.wake(*key)
+
+
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
-async def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    memo.state.wake(namespace, labels.get(JOB_LABEL))
+async def pod_child_changed(
+    event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
+    """A pod of a FineTuneJob's Job: its facts into the index, and its keeper woken."""
+    state: OperatorState = memo.state
+    key = (namespace or "", labels.get(JOB_LABEL) or "")
+    state.index.pod_event(key, event.get("type"), event["object"])
+    state.wake(*key)
 
 
 @kopf.on.probe(id="jobs")
