@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -482,3 +483,41 @@ async def test_progress_is_written_at_most_once_per_interval(
     assert len(status_writes) <= polls, "no more than one status write per poll of rank 0"
     interval = operator.settings.progress_interval_seconds
     assert polls <= 1 + elapsed / interval, "polls are spaced by the progress interval"
+
+
+def _verbs(requests: list[Any]) -> Counter[str]:
+    """The operator's requests (its own and Kopf's) by Kubernetes verb, watches left out."""
+    verbs: Counter[str] = Counter()
+    for request in requests:
+        agent = request.headers.get("User-Agent", "")
+        if request.resource is None or not agent.startswith(("kubetune-operator/", "kopf/")):
+            continue
+        method = str(getattr(request.method, "value", request.method)).upper()
+        if request.params.get("watch") == "true":
+            continue
+        verbs[("get" if request.name else "list") if method == "GET" else method.lower()] += 1
+    return verbs
+
+
+async def test_a_running_job_s_passes_neither_list_nor_read(
+    operator: Operator, cluster: Cluster, progress: Progress, job: dict[str, Any]
+) -> None:
+    """In steady state the keeper plans from what the watch delivered: each progress interval
+    it polls rank 0 and writes the status when the figures moved, and asks the API server
+    for nothing."""
+    await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+    requests = cluster.apiserver.emulator._requests
+    await asyncio.sleep(0.5)  # the passes the pods' events woke are over
+    before, polls_before = len(requests), progress.requests
+
+    for step in range(1, 21):
+        progress.report = {"step": step, "totalSteps": 40, "loss": 2.0 / step, "phase": "training"}
+        await asyncio.sleep(0.1)
+
+    verbs, polls = _verbs(requests[before:]), progress.requests - polls_before
+    assert polls >= 3, "progress was polled while running"
+    assert set(verbs) == {"patch"}, f"only status writes, found {dict(verbs)}"
+    assert verbs["patch"] <= polls
