@@ -480,7 +480,8 @@ async def test_progress_is_written_at_most_once_per_interval(
     status_writes = [w for w in writes[before:] if w.plural == "finetunejobs" and w.subresource == "status"]
     polls = progress.requests - polls_before
     assert polls >= 2, "progress was polled while running"
-    assert len(status_writes) <= polls, "no more than one status write per poll of rank 0"
+    # A pass may have polled just before the count began and write just after it.
+    assert len(status_writes) <= polls + 1, "no more than one status write per poll of rank 0"
     interval = operator.settings.progress_interval_seconds
     assert polls <= 1 + elapsed / interval, "polls are spaced by the progress interval"
 
@@ -520,4 +521,4 @@ async def test_a_running_job_s_passes_neither_list_nor_read(
     verbs, polls = _verbs(requests[before:]), progress.requests - polls_before
     assert polls >= 3, "progress was polled while running"
     assert set(verbs) == {"patch"}, f"only status writes, found {dict(verbs)}"
-    assert verbs["patch"] <= polls
+    assert verbs["patch"] <= polls + 1, "a status write per poll at most (one may have polled before the count)"

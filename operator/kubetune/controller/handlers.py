@@ -27,7 +27,6 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +40,7 @@ from kubetune.api.resource import PLURAL
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.controller import names
 from kubetune.controller.builders import JOB_LABEL
-from kubetune.controller.cluster import KINDS, Cluster, fetch_progress
+from kubetune.controller.cluster import KINDS, AsyncRest, Cluster, fetch_progress
 from kubetune.controller.index import ChildIndex
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.observe import progress_from_report
@@ -130,9 +129,6 @@ class EventsOnlyDiffBase(kopf.StatusDiffBaseStorage):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    # The API calls run in threads (the client blocks); one pool sized for many jobs at once.
-    workers = memo.state.settings.api_workers
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="kubetune-api"))
     # Kopf keeps its bookkeeping in status.kopf (the CRD preserves it): no annotations to write.
     settings.persistence.diffbase_storage = EventsOnlyDiffBase(field="status.kopf.last-handled-configuration")
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
@@ -149,6 +145,8 @@ async def stop_keepers(memo: Any, **_: Any) -> None:
         if keeper.task is not None:
             keeper.task.cancel()
     await asyncio.gather(*(k.task for k in keepers if k.task is not None), return_exceptions=True)
+    if state.cluster is not None:
+        await state.cluster.rest.close()
 
 
 async def keep_job_true(state: OperatorState, namespace: str, keeper: Keeper) -> None:
@@ -215,7 +213,7 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
         body: dict[str, Any] = json.loads(keeper.body)
     else:
         try:
-            body = await asyncio.to_thread(cluster.rest.call, "GET", KINDS["FineTuneJob"].path(namespace, name))
+            body = await cluster.rest.call("GET", KINDS["FineTuneJob"].path(namespace, name))
         except ApiException as error:
             if error.status == 404:
                 return False, state.settings.resync_seconds  # deleted; its DELETED event stops the keeper
@@ -228,10 +226,10 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
         address = snapshot.attempts[current].rank0_address
         if address:
-            report = await asyncio.to_thread(fetch_progress, address, state.settings.progress_port)
+            report = await fetch_progress(cluster.rest.session(), address, state.settings.progress_port)
             progress, polled = progress_from_report(report), True
     actions = plan(body, snapshot, state.settings, datetime.now(UTC), progress)
-    applied = await asyncio.to_thread(cluster.apply, body, actions)
+    applied = await cluster.apply(body, actions)
     key = (namespace, names.label_value(name))
     for job in applied.created_jobs:
         state.index.created(key, job)
@@ -256,12 +254,12 @@ async def children(state: OperatorState, namespace: str, keeper: Keeper, status:
     fresh = keeper.listed_at is not None and now - keeper.listed_at < state.settings.resync_seconds
     if not fresh or expected_job_missing(status, state.index.snapshot(key)):
         since = state.index.last
-        jobs, pods = await asyncio.to_thread(state.cluster.children, namespace, keeper.name)
+        jobs, pods = await state.cluster.children(namespace, keeper.name)
         state.index.replace(key, jobs, pods, since)
         keeper.listed_at = now
     workloads = None
     if state.index.queued(key):
-        workloads = await asyncio.to_thread(state.cluster.workloads, namespace)
+        workloads = await state.cluster.workloads(namespace)
     return state.index.snapshot(key, workloads)
 
 
@@ -284,22 +282,22 @@ async def job_changed(
 async def job_child_changed(
     event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
 ) -> None:
-    """A Job of a FineTuneJob: its facts into the index, and its keeper woken."""
+    """A Job of a FineTuneJob: its facts into the index, and its keeper woken when they changed."""
     state: OperatorState = memo.state
     key = (namespace or "", labels.get(JOB_LABEL) or "")
-    state.index.job_event(key, event.get("type"), event["object"])
-    state.wake(*key)
+    if state.index.job_event(key, event.get("type"), event["object"]):
+        state.wake(*key)
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
 async def pod_child_changed(
     event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
 ) -> None:
-    """A pod of a FineTuneJob's Job: its facts into the index, and its keeper woken."""
+    """A pod of a FineTuneJob's Job: its facts into the index, and its keeper woken when they changed."""
     state: OperatorState = memo.state
     key = (namespace or "", labels.get(JOB_LABEL) or "")
-    state.index.pod_event(key, event.get("type"), event["object"])
-    state.wake(*key)
+    if state.index.pod_event(key, event.get("type"), event["object"]):
+        state.wake(*key)
 
 
 @kopf.on.probe(id="jobs")
@@ -310,24 +308,21 @@ def jobs_watched(memo: Any, **_: Any) -> int:
 # ----------------------------------------------------------------------------- running it
 
 
-def api_client(connections: int) -> ApiClient:
-    """Credentials the way a pod or a person has them: in-cluster, else the kubeconfig; a
-    connection kept for each API thread (the client's default keeps 5 per CPU, and a
-    thread beyond those opens and drops a connection per call)."""
+def api_client() -> ApiClient:
+    """Credentials the way a pod or a person has them: in-cluster, else the kubeconfig."""
     from kubernetes import config
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    configuration = Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = connections
-    return ApiClient(configuration)
+    return ApiClient(Configuration.get_default_copy())
 
 
 def memo_for(settings: Settings, client: ApiClient) -> kopf.Memo:
+    """The handlers' shared state; the client gives where the API server is and the login."""
     memo = kopf.Memo()
-    memo.state = OperatorState(settings, Cluster(client))
+    memo.state = OperatorState(settings, Cluster(AsyncRest(client.configuration, settings.api_workers)))
     return memo
 
 
@@ -340,7 +335,7 @@ def run(settings: Settings) -> None:
         quiet=settings.log_level in ("warning", "error"),
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
-    memo = memo_for(settings, api_client(settings.api_workers))
+    memo = memo_for(settings, api_client())
     if settings.metrics_port:
         memo.state.metrics.serve(settings.metrics_port)
     kopf.run(

@@ -57,28 +57,32 @@ class ChildIndex:
 
     # ------------------------------------------------------------------------- from the watch
 
-    def job_event(self, key: Key, event_type: str | None, job: Mapping[str, Any]) -> None:
+    def job_event(self, key: Key, event_type: str | None, job: Mapping[str, Any]) -> bool:
+        """Whether the facts of the job's Jobs changed (most events change only fields the
+        planner does not read, or tell of a Job the keeper made itself)."""
         record = job_record(dict(job))
-        self._seen(key, "jobs", record.uid, None if event_type == "DELETED" else record)
+        return self._seen(key, "jobs", record.uid, None if event_type == "DELETED" else record)
 
-    def pod_event(self, key: Key, event_type: str | None, pod: Mapping[str, Any]) -> None:
+    def pod_event(self, key: Key, event_type: str | None, pod: Mapping[str, Any]) -> bool:
+        """Whether the facts of the job's pods changed."""
         record = pod_record(dict(pod))
-        self._seen(key, "pods", record.uid, None if event_type == "DELETED" else record)
+        return self._seen(key, "pods", record.uid, None if event_type == "DELETED" else record)
 
-    def _seen(self, key: Key, kind: str, uid: str, record: Any) -> None:
+    def _seen(self, key: Key, kind: str, uid: str, record: Any) -> bool:
         """A deleted object's late events (queued before its deletion was seen) change nothing.
         A job whose children are all deleted is forgotten (a FineTuneJob deleted, or cleaned up
         after its TTL), so deletions leave nothing behind for long."""
         if record is DELETED and key not in self._entries:
-            return
+            return False
         entries = self._of(key)
         records: dict[str, tuple[int, Any]] = getattr(entries, kind)
         held = records.get(uid)
         if record is not DELETED and held is not None and held[1] is DELETED:
-            return
+            return False
         records[uid] = (self._next(), record)
         if record is DELETED and all(r is DELETED for _, r in (*entries.jobs.values(), *entries.pods.values())):
             del self._entries[key]
+        return held is None or held[1] != record
 
     # ------------------------------------------------------------------------- from the keeper
 

@@ -83,7 +83,7 @@ class Settings:
     error_backoff_seconds: float = 5.0
     """Pause after a failed API call that names no Retry-After."""
     api_workers: int = 32
-    """Threads for API calls (the client blocks), shared by every job."""
+    """Connections open at once to the API server and to rank-0 pods, shared by every job."""
     resync_seconds: float = 300.0
     """Longest a job goes without its children read afresh from the API (between two reads the
     keeper plans from what the watch delivered), and a job that is not running without a pass."""

@@ -100,11 +100,11 @@ class _ListingCluster:
     def __init__(self, jobs: list[dict[str, Any]]) -> None:
         self.jobs, self.listings = jobs, 0
 
-    def children(self, namespace: str, name: str) -> tuple[list[Any], list[Any]]:
+    async def children(self, namespace: str, name: str) -> tuple[list[Any], list[Any]]:
         self.listings += 1
         return [job_record(job) for job in self.jobs], []
 
-    def workloads(self, namespace: str) -> dict[str, Any]:
+    async def workloads(self, namespace: str) -> dict[str, Any]:
         return {}
 
 

@@ -156,3 +156,17 @@ def test_a_job_the_status_counts_and_the_index_lacks_is_expected() -> None:
     assert not expected_job_missing(FineTuneJobStatus(), assemble([], [])), "not started: nothing expected"
     done = started.model_copy(update={"phase": Phase.SUCCEEDED})
     assert not expected_job_missing(done, assemble([], [])), "a finished job's Jobs may be gone"
+
+
+def test_an_event_that_changes_no_fact_is_told_apart() -> None:
+    index = ChildIndex()
+    job = _job("demo-a1", "j1")
+    index.created(KEY, job)
+
+    assert not index.job_event(KEY, "ADDED", job), "the keeper's own Job, as it made it"
+    job["metadata"]["resourceVersion"] = "12"
+    assert not index.job_event(KEY, "MODIFIED", job), "a field the planner does not read"
+    assert index.job_event(KEY, "MODIFIED", _job("demo-a1", "j1", active=1))
+    assert index.pod_event(KEY, "ADDED", _pod("demo-a1-0", "j1"))
+    assert index.pod_event(KEY, "DELETED", _pod("demo-a1-0", "j1"))
+    assert not index.pod_event(KEY, "DELETED", _pod("demo-a1-0", "j1"))
