@@ -7,9 +7,9 @@ the progress interval passes. Kopf's watch events start, wake or stop keepers an
 index of children (`index.ChildIndex`) the keepers plan from; they decide nothing. A
 keeper goes to the API server to write, and to read only when what it knows may be stale
 (its first look at a started job, a failed or conflicting pass, a Job the status counts
-that the index lacks, and every resync period). All writes for a job come from its one keeper, so they never race each
-other, and a restarted operator picks up where the last one stopped (the decisions depend
-on the cluster only).
+that the index lacks, and every resync period). All writes for a job come from its one
+keeper, so they never race each other, and a restarted operator picks up where the last
+one stopped (the decisions depend on the cluster only).
 
 A keeper is not a Kopf daemon: a daemon makes Kopf write a finalizer onto every object
 (one more request and one more watch event per job) and costs more memory per job. The
