@@ -10,6 +10,7 @@ is the blocking helper for the CLI's cluster commands and the tests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -121,6 +122,9 @@ class AsyncRest:
         # every read of either (a third of the operator's CPU per request, profiled).
         self.host, self.proxy = configuration.host.rstrip("/"), configuration.proxy or None
         self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self.timeout = 30.0
+        """Seconds a call may take once it has a connection."""
 
     def session(self) -> aiohttp.ClientSession:
         """One session per operator, made on its event loop at the first call."""
@@ -128,6 +132,13 @@ class AsyncRest:
             connector = aiohttp.TCPConnector(limit=self.connections, ssl=_tls(self.configuration))
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
+
+    def slot(self) -> asyncio.Semaphore:
+        """One of the connections, waited for before a call's timeout starts: with a thousand
+        jobs the wait is long, and counted in the timeout it failed calls that never began."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.connections)
+        return self._slots
 
     async def close(self) -> None:
         if self._session is not None:
@@ -145,15 +156,18 @@ class AsyncRest:
         bearer = self.configuration.auth_settings().get("BearerToken")
         if bearer is not None and bearer["value"]:
             headers[bearer["key"]] = bearer["value"]
-        async with self.session().request(
-            method,
-            self.host + path,
-            params=list(query),
-            data=None if body is None else json.dumps(body),
-            headers=headers,
-            proxy=self.proxy,
-            timeout=aiohttp.ClientTimeout(total=30),
-        ) as response:
+        async with (
+            self.slot(),
+            self.session().request(
+                method,
+                self.host + path,
+                params=list(query),
+                data=None if body is None else json.dumps(body),
+                headers=headers,
+                proxy=self.proxy,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response,
+        ):
             data = await response.read()
             if not 200 <= response.status <= 299:
                 error = ApiException(status=response.status, reason=response.reason)
@@ -339,13 +353,16 @@ class Cluster:
             log.warning("could not record Event %s on %s: %s", reason, meta["name"], error.reason)
 
 
-async def fetch_progress(session: aiohttp.ClientSession, address: str, port: int, timeout: float = 3.0) -> Any:
+async def fetch_progress(rest: AsyncRest, address: str, port: int, timeout: float = 3.0) -> Any:
     """Rank 0's GET /progress, parsed; None while it does not answer."""
     host = f"[{address}]" if ":" in address else address
     try:
-        async with session.get(
-            f"http://{host}:{port}/progress", timeout=aiohttp.ClientTimeout(total=timeout), ssl=False
-        ) as answer:
+        async with (
+            rest.slot(),
+            rest.session().get(
+                f"http://{host}:{port}/progress", timeout=aiohttp.ClientTimeout(total=timeout), ssl=False
+            ) as answer,
+        ):
             return json.loads(await answer.read())
     except (OSError, ValueError, aiohttp.ClientError, TimeoutError):
         return None

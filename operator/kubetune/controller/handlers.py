@@ -226,7 +226,7 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
         address = snapshot.attempts[current].rank0_address
         if address:
-            report = await fetch_progress(cluster.rest.session(), address, state.settings.progress_port)
+            report = await fetch_progress(cluster.rest, address, state.settings.progress_port)
             progress, polled = progress_from_report(report), True
     actions = plan(body, snapshot, state.settings, datetime.now(UTC), progress)
     applied = await cluster.apply(body, actions)

@@ -4,6 +4,7 @@ kubernetes client's Configuration says, and answers errors as the blocking clien
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,8 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     async def answer(request: web.Request) -> web.Response:
         seen.append({"headers": dict(request.headers), "query": dict(request.query), "body": await request.text()})
+        if request.path.endswith("/slow"):
+            await asyncio.sleep(0.4)
         if request.path.endswith("/busy"):
             return web.json_response({"reason": "TooManyRequests"}, status=429, headers={"Retry-After": "2"})
         return web.json_response({"path": request.path, "method": request.method})
@@ -82,7 +85,21 @@ async def test_progress_that_does_not_answer_is_none(server: tuple[str, list[dic
     rest = AsyncRest(_configuration(url))
     try:
         port = int(url.rsplit(":", 1)[1])
-        assert await fetch_progress(rest.session(), "127.0.0.1", port) == {"path": "/progress", "method": "GET"}
-        assert await fetch_progress(rest.session(), "127.0.0.1", 1, timeout=1.0) is None
+        assert await fetch_progress(rest, "127.0.0.1", port) == {"path": "/progress", "method": "GET"}
+        assert await fetch_progress(rest, "127.0.0.1", 1, timeout=1.0) is None
     finally:
         await rest.close()
+
+
+async def test_the_wait_for_a_connection_is_not_counted_in_a_call_s_timeout(
+    server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, _ = server
+    rest = AsyncRest(_configuration(url), connections=1)
+    rest.timeout = 1.0
+    try:
+        answers = await asyncio.gather(*(rest.call("GET", "/slow") for _ in range(4)))  # 1.6 s in a row
+    finally:
+        await rest.close()
+
+    assert len(answers) == 4
