@@ -522,3 +522,15 @@ async def test_a_running_job_s_passes_neither_list_nor_read(
     assert polls >= 3, "progress was polled while running"
     assert set(verbs) == {"patch"}, f"only status writes, found {dict(verbs)}"
     assert verbs["patch"] <= polls + 1, "a status write per poll at most (one may have polled before the count)"
+
+
+async def test_a_job_the_keeper_created_is_assessed_without_waiting_for_its_event(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    """The keeper knows the Jobs it made from the API's answer; it plans again from them at
+    once, not when (or if) the watch brings their events."""
+    cluster.apiserver.emulator.miss_events("jobs", 1)  # the created Job's ADDED event never comes
+
+    await cluster.submit(_manifest(job, queueName="team-a", dataset={**job["spec"]["dataset"], "preflight": False}))
+
+    await eventually(lambda: cluster.status().get("phase") == "Queued", "phase Queued", timeout=5)

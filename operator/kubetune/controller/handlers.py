@@ -88,6 +88,12 @@ class OperatorState:
     metrics: Metrics = field(default_factory=Metrics)
     keepers: dict[Key, Keeper] = field(default_factory=dict)
     index: ChildIndex = field(default_factory=ChildIndex)
+    passes: asyncio.Semaphore = field(init=False)
+    """Passes under way at once: as many as there are connections, so a thousand jobs started
+    together do not all hold their plans while they wait for one."""
+
+    def __post_init__(self) -> None:
+        self.passes = asyncio.Semaphore(self.settings.api_workers)
 
     def wake(self, namespace: str | None, label: str | None) -> None:
         keeper = self.keepers.get((namespace or "", label or ""))
@@ -157,7 +163,8 @@ async def keep_job_true(state: OperatorState, namespace: str, keeper: Keeper) ->
             keeper.waker.clear()
             poll_progress = time.monotonic() - polled >= state.settings.progress_interval_seconds
             try:
-                did_poll, pause = await reconcile(state, namespace, keeper, poll_progress)
+                async with state.passes:
+                    did_poll, pause = await reconcile(state, namespace, keeper, poll_progress)
                 if did_poll:
                     polled = time.monotonic()
             except ApiException as error:
@@ -235,6 +242,8 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
         state.index.created(key, job)
     for job_name in applied.deleted_jobs:
         state.index.deleted(key, job_name)
+    if applied.created_jobs or applied.deleted_jobs:
+        keeper.waker.set()  # the index changed without an event to wake the keeper: plan again from it
     if applied.adopted:
         keeper.listed_at = None  # a Job it meant to create was there: read what else it missed
     if applied.written is not None:
