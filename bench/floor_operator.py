@@ -8,11 +8,11 @@ from typing import Any
 
 import kopf
 from kubernetes import config
-from kubernetes.client import ApiClient
+from kubernetes.client import Configuration
 
-from kubetune.controller.cluster import KINDS, Rest
+from kubetune.controller.cluster import KINDS, AsyncRest
 
-REST: list[Rest] = []
+REST: list[AsyncRest] = []
 
 
 @kopf.on.startup()
@@ -20,14 +20,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.last-handled-configuration")
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.posting.enabled = False
-    config.load_kube_config()  # type: ignore[no-untyped-call]
-    client = ApiClient()
-    client.user_agent = "kubetune-operator/floor"
-    REST.append(Rest(client))
+    configuration = Configuration()
+    config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    rest = AsyncRest(configuration)
+    rest.user_agent = "kubetune-operator/floor"
+    REST.append(rest)
 
 
 @kopf.on.create("kubetune.io", "v1alpha1", "finetunejobs")
-def create_job(name: str, namespace: str, **_: Any) -> None:
+async def create_job(name: str, namespace: str, **_: Any) -> None:
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -36,4 +37,4 @@ def create_job(name: str, namespace: str, **_: Any) -> None:
             "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "trainer", "image": "busybox"}]}}
         },
     }
-    REST[0].call("POST", KINDS["Job"].path(namespace), body=job)
+    await REST[0].call("POST", KINDS["Job"].path(namespace), body=job)

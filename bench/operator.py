@@ -5,11 +5,12 @@ same emulator.
 
 Figures per case: latency from a FineTuneJob's creation to its first Job (p50, p99), API
 requests per job by verb during that phase, the operator's peak resident memory, and for
-kubetune, with every job running and rank 0's progress changing all the time, status
-writes per running job per progress interval.
+kubetune, with every job running and rank 0's progress changing all the time, the steady
+state: API requests per running job per progress interval by verb, status writes among them.
 
     python -m bench.operator                 # 100, 500 and 1000 jobs
-    python -m bench.operator --jobs 20 --smoke
+    python -m bench.operator --sizes 100 500
+    python -m bench.operator --sizes 20 --smoke
 """
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ class Case:
     peak_rss_mib: float = 0.0
     status_writes_per_job_per_interval: float | None = None
     interval_seconds: float | None = None
+    steady_requests_per_job_per_interval: dict[str, float] | None = None
+    """With every job running: the operator's API requests (watches aside) by verb."""
+
+    def steady_state(self) -> str | None:
+        """The line the issue asks for, or None for a case without a running phase."""
+        verbs = self.steady_requests_per_job_per_interval
+        if verbs is None:
+            return None
+        total = round(sum(verbs.values()), 2)
+        counts = ", ".join(f"{verb.upper()} {verbs.get(verb, 0.0)}" for verb in ("list", "get", "patch"))
+        others = ", ".join(f"{v.upper()} {n}" for v, n in sorted(verbs.items()) if v not in ("list", "get", "patch"))
+        return (
+            f"steady state: {total} requests per running job per interval ({counts}{', ' + others if others else ''})"
+        )
 
 
 def _job(name: str) -> dict[str, Any]:
@@ -214,14 +229,16 @@ async def _measure(
     )
     if kind == "kubetune":
         case.interval_seconds = interval
-        case.status_writes_per_job_per_interval = await _running_writes(emulator, names, interval, window, progress)
+        writes, verbs = await _running(emulator, names, interval, window, progress)
+        case.status_writes_per_job_per_interval, case.steady_requests_per_job_per_interval = writes, verbs
     return case
 
 
-async def _running_writes(
+async def _running(
     emulator: StrictKubernetesEmulator, names: list[str], interval: float, window: float, progress: _ProgressServer
-) -> float:
-    """Every job's rank 0 runs and reports new figures all the time; count status writes."""
+) -> tuple[float, dict[str, float]]:
+    """Every job's rank 0 runs and reports new figures all the time; count the status writes,
+    and every request of the operator's (but its watches), per running job per interval."""
     pods = emulator.store.resource("", "v1", "pods")
     assert pods is not None
     for name in names:
@@ -258,14 +275,17 @@ async def _running_writes(
         "every job Running",
         60 + len(names) * 0.2,
     )
-    start = len(emulator.writes)
+    start, first_request = len(emulator.writes), len(emulator._requests)
     begun = time.monotonic()
     while time.monotonic() - begun < window:
         progress.step += 1
         await asyncio.sleep(0.05)
     elapsed = time.monotonic() - begun
     writes = sum(1 for w in emulator.writes[start:] if w.plural == "finetunejobs" and w.subresource == "status")
-    return round(writes / len(names) / (elapsed / interval), 2)
+    per = len(names) * (elapsed / interval)
+    requests = Counter(_verb(r) for r in _operator_requests(emulator, first_request))
+    requests.pop("watch", None)
+    return round(writes / per, 2), {verb: round(n / per, 3) for verb, n in sorted(requests.items())}
 
 
 class _ProgressServer:
@@ -317,18 +337,23 @@ def table(cases: list[Case]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument(
+        "--sizes", "--jobs", dest="sizes", type=int, nargs="+", default=[100, 500, 1000], help="numbers of jobs"
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="progress interval (seconds)")
     parser.add_argument("--window", type=float, default=10.0, help="seconds of running jobs to count writes over")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; results are not written")
     args = parser.parse_args(argv)
     cases = []
-    for jobs in args.jobs:
+    for jobs in args.sizes:
         for kind in ("floor", "kubetune"):
             cases.append(asyncio.run(run_case(kind, jobs, args.interval, args.window)))
             print(table(cases[-1:]) if len(cases) == 1 else table(cases[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(cases))
+    for case in cases:
+        if (line := case.steady_state()) is not None:
+            print(f"{case.jobs} jobs, {case.operator}: {line}")
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

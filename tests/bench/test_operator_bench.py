@@ -20,4 +20,7 @@ def test_the_operator_benchmark_measures_every_figure(kind: str) -> None:
     assert case.peak_rss_mib > 10
     if kind == "kubetune":
         assert case.status_writes_per_job_per_interval is not None
+        steady = case.steady_requests_per_job_per_interval or {}
+        assert steady.get("patch", 0) > 0 and not steady.get("list") and not steady.get("get"), steady
+        assert (case.steady_state() or "").startswith("steady state: ")
     assert kind in table([case])

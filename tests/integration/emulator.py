@@ -683,6 +683,7 @@ class ObjectStore:
         self._watches: set[Watch] = set()
         self._deletion_policies: dict[str, str] = {}  # uid -> policy of a deletion waiting on finalizers
         self._crd_resources: dict[str, ResourceKey] = {}  # CRD name -> the resource it serves
+        self._missed: collections.Counter[str] = collections.Counter()  # plural -> changes no watch sees
 
     # -- reading
 
@@ -994,10 +995,18 @@ class ObjectStore:
         self._objects[(resource.key, obj["metadata"].get("namespace"), obj["metadata"]["name"])] = obj
         self._record(Change(self.revision, resource.key, change, copy.deepcopy(obj), copy.deepcopy(previous)))
 
+    def miss(self, plural: str, times: int) -> None:
+        """The next `times` changes of the kind reach no open watch (a listing still sees them)."""
+        self._missed[plural] += times
+
     def _record(self, change: Change) -> None:
         self._log.append(change)
         while len(self._log) > self._log_size:
             self._forgotten_revision = self._log.popleft().revision
+        plural = change.resource[2]
+        if self._missed[plural] > 0:
+            self._missed[plural] -= 1
+            return
         for watch in self._watches:
             watch.offer(change)
 
@@ -1325,6 +1334,11 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
     def close_watches(self) -> int:
         """End every open watch stream cleanly, as the server does when `timeoutSeconds` runs out."""
         return self.store.end_watches(StreamEnd.CLEAN)
+
+    def miss_events(self, plural: str, times: int = 1) -> None:
+        """The next `times` changes of a kind are never delivered to the open watches, as an
+        event lost to a watch that was re-established past it: only a fresh listing shows them."""
+        self.store.miss(plural, times)
 
     def slow(self, seconds: float) -> None:
         """Delay every object request by this long (0 to stop)."""

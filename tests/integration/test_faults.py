@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from .actors import SUCCESS, Cluster, Operator, _through_preflight, eventually
+from kubetune.controller.settings import Settings
+
+from .actors import SUCCESS, Cluster, Operator, Progress, _manifest, _through_preflight, eventually
 from .conftest import ApiServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -157,3 +159,34 @@ def _tried(apiserver: ApiServer, plural: str, subresource: str | None) -> bool:
         and str(r.method).upper().endswith(("POST", "PATCH"))
         for r in apiserver.emulator._requests
     )
+
+
+async def test_events_the_watch_never_delivered_are_healed_by_the_resync(
+    apiserver: ApiServer, progress: Progress, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    """The keeper plans from what the watch delivered; the end of the run is lost on the way
+    (neither the pod's nor the Job's last change reaches the operator), and the periodic
+    fresh read of the job's children finds it."""
+    settings = Settings(
+        progress_port=progress.port,
+        progress_interval_seconds=0.3,
+        metrics_port=0,
+        health_port=0,
+        error_backoff_seconds=0.2,
+        resync_seconds=1.0,
+    )
+    operator = Operator(settings, apiserver)
+    await operator.start()
+    try:
+        await cluster.submit(_manifest(job, dataset={**job["spec"]["dataset"], "preflight": False}))
+        await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+        await cluster.start_pods("demo-a1")
+        await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+
+        apiserver.emulator.miss_events("pods", 1)
+        apiserver.emulator.miss_events("jobs", 1)
+        await cluster.finish("demo-a1", 0, SUCCESS)
+
+        await eventually(lambda: cluster.status().get("phase") == "Succeeded", "phase Succeeded", timeout=10)
+    finally:
+        await operator.halt()

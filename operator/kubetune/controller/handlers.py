@@ -3,10 +3,13 @@ adapter (`cluster.Cluster`).
 
 One keeper per FineTuneJob keeps it true: a task of the operator's own that plans from
 the FineTuneJob and its children, applies the plan, and sleeps until a child changes or
-the progress interval passes. Kopf's watch events only start, wake or stop keepers; they
-decide nothing. All writes for a job come from its one keeper, so they never race each
-other, and a restarted operator picks up where the last one stopped (the decisions depend
-on the cluster only).
+the progress interval passes. Kopf's watch events start, wake or stop keepers and feed the
+index of children (`index.ChildIndex`) the keepers plan from; they decide nothing. A
+keeper goes to the API server to write, and to read only when what it knows may be stale
+(its first look at a started job, a failed or conflicting pass, a Job the status counts
+that the index lacks, and every resync period). All writes for a job come from its one
+keeper, so they never race each other, and a restarted operator picks up where the last
+one stopped (the decisions depend on the cluster only).
 
 A keeper is not a Kopf daemon: a daemon makes Kopf write a finalizer onto every object
 (one more request and one more watch event per job) and costs more memory per job. The
@@ -24,7 +27,6 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,12 +37,21 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import GROUP, VERSION, Phase
 from kubetune.api.resource import PLURAL
+from kubetune.api.status import FineTuneJobStatus
 from kubetune.controller import names
 from kubetune.controller.builders import JOB_LABEL
-from kubetune.controller.cluster import KINDS, Cluster, fetch_progress
+from kubetune.controller.cluster import KINDS, AsyncRest, Cluster, fetch_progress
+from kubetune.controller.index import ChildIndex
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.observe import progress_from_report
-from kubetune.controller.reconcile import Snapshot, WriteStatus, plan, read_status, seconds_to_next_look
+from kubetune.controller.reconcile import (
+    Snapshot,
+    WriteStatus,
+    expected_job_missing,
+    plan,
+    read_status,
+    seconds_to_next_look,
+)
 from kubetune.controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,9 @@ class Keeper:
     it; None when it must be read afresh (the spec changed, or a pass failed). A body that
     is stale all the same costs no wrong decision: status writes carry its resourceVersion,
     and a conflict makes the next pass read."""
+    listed_at: float | None = None
+    """When the job's children were last read from the API (monotonic), or found to be none;
+    None when the index may be stale for the job (a new keeper, a failed pass)."""
     waker: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -73,6 +87,13 @@ class OperatorState:
     cluster: Cluster
     metrics: Metrics = field(default_factory=Metrics)
     keepers: dict[Key, Keeper] = field(default_factory=dict)
+    index: ChildIndex = field(default_factory=ChildIndex)
+    passes: asyncio.Semaphore = field(init=False)
+    """Passes under way at once: as many as there are connections, so a thousand jobs started
+    together do not all hold their plans while they wait for one."""
+
+    def __post_init__(self) -> None:
+        self.passes = asyncio.Semaphore(self.settings.api_workers)
 
     def wake(self, namespace: str | None, label: str | None) -> None:
         keeper = self.keepers.get((namespace or "", label or ""))
@@ -92,7 +113,9 @@ class OperatorState:
 
     async def release(self, namespace: str, name: str) -> None:
         """Stop the job's keeper (the job is being deleted)."""
-        keeper = self.keepers.pop((namespace, names.label_value(name)), None)
+        key = (namespace, names.label_value(name))
+        keeper = self.keepers.pop(key, None)
+        self.index.release(key)
         if keeper is not None and keeper.task is not None:
             keeper.task.cancel()
             await asyncio.gather(keeper.task, return_exceptions=True)
@@ -112,9 +135,6 @@ class EventsOnlyDiffBase(kopf.StatusDiffBaseStorage):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    # The API calls run in threads (the client blocks); one pool sized for many jobs at once.
-    workers = memo.state.settings.api_workers
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="kubetune-api"))
     # Kopf keeps its bookkeeping in status.kopf (the CRD preserves it): no annotations to write.
     settings.persistence.diffbase_storage = EventsOnlyDiffBase(field="status.kopf.last-handled-configuration")
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
@@ -131,6 +151,8 @@ async def stop_keepers(memo: Any, **_: Any) -> None:
         if keeper.task is not None:
             keeper.task.cancel()
     await asyncio.gather(*(k.task for k in keepers if k.task is not None), return_exceptions=True)
+    if state.cluster is not None:
+        await state.cluster.rest.close()
 
 
 async def keep_job_true(state: OperatorState, namespace: str, keeper: Keeper) -> None:
@@ -141,11 +163,12 @@ async def keep_job_true(state: OperatorState, namespace: str, keeper: Keeper) ->
             keeper.waker.clear()
             poll_progress = time.monotonic() - polled >= state.settings.progress_interval_seconds
             try:
-                did_poll, pause = await reconcile(state, namespace, keeper, poll_progress)
+                async with state.passes:
+                    did_poll, pause = await reconcile(state, namespace, keeper, poll_progress)
                 if did_poll:
                     polled = time.monotonic()
             except ApiException as error:
-                keeper.body = None  # the next pass reads afresh
+                keeper.body, keeper.listed_at = None, None  # the next pass reads afresh
                 state.metrics.api_errors.labels(status=str(error.status)).inc()
                 pause = _backoff(error, state.settings.error_backoff_seconds)
                 log.log(
@@ -158,7 +181,7 @@ async def keep_job_true(state: OperatorState, namespace: str, keeper: Keeper) ->
                     pause,
                 )
             except Exception:  # a lost connection, or a bug: logged, and the next pass tries again
-                keeper.body = None
+                keeper.body, keeper.listed_at = None, None
                 state.metrics.api_errors.labels(status="none").inc()
                 pause = state.settings.error_backoff_seconds
                 log.exception("reconciling %s/%s failed; trying again in %.1f s", namespace, name, pause)
@@ -197,31 +220,56 @@ async def reconcile(state: OperatorState, namespace: str, keeper: Keeper, poll_p
         body: dict[str, Any] = json.loads(keeper.body)
     else:
         try:
-            body = await asyncio.to_thread(cluster.rest.call, "GET", KINDS["FineTuneJob"].path(namespace, name))
+            body = await cluster.rest.call("GET", KINDS["FineTuneJob"].path(namespace, name))
         except ApiException as error:
             if error.status == 404:
                 return False, state.settings.resync_seconds  # deleted; its DELETED event stops the keeper
             raise
         keeper.body = json.dumps(body)
     previous = read_status(body)
-    if previous.start_time is None:
-        snapshot = Snapshot()  # nothing is created before the status says the job started
-    else:
-        snapshot = await asyncio.to_thread(cluster.snapshot, namespace, name)
+    snapshot = await children(state, namespace, keeper, previous)
     progress, polled = None, False
     current = previous.attempts + previous.preemptions
     if poll_progress and previous.phase is Phase.RUNNING and current in snapshot.attempts:
         address = snapshot.attempts[current].rank0_address
         if address:
-            report = await asyncio.to_thread(fetch_progress, address, state.settings.progress_port)
+            report = await fetch_progress(cluster.rest, address, state.settings.progress_port)
             progress, polled = progress_from_report(report), True
     actions = plan(body, snapshot, state.settings, datetime.now(UTC), progress)
-    answer = await asyncio.to_thread(cluster.apply, body, actions)
-    if answer is not None:
-        keeper.body = json.dumps(answer)  # what the API holds now, the status just written included
+    applied = await cluster.apply(body, actions)
+    key = (namespace, names.label_value(name))
+    for job in applied.created_jobs:
+        state.index.created(key, job)
+    for job_name in applied.deleted_jobs:
+        state.index.deleted(key, job_name)
+    if applied.created_jobs or applied.deleted_jobs:
+        keeper.waker.set()  # the index changed without an event to wake the keeper: plan again from it
+    if applied.adopted:
+        keeper.listed_at = None  # a Job it meant to create was there: read what else it missed
+    if applied.written is not None:
+        keeper.body = json.dumps(applied.written)  # what the API holds now, the status just written included
     written = next((a.status for a in reversed(actions) if isinstance(a, WriteStatus)), previous)
     state.metrics.observe(namespace, name, written.phase, time.monotonic() - started)
     return polled, seconds_to_next_look(body, snapshot, written, state.settings, datetime.now(UTC))
+
+
+async def children(state: OperatorState, namespace: str, keeper: Keeper, status: FineTuneJobStatus) -> Snapshot:
+    """The job's children from the index; read from the API first when the index may be
+    stale for the job. Kueue's Workloads are not watched: a queued job's are listed."""
+    key, now = (namespace, names.label_value(keeper.name)), time.monotonic()
+    if status.start_time is None:
+        keeper.listed_at = now  # nothing is created before the status says the job started
+        return Snapshot()
+    fresh = keeper.listed_at is not None and now - keeper.listed_at < state.settings.resync_seconds
+    if not fresh or expected_job_missing(status, state.index.snapshot(key)):
+        since = state.index.last
+        jobs, pods = await state.cluster.children(namespace, keeper.name)
+        state.index.replace(key, jobs, pods, since)
+        keeper.listed_at = now
+    workloads = None
+    if state.index.queued(key):
+        workloads = await state.cluster.workloads(namespace)
+    return state.index.snapshot(key, workloads)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -240,9 +288,25 @@ async def job_changed(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
+async def job_child_changed(
+    event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
+    """A Job of a FineTuneJob: its facts into the index, and its keeper woken when they changed."""
+    state: OperatorState = memo.state
+    key = (namespace or "", labels.get(JOB_LABEL) or "")
+    if state.index.job_event(key, event.get("type"), event["object"]):
+        state.wake(*key)
+
+
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
-async def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    memo.state.wake(namespace, labels.get(JOB_LABEL))
+async def pod_child_changed(
+    event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
+    """A pod of a FineTuneJob's Job: its facts into the index, and its keeper woken when they changed."""
+    state: OperatorState = memo.state
+    key = (namespace or "", labels.get(JOB_LABEL) or "")
+    if state.index.pod_event(key, event.get("type"), event["object"]):
+        state.wake(*key)
 
 
 @kopf.on.probe(id="jobs")
@@ -253,24 +317,21 @@ def jobs_watched(memo: Any, **_: Any) -> int:
 # ----------------------------------------------------------------------------- running it
 
 
-def api_client(connections: int) -> ApiClient:
-    """Credentials the way a pod or a person has them: in-cluster, else the kubeconfig; a
-    connection kept for each API thread (the client's default keeps 5 per CPU, and a
-    thread beyond those opens and drops a connection per call)."""
+def api_client() -> ApiClient:
+    """Credentials the way a pod or a person has them: in-cluster, else the kubeconfig."""
     from kubernetes import config
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    configuration = Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = connections
-    return ApiClient(configuration)
+    return ApiClient(Configuration.get_default_copy())
 
 
 def memo_for(settings: Settings, client: ApiClient) -> kopf.Memo:
+    """The handlers' shared state; the client gives where the API server is and the login."""
     memo = kopf.Memo()
-    memo.state = OperatorState(settings, Cluster(client))
+    memo.state = OperatorState(settings, Cluster(AsyncRest(client.configuration, settings.api_workers)))
     return memo
 
 
@@ -283,7 +344,7 @@ def run(settings: Settings) -> None:
         quiet=settings.log_level in ("warning", "error"),
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
-    memo = memo_for(settings, api_client(settings.api_workers))
+    memo = memo_for(settings, api_client())
     if settings.metrics_port:
         memo.state.metrics.serve(settings.metrics_port)
     kopf.run(

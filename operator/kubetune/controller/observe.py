@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.contract import Progress, RunSummary
-from kubetune.controller.builders import ATTEMPT_LABEL, STARTED_SPEC_ANNOTATION, TRAINER
+from kubetune.controller.builders import (
+    ATTEMPT_LABEL,
+    KUEUE_QUEUE_LABEL,
+    ROLE_LABEL,
+    STARTED_SPEC_ANNOTATION,
+    TRAINER,
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,49 @@ def owning_job(pod: dict[str, Any]) -> str:
         return str(owner.get("uid", ""))
     labels = meta.get("labels") or {}
     return str(labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid") or "")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A Job of a FineTuneJob as the operator keeps it: its facts, and what places it in the
+    snapshot (its role, and the uid its pods name as their owner)."""
+
+    uid: str
+    role: str | None
+    """preflight or train."""
+    queued: bool
+    """Made for a Kueue queue (its label says so, whatever the spec reads now)."""
+    state: JobState
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    uid: str
+    job: str
+    """The uid of the Job the pod belongs to, or for a pod that names no owner its job-name label."""
+    state: PodState
+
+
+def job_record(job: dict[str, Any]) -> JobRecord:
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return JobRecord(
+        uid=str(meta.get("uid") or meta.get("name", "")),
+        role=labels.get(ROLE_LABEL),
+        queued=KUEUE_QUEUE_LABEL in labels,
+        state=job_state(job),
+    )
+
+
+def pod_record(pod: dict[str, Any]) -> PodRecord:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
+    return PodRecord(
+        uid=str(meta.get("uid") or meta.get("name", "")),
+        job=owning_job(pod) or job_name,
+        state=pod_state(pod),
+    )
 
 
 def _started_spec(job: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ either the Job (nothing to do) or the count without the Job (create it); never a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,7 +42,7 @@ from kubetune.controller.builders import (
     build_service,
     build_training_job,
 )
-from kubetune.controller.observe import JobState, PodState, WorkloadState
+from kubetune.controller.observe import JobRecord, JobState, PodRecord, PodState, WorkloadState
 from kubetune.controller.settings import Settings
 from kubetune.controller.sizing import size_job
 from kubetune.controller.status import (
@@ -89,6 +90,41 @@ class Snapshot:
         """The spec as the job started (but for suspend), as its Jobs record it."""
         jobs = [self.preflight, *self.attempts.values()]
         return next((a.job.started_spec for a in jobs if a is not None and a.job.started_spec is not None), None)
+
+
+def assemble(
+    jobs: Iterable[JobRecord], pods: Iterable[PodRecord], workloads: Mapping[str, WorkloadState] | None = None
+) -> Snapshot:
+    """The snapshot of one FineTuneJob's Jobs, each with its pods (by the owner uid they name,
+    or by their job-name label when they name none) and its Kueue Workload (by owner uid)."""
+    pods_by_job: dict[str, list[PodState]] = defaultdict(list)
+    for pod in pods:
+        pods_by_job[pod.job].append(pod.state)
+    attempts, preflight = {}, None
+    for job in jobs:
+        attempt = Attempt(
+            job.state,
+            tuple(pods_by_job.get(job.uid, []) + pods_by_job.get(job.state.name, [])),
+            (workloads or {}).get(job.uid),
+        )
+        if job.role == "preflight":
+            preflight = attempt
+        elif job.role == "train":
+            attempts[job.state.attempt] = attempt
+    return Snapshot(preflight=preflight, attempts=attempts)
+
+
+def expected_job_missing(status: FineTuneJobStatus, snapshot: Snapshot) -> bool:
+    """The status says a Job exists that the snapshot lacks: the current attempt's, or the
+    preflight's before the first attempt. Either the operator stopped between counting it
+    and creating it, or what the watch delivered is behind; only a read can tell. A finished
+    job's Jobs may be gone (its TTL), so it expects none."""
+    if status.start_time is None or status.phase.finished:
+        return False
+    current = status.attempts + status.preemptions
+    if current == 0:
+        return snapshot.preflight is None
+    return current not in snapshot.attempts
 
 
 # ----------------------------------------------------------------------------- what to do

@@ -83,9 +83,10 @@ class Settings:
     error_backoff_seconds: float = 5.0
     """Pause after a failed API call that names no Retry-After."""
     api_workers: int = 32
-    """Threads for API calls (the client blocks), shared by every job."""
+    """Connections open at once to the API server and to rank-0 pods, shared by every job."""
     resync_seconds: float = 300.0
-    """Longest a job that is not running goes without a fresh look (changes wake it at once)."""
+    """Longest a job goes without its children read afresh from the API (between two reads the
+    keeper plans from what the watch delivered), and a job that is not running without a pass."""
     kept_failed_attempts: int = 3
     """Jobs of failed attempts kept (their pods stopped, their logs readable) while a job goes
     on; the oldest go first. They go with the job, or when its ttlSecondsAfterFinished runs out."""
@@ -125,6 +126,9 @@ class Settings:
             log_format=env.get("KUBETUNE_LOG_FORMAT", defaults.log_format).lower(),
             metrics_port=number("KUBETUNE_METRICS_PORT", defaults.metrics_port, int),
             health_port=number("KUBETUNE_HEALTH_PORT", defaults.health_port, int),
+            resync_seconds=_positive(
+                "KUBETUNE_RESYNC_SECONDS", number("KUBETUNE_RESYNC_SECONDS", defaults.resync_seconds, float)
+            ),
             kept_failed_attempts=_at_least_zero(
                 "KUBETUNE_KEPT_FAILED_ATTEMPTS",
                 number("KUBETUNE_KEPT_FAILED_ATTEMPTS", defaults.kept_failed_attempts, int),
@@ -135,6 +139,12 @@ class Settings:
 def _at_least_zero(name: str, value: int) -> int:
     if value < 0:
         raise SettingsError(f"{name}={value} must be 0 or more")
+    return value
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise SettingsError(f"{name}={value} must be more than 0")
     return value
 
 

@@ -48,3 +48,12 @@ def test_kept_failed_attempts_is_read_and_must_not_be_negative() -> None:
     assert Settings.from_env({}).kept_failed_attempts == 3
     with pytest.raises(SettingsError, match="KUBETUNE_KEPT_FAILED_ATTEMPTS=-1 must be 0 or more"):
         Settings.from_env({"KUBETUNE_KEPT_FAILED_ATTEMPTS": "-1"})
+
+
+def test_the_resync_period_is_read_and_must_be_positive() -> None:
+    assert Settings.from_env({"KUBETUNE_RESYNC_SECONDS": "30"}).resync_seconds == 30.0
+    assert Settings.from_env({}).resync_seconds == 300.0
+    with pytest.raises(SettingsError, match=r"KUBETUNE_RESYNC_SECONDS=0\.0 must be more than 0"):
+        Settings.from_env({"KUBETUNE_RESYNC_SECONDS": "0"})
+    with pytest.raises(SettingsError, match="KUBETUNE_RESYNC_SECONDS='soon' is not a float"):
+        Settings.from_env({"KUBETUNE_RESYNC_SECONDS": "soon"})
