@@ -518,7 +518,7 @@ async def test_a_running_job_s_passes_neither_list_nor_read(
     before, polls_before = len(requests), progress.requests
 
     for step in range(1, 21):
-        progress.report = {"step": step, "totalSteps": 40, "loss": 2.0 / step, "phase": "training"}
+        progress.report = contract.Progress(step=step, total_steps=40, loss=2.0 / step, phase=TrainerPhase.TRAINING)
         await asyncio.sleep(0.1)
 
     verbs, polls = _verbs(requests[before:]), progress.requests - polls_before
