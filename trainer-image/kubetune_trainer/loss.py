@@ -31,10 +31,18 @@ from torch.utils.checkpoint import checkpoint
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-CHUNK_TOKENS = 1024
-"""Targets whose logits are computed together: [1024 x 152k] fp32 logits are 0.6 GB, a tenth of
-what a 6k-token micro-batch's full logits would take; chunks this size keep the head's product
-as efficient as one large one."""
+CHUNK_BYTES = 64 * 2**20
+"""About what one chunk's fp32 logits may take: a few times a core's cache, where a product of
+a few hundred rows against the whole head runs as fast per row as a larger one."""
+MIN_CHUNK, MAX_CHUNK = 128, 4096
+
+
+def chunk_rows(vocab: int) -> int:
+    """Targets per chunk for a head of `vocab` outputs: the power of two whose fp32 logits come
+    nearest below CHUNK_BYTES (256 for a 49k vocabulary, 128 for 152k), within the bounds."""
+    rows = max(1, CHUNK_BYTES // (4 * vocab))
+    return min(MAX_CHUNK, max(MIN_CHUNK, 1 << (rows.bit_length() - 1)))
+
 
 HEAD_THEN_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
 """Model types whose forward hands the head's output straight to `self.loss_function` (no soft
@@ -98,14 +106,16 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk: int = CHUNK_TOKENS
+    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk: int | None = None
 ) -> torch.Tensor:
     """The summed cross-entropy of `head(hidden)` against `targets` (every row has one; none
     is ignored), without all the rows' logits at once. A plain linear head goes through
     Liger's fused kernel on CUDA when liger-kernel is installed, else `LinearCrossEntropy`;
     any other head (adapters on the head, a quantised head) is called on each chunk, and the
     chunk's logits are recomputed in the backward pass. Other objectives (preference losses)
-    can call this with the positions they score."""
+    can call this with the positions they score. `chunk` defaults to `chunk_rows`."""
+    if chunk is None:
+        chunk = chunk_rows(_outputs(head))
     if _plain_linear(head):
         weight = head.weight
         fused = _liger_loss() if hidden.is_cuda else None
@@ -120,6 +130,18 @@ def linear_cross_entropy(
         rows, wanted = hidden[start : start + chunk], targets[start : start + chunk]
         total = total + checkpoint(_chunk_loss, head, rows, wanted, use_reentrant=False)
     return total
+
+
+def _outputs(head: nn.Module) -> int:
+    """The head's outputs: linear layers, quantised ones (whose weight is packed) and peft's
+    adapter layers say it; otherwise the weight's rows."""
+    outputs = getattr(head, "out_features", None)
+    if isinstance(outputs, int):
+        return outputs
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"cannot tell the outputs of {type(head).__name__}: give the chunk size")
+    return int(weight.shape[0])
 
 
 def _chunk_loss(head: nn.Module, rows: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
@@ -147,7 +169,7 @@ def causal_lm_loss(
     num_items_in_batch: torch.Tensor | int | None = None,
     ignore_index: int = IGNORE_INDEX,
     shift_labels: torch.Tensor | None = None,
-    chunk: int = CHUNK_TOKENS,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """transformers' `ForCausalLMLoss` over the hidden states instead of the logits: each
     position predicts the next label (or its `shift_labels`, which padding-free collators may
@@ -215,7 +237,7 @@ def plain_path_reason(model: nn.Module, sharded: bool = False) -> str | None:
 
 
 @contextmanager
-def loss_without_logits(model: nn.Module, sharded: bool = False, chunk: int = CHUNK_TOKENS) -> Iterator[bool]:
+def loss_without_logits(model: nn.Module, sharded: bool = False, chunk: int | None = None) -> Iterator[bool]:
     """For the forwards inside: the model's head passes the hidden states on and its loss
     function is `causal_lm_loss` over them, so a forward with labels returns transformers'
     loss without making the logits (its `logits` are then the hidden states). Yields whether

@@ -16,6 +16,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from kubetune_trainer.loss import (
     HEAD_THEN_LOSS_MODEL_TYPES,
     causal_lm_loss,
+    chunk_rows,
     linear_cross_entropy,
     loss_without_logits,
     plain_path_reason,
@@ -262,3 +263,8 @@ def test_a_large_vocabulary_steps_in_a_fraction_of_the_memory() -> None:
     chunked = _peak_allocated_mib(step(chunked=True))
     assert plain > 300
     assert chunked < plain / 3, (plain, chunked)
+
+
+def test_chunks_hold_about_64_mib_of_logits_whatever_the_vocabulary() -> None:
+    assert [chunk_rows(v) for v in (4096, 32000, 49152, 151936, 10**6)] == [4096, 512, 256, 128, 128]
+    assert all(chunk_rows(v) * v * 4 <= 80 * 2**20 for v in (32000, 49152, 151936))
