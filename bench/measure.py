@@ -209,7 +209,10 @@ def matmul_rate(shape: ModelShape, precision: str, rows: int, seconds: float = 0
     work, spent = 0.0, 0.0
     for inputs, outputs, count in shape.linear_shapes():
         a = torch.randn(rows, inputs, dtype=dtype, device=device)
-        b = torch.randn(inputs, outputs, dtype=dtype, device=device)
+        # Laid out as nn.Linear keeps its weight ([outputs, inputs], multiplied transposed): on a
+        # CPU a bf16 product with a [inputs, outputs] weight takes a path tens of times slower
+        # once outputs run to tens of thousands (a vocabulary), and is not what a model runs.
+        b = torch.randn(outputs, inputs, dtype=dtype, device=device).T
         per_product = _time_product(a, b, seconds)
         work += 2.0 * rows * inputs * outputs * count
         spent += per_product * count

@@ -1,6 +1,7 @@
 """The trainer benchmark: kubetune's trainer against TRL's SFTTrainer on the same work.
 
-    python -m bench.trainer                 # the CPU configuration (a few minutes)
+    python -m bench.trainer                 # the CPU configuration: the 30M model, then the realistic shapes
+    python -m bench.trainer --size cpu      # the 30M model alone (a few minutes)
     python -m bench.trainer --size gpu      # Phi-3-mini-shaped, on one GPU
     python -m bench.trainer --size smoke    # tiny, for the test suite
 
@@ -45,6 +46,9 @@ from bench.workload import SIZES, ModelShape, Prepared, Setting, Workload, prepa
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_CONTENDERS = (KUBETUNE, TRL_KAITO, *TRL_BEST)
+CPU_CONFIGURATION = ("cpu", "smollm2-135m", "qwen2.5-0.5b")
+"""What `make bench-trainer` runs: the 30M model's four settings, then LoRA bf16 on the shapes
+of SmolLM2-135M and Qwen2.5-0.5B, where the vocabulary makes the head and the loss weigh."""
 
 
 def run_spec(workload: Workload, setting: Setting, prepared: Prepared, contender: str, accelerators: int) -> RunSpec:
@@ -213,7 +217,8 @@ def measure_quietly(run: RunSpec, folder: Path, options: Options, retry: bool) -
 def title(workload: Workload, prepared: Prepared, rounds: int) -> str:
     shape = workload.shape
     return (
-        f"{shape.architecture}, {shape.linear_parameters() / 1e6:.1f}M weights in its matrices (hidden "
+        f"{shape.like + '-shaped ' if shape.like else ''}{shape.architecture}, vocabulary {shape.vocab:,}, "
+        f"{shape.linear_parameters() / 1e6:.1f}M weights in its matrices (hidden "
         f"{shape.hidden}, {shape.layers} layers), {workload.train_examples} chats = {prepared.train_tokens:,} "
         f"tokens, {workload.steps} steps of {workload.effective_batch}, max length {workload.max_length}, "
         f"{rounds} round(s)"
@@ -267,7 +272,11 @@ def write_results(document: dict[str, Any], folder: Path) -> Path:
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="cpu", help="workload and settings (default: cpu)")
+    parser.add_argument(
+        "--size",
+        default=",".join(CPU_CONFIGURATION),
+        help=f"comma-separated workloads, from {', '.join(SIZES)} (default: %(default)s)",
+    )
     parser.add_argument("--settings", help="comma-separated settings to run, e.g. lora-bf16,full-fp32 (default: all)")
     parser.add_argument(
         "--contenders",
@@ -298,37 +307,55 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def chosen(workload: Workload, args: argparse.Namespace) -> tuple[list[Setting], list[str]]:
-    settings = list(workload.settings)
-    if args.settings:
-        names = args.settings.split(",")
-        unknown = set(names) - {s.name for s in settings}
+def chosen(workloads: Sequence[Workload], args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
+    """The settings asked for (None: every setting of each size) and the contenders, checked."""
+    names = args.settings.split(",") if args.settings else None
+    if names is not None:
+        known = {s.name for workload in workloads for s in workload.settings}
+        unknown = set(names) - known
         if unknown:
             raise SystemExit(
-                f"unknown setting(s) {', '.join(sorted(unknown))}; the {workload.size} size has "
-                f"{', '.join(s.name for s in settings)}"
+                f"unknown setting(s) {', '.join(sorted(unknown))}; the sizes asked for have {', '.join(sorted(known))}"
             )
-        settings = [s for s in settings if s.name in names]
     contenders = args.contenders.split(",")
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}; choose from {', '.join(CONTENDERS)}")
-    return settings, contenders
+    return names, contenders
+
+
+def sizes(args: argparse.Namespace) -> list[Workload]:
+    names = args.size.split(",")
+    unknown = [name for name in names if name not in SIZES]
+    if unknown:
+        raise SystemExit(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+    return [SIZES[name] for name in names]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Each size in turn, each writing its own results; returns the last size's."""
     args = parse_arguments(argv)
     if args.show:
         document: dict[str, Any] = json.loads(args.show.read_text())
         for setting in document["settings"]:
             print(render(SettingReport.from_dict(setting)) + "\n")
         return document
-    workload = SIZES[args.size]
-    settings, contenders = chosen(workload, args)
+    workloads = sizes(args)
+    names, contenders = chosen(workloads, args)
+    for workload in workloads:
+        settings = [s for s in workload.settings if names is None or s.name in names]
+        if settings:
+            document = bench_size(workload, settings, contenders, args)
+    return document
+
+
+def bench_size(
+    workload: Workload, settings: Sequence[Setting], contenders: Sequence[str], args: argparse.Namespace
+) -> dict[str, Any]:
     options = Options(args.rounds, args.timeout, args.tolerance, args.wait_for_quiet, args.retries)
     started = datetime.now(UTC).replace(microsecond=0)
     clock = time.monotonic()
-    scratch = args.keep or Path(tempfile.mkdtemp(prefix="kubetune-bench-"))
+    scratch = args.keep / workload.size if args.keep else Path(tempfile.mkdtemp(prefix="kubetune-bench-"))
     try:
         prepared = prepare(workload, scratch / "prepared")
         reports = []

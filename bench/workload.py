@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 Method = Literal["lora", "qlora", "dora", "full"]
 Precision = Literal["bf16", "fp32"]
-Architecture = Literal["llama", "phi3"]
+Architecture = Literal["llama", "phi3", "qwen2"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class ModelShape:
     """Rows of the embedding and the output head."""
     tokenizer_vocab: int
     """Vocabulary of the BPE tokenizer trained on the generated corpus (at most `vocab`)."""
+    tied: bool = False
+    """Whether the output head is the input embedding (SmolLM2's is)."""
+    like: str = ""
+    """The released model whose shape this is, for the tables."""
 
     def linear_shapes(self) -> list[tuple[int, int, int]]:
         """(inputs, outputs, count) of every weight matrix a token goes through, output head included."""
@@ -63,7 +67,7 @@ class ModelShape:
             "num_attention_heads": self.heads,
             "num_key_value_heads": self.kv_heads,
             "max_position_embeddings": 4096,
-            "tie_word_embeddings": False,
+            "tie_word_embeddings": self.tied,
             **token_ids,
         }
 
@@ -136,6 +140,31 @@ LLAMA_30M = ModelShape(
 PHI3_MINI = ModelShape(
     "phi3", hidden=3072, layers=32, intermediate=8192, heads=32, kv_heads=32, vocab=32064, tokenizer_vocab=4000
 )
+# The shapes people train: the output head and the loss weigh with a vocabulary this large.
+# Random weights; kubetune's small tokenizer over the full vocabulary (README says why).
+SMOLLM2_135M = ModelShape(
+    "llama",
+    hidden=576,
+    layers=30,
+    intermediate=1536,
+    heads=9,
+    kv_heads=3,
+    vocab=49152,
+    tokenizer_vocab=4000,
+    tied=True,
+    like="SmolLM2-135M",
+)
+QWEN25_05B = ModelShape(
+    "qwen2",
+    hidden=896,
+    layers=24,
+    intermediate=4864,
+    heads=14,
+    kv_heads=2,
+    vocab=151936,
+    tokenizer_vocab=4000,
+    like="Qwen2.5-0.5B (untied head)",
+)
 TINY = ModelShape("llama", hidden=64, layers=2, intermediate=128, heads=4, kv_heads=4, vocab=512, tokenizer_vocab=400)
 
 SIZES: dict[str, Workload] = {
@@ -173,6 +202,30 @@ SIZES: dict[str, Workload] = {
         kubetune_batch=8,
         best_batch=8,
         learning_rate={"lora": 2e-4, "qlora": 2e-4, "dora": 2e-4, "full": 2e-5},
+    ),
+    "smollm2-135m": Workload(
+        size="smollm2-135m",
+        shape=SMOLLM2_135M,
+        settings=(Setting("lora", "bf16", rounds=1),),
+        max_length=256,
+        train_examples=160,
+        eval_examples=32,
+        effective_batch=8,
+        kubetune_batch=4,
+        best_batch=4,
+        learning_rate={"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "full": 3e-4},
+    ),
+    "qwen2.5-0.5b": Workload(
+        size="qwen2.5-0.5b",
+        shape=QWEN25_05B,
+        settings=(Setting("lora", "bf16", rounds=1),),
+        max_length=256,
+        train_examples=80,
+        eval_examples=16,
+        effective_batch=8,
+        kubetune_batch=4,
+        best_batch=4,
+        learning_rate={"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "full": 3e-4},
     ),
     "smoke": Workload(
         size="smoke",
@@ -313,7 +366,7 @@ def prepare(workload: Workload, folder: Path) -> Prepared:
 def make_model(shape: ModelShape, folder: Path, seed: int) -> Any:
     """A randomly initialised model of `shape` with kubetune's tiny tokenizer, saved to `folder`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Phi3Config
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from kubetune_trainer.tiny import make_tiny_model
 
@@ -329,8 +382,7 @@ def make_model(shape: ModelShape, folder: Path, seed: int) -> Any:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    settings.pop("model_type")
-    config = (LlamaConfig if shape.architecture == "llama" else Phi3Config)(**settings)
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a 3.8B model initialises in seconds there
     with torch.device(device):

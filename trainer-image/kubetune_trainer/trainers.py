@@ -6,13 +6,14 @@ what the model writes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer
 
 from kubetune_trainer.data.collate import EXAMPLES, PaddingFreeCollator, lay_out_step
+from kubetune_trainer.loss import loss_without_logits
 from kubetune_trainer.progress import TokenMeter
 
 
@@ -62,11 +63,36 @@ class CountingTrainer(Trainer):
         autocast = (self.args.bf16 or self.args.fp16) and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         return disable_input_dtype_casting(model, active=autocast)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
         tokens = inputs.pop("num_tokens", None)
         if tokens is not None and model.training:
             self.meter.tokens += int(tokens)
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        with self._loss_without_logits(model, inputs, return_outputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _loss_without_logits(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool
+    ) -> AbstractContextManager[bool | None]:
+        """A causal LM's training forward computes transformers' loss from the hidden states, a
+        chunk of targets at a time, without the [tokens x vocabulary] logits (`loss.py`). Other
+        tasks, evaluation (which may keep the logits), and the Trainer's own loss variants
+        (label smoothing, a custom loss function) keep the model's forward as it is."""
+        plain = (
+            not model.training
+            or return_outputs
+            or "labels" not in inputs
+            or self.label_smoother is not None
+            or self.compute_loss_func is not None
+        )
+        if plain:
+            return nullcontext()
+        return loss_without_logits(model, sharded=self.is_fsdp_enabled)
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         # Generation passes the batch to generate(), which refuses keys the model does not take.
