@@ -109,6 +109,27 @@ async def test_preemption_starts_again_without_counting(
     await eventually(lambda: "Preempted" in cluster.reasons(), "the Preempted Event")
 
 
+async def test_a_job_s_end_is_judged_from_its_pods_as_the_api_holds_them(
+    operator: Operator, cluster: Cluster, job: dict[str, Any]
+) -> None:
+    """The pods' watch and the Jobs' watch keep no order between them: the Job's failure may
+    arrive before its pod's DisruptionTarget condition (here that pod event is lost). The
+    keeper reads a Job's end with its pods from the API before it counts anything, so the
+    eviction is a preemption, not a failed attempt (found by the container tier)."""
+    await cluster.submit(_manifest(job, maxRetries=0, dataset={**job["spec"]["dataset"], "preflight": False}))
+    await eventually(lambda: "demo-a1" in cluster.jobs(), "attempt 1")
+    await cluster.start_pods("demo-a1")
+    await eventually(lambda: cluster.status().get("phase") == "Running", "phase Running")
+    cluster.apiserver.emulator.miss_events("pods", 1)
+
+    interrupted = RunSummary.failure("Interrupted", "SIGTERM; checkpoint at step 12")
+    await cluster.finish("demo-a1", 44, interrupted, DisruptionTarget="EvictionByEvictionAPI")
+
+    await eventually(lambda: "demo-a2" in cluster.jobs(), "the attempt after the eviction")
+    status = cluster.status()
+    assert (status["attempts"], status["preemptions"]) == (1, 1), status
+
+
 async def test_failed_attempts_jobs_are_kept_up_to_the_bound(
     apiserver: Any, progress: Progress, cluster: Cluster, job: dict[str, Any]
 ) -> None:

@@ -47,6 +47,7 @@ from kubetune.controller.observe import progress_from_report
 from kubetune.controller.reconcile import (
     Snapshot,
     WriteStatus,
+    ended_jobs,
     expected_job_missing,
     plan,
     read_status,
@@ -73,6 +74,9 @@ class Keeper:
     is stale all the same costs no wrong decision: status writes carry its resourceVersion,
     and a conflict makes the next pass read."""
     listed_at: float | None = None
+    confirmed_ended: frozenset[str] = frozenset()
+    """The ended Jobs a read from the API has shown: a Job the index shows ended that is not
+    here is read afresh, with its pods, before the keeper plans from its end."""
     """When the job's children were last read from the API (monotonic), or found to be none;
     None when the index may be stale for the job (a new keeper, a failed pass)."""
     waker: asyncio.Event = field(default_factory=asyncio.Event)
@@ -261,11 +265,13 @@ async def children(state: OperatorState, namespace: str, keeper: Keeper, status:
         keeper.listed_at = now  # nothing is created before the status says the job started
         return Snapshot()
     fresh = keeper.listed_at is not None and now - keeper.listed_at < state.settings.resync_seconds
-    if not fresh or expected_job_missing(status, state.index.snapshot(key)):
+    known = state.index.snapshot(key)
+    if not fresh or expected_job_missing(status, known) or not ended_jobs(known) <= keeper.confirmed_ended:
         since = state.index.last
         jobs, pods = await state.cluster.children(namespace, keeper.name)
         state.index.replace(key, jobs, pods, since)
         keeper.listed_at = now
+        keeper.confirmed_ended = ended_jobs(state.index.snapshot(key))
     workloads = None
     if state.index.queued(key):
         workloads = await state.cluster.workloads(namespace)

@@ -127,6 +127,15 @@ def expected_job_missing(status: FineTuneJobStatus, snapshot: Snapshot) -> bool:
     return current not in snapshot.attempts
 
 
+def ended_jobs(snapshot: Snapshot) -> frozenset[str]:
+    """The Jobs of the snapshot that have ended (complete, or failed with a reason). What the
+    operator decides at a Job's end cannot be taken back (an attempt counted, or not, as a
+    preemption), and it reads the end's pods: their disruption conditions come on the pods'
+    watch, the end on the Jobs', and the two streams keep no order between them."""
+    jobs = [a.job for a in (snapshot.preflight, *snapshot.attempts.values()) if a is not None]
+    return frozenset(j.name for j in jobs if j.complete or j.failed_reason is not None)
+
+
 # ----------------------------------------------------------------------------- what to do
 
 
