@@ -452,8 +452,9 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         parts["activations"] *= 2
         assumptions.append(f"{spec.objective}: two sequences per pair (chosen and rejected answer)")
     if spec.objective.uses_reference:
-        parts["reference"], said = _reference(spec, model, total)
-        assumptions.append(said)
+        reference, said = _reference(spec, model, total)
+        parts["reference"] = shard(reference, 3)
+        assumptions.append(said + (", sharded like the model" if stage >= 3 and reference else ""))
     return Estimate(parts, trainable, total, world_size, assumptions)
 
 

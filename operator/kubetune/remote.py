@@ -238,7 +238,7 @@ def job_report(job: Manifest, events: Sequence[Manifest], now: datetime | None =
 
 
 def progress_line(progress: Progress | None, width: int = 24) -> str:
-    """step/total as a bar, with loss, tokens/s and ETA."""
+    """step/total as a bar, with loss, reward accuracy (a preference objective), tokens/s and ETA."""
     progress = progress or Progress()
     step, total = progress.step, progress.total_steps
     parts = []
@@ -250,6 +250,7 @@ def progress_line(progress: Progress | None, width: int = 24) -> str:
     for value, label, fmt in (
         (progress.loss, "loss", ".4f"),
         (progress.eval_loss, "eval", ".4f"),
+        (progress.reward_accuracy, "reward accuracy", ".2f"),
         (progress.tokens_per_second, "tok/s", ".0f"),
     ):
         if value is not None:

@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import parse_finetunejob
-from kubetune.api.spec import DeepSpeedSpec, DistributedSpec
 from kubetune.catalog import presets
-from kubetune.controller.builders import NotBuildable
 from kubetune.controller.settings import AcceleratorProfile, Settings
 from kubetune.controller.sizing import size_job
 from kubetune.estimate import GIB, ModelFacts, estimate
@@ -64,19 +62,23 @@ def test_a_named_reference_beside_a_4_bit_base_is_counted_4_bit(job: dict[str, A
     assert result.parts["reference"] < result.parts["weights"] < 1.03 * result.parts["reference"]
 
 
-def test_auto_sizing_refuses_several_devices_to_a_preference_job(job: dict[str, Any]) -> None:
+def test_auto_sizing_shards_a_full_dpo_job_and_its_reference_with_zero3(job: dict[str, Any]) -> None:
     # Full dpo of Phi-3-mini at 512 tokens needs about 87 GiB on one device: more than an H100
-    # holds, less than ZeRO-3 leaves on each of two, which sft would be given.
+    # holds, less than ZeRO-3 leaves on each of two, where the reference is sharded too.
     job["spec"]["resources"] = {"accelerators": "auto"}
     job["spec"]["dataset"]["maxSeqLength"] = 512
     dpo = _job(job, "dpo", "full")
-    zero3 = dpo.spec.model_copy(
-        update={"distributed": DistributedSpec(strategy="deepspeed", deepspeed=DeepSpeedSpec(stage=3))}
-    )
 
-    with pytest.raises(NotBuildable, match="objective dpo and method full runs on one device for now"):
-        size_job(dpo, Settings(accelerator_profiles=(H100,)))
-    assert estimate(dpo.spec, PHI3, 1).total > 80 * GIB > estimate(zero3, PHI3, 2).total
+    sized, why = size_job(dpo, Settings(accelerator_profiles=(H100,)))
+    assert "strategy deepspeed" in why
+
+    assert (sized.spec.resources.nodes, sized.spec.resources.accelerators) == (1, 2)
+    assert "strategy deepspeed" in why
+    assert sized.spec.distributed.deepspeed is not None and sized.spec.distributed.deepspeed.stage == 3
+    alone, sharded = estimate(dpo.spec, PHI3, 1), estimate(sized.spec, PHI3, 2)
+    assert alone.total > 80 * GIB > sharded.total
+    assert sharded.parts["reference"] == alone.parts["reference"] / 2 == PHI3_MINI
+    assert any("sharded like the model" in a for a in sharded.assumptions)
 
 
 def test_auto_sizing_puts_a_preference_job_on_one_device(job: dict[str, Any]) -> None:

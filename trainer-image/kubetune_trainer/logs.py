@@ -8,6 +8,7 @@ A pod's entry points (`launch`, `main`, `preflight`) log every record with a tim
 from __future__ import annotations
 
 import logging
+import warnings
 
 POD_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -32,9 +33,15 @@ NOISE = {
 }
 
 
+DEPRECATED_COLLECTIVES = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+"""DeepSpeed (0.19) gathers and scatters ZeRO-3's shards with collectives torch 2.13 deprecates,
+and torch warns at each call: hundreds of lines per run about code the user does not own."""
+
+
 def quiet_libraries() -> None:
-    """Drop the known-misleading library messages (see NOISE). Call before the libraries
-    load: some speak at import time. Calling again adds nothing."""
+    """Drop the known-misleading library messages (see NOISE, DEPRECATED_COLLECTIVES). Call
+    before the libraries load: some speak at import time. Calling again adds nothing."""
+    warnings.filterwarnings("ignore", message=DEPRECATED_COLLECTIVES, category=FutureWarning)
     for name, prefixes in NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) for f in logger.filters):

@@ -237,13 +237,15 @@ def load_model(
     precision: Precision,
     runtime: Runtime,
     task_settings: dict[str, Any] | None = None,
+    frozen: bool = False,
 ) -> LoadedModel:
     """The base model with the task's head, in the dtype the method needs: adapters train over
     a base in the compute dtype; full fine-tuning keeps fp32 master weights under mixed
-    precision. `task_settings` go to the model's config (a classifier's labels)."""
+    precision, which a `frozen` model (a reference) needs not. `task_settings` go to the
+    model's config (a classifier's labels)."""
     task = task_for(spec.task)
     compute = DTYPES[precision]
-    dtype = torch.float32 if spec.method.type is MethodType.FULL else compute
+    dtype = torch.float32 if spec.method.type is MethodType.FULL and not frozen else compute
     quant = spec.method.quantized
     kwargs: dict[str, Any] = dict(task_settings or {})
     if quant is not None:

@@ -8,7 +8,12 @@ each answer, and everything else is the run's usual path.
 
 The reference model of dpo is, by default, the base itself: with an adapter method, the model
 with its adapter switched off (no second copy); with full fine-tuning, a frozen copy taken
-before training. A reference named in the spec is loaded beside the model and frozen.
+before training (under ZeRO-3, where each rank holds only its shard, the base loaded again).
+A reference named in the spec is loaded beside the model and frozen; under ZeRO-3 a reference
+runs in a DeepSpeed engine of its own that gathers its shards for each forward pass.
+
+With several ranks, each scores its own pairs; the figures logged are the means over every
+pair of every rank.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from kubetune.api.spec import FineTuneJobSpec, PreferenceSpec
 from kubetune_trainer.data.preference import SEQUENCE_IDS
 from kubetune_trainer.data.tokenize import IGNORE_INDEX
 from kubetune_trainer.runtime import Runtime
+from kubetune_trainer.strategy import shards_weights
 from kubetune_trainer.trainers import CountingTrainer
 
 FIGURES = ("reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected")
@@ -145,9 +151,15 @@ class PreferenceTrainer(CountingTrainer):
         # The loss is a mean over pairs, so the Trainer divides it across accumulated micro-batches.
         self.model_accepts_loss_kwargs = False
         if objective.uses_reference and reference is None and not isinstance(self.model, PeftModel):
-            # Full fine-tuning: the reference is the base as it is now, before any step.
+            # Full fine-tuning: the reference is the base as it is now, before any step (under
+            # ZeRO-3 the loader hands the base, loaded again, since a shard cannot be copied whole).
             reference = copy.deepcopy(self.model)
-        self.reference = None if reference is None else _frozen(reference, self.args)
+        if reference is None:
+            self.reference = None
+        elif shards_weights(self.args):
+            self.reference = _sharded(reference, self.args)
+        else:
+            self.reference = _frozen(reference, self.args)
         self._kept: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(
@@ -188,10 +200,21 @@ class PreferenceTrainer(CountingTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # In place: evaluate() returns the very dict it logs, so the run's summary gets the figures too.
         kind, prefix = ("eval", "eval_") if "eval_loss" in logs else ("train", "")
-        kept = self._kept[kind]
-        logs.update({f"{prefix}{name}": sum(kept[name]) / len(kept[name]) for name in FIGURES if kept[name]})
-        kept.clear()
+        # Every rank logs at the same steps (the Trainer gathers the loss there too), so each joins the sum.
+        pooled = pooled_means(self._kept[kind], self.args.world_size, self.args.device)
+        logs.update({f"{prefix}{name}": value for name, value in pooled.items()})
+        self._kept[kind].clear()
         super().log(logs, start_time)
+
+
+def pooled_means(kept: dict[str, list[float]], world_size: int, device: Any) -> dict[str, float]:
+    """Each figure's mean over the pairs every rank scored since the last log (a collective:
+    with several ranks, every rank calls it at the same point)."""
+    totals = torch.tensor([[sum(kept[name]), len(kept[name])] for name in FIGURES], dtype=torch.float64)
+    if world_size > 1:
+        totals = totals.to(device)
+        torch.distributed.all_reduce(totals)
+    return {name: total / count for name, (total, count) in zip(FIGURES, totals.tolist(), strict=True) if count}
 
 
 def _frozen(model: Any, args: Any) -> Any:
@@ -206,16 +229,42 @@ def _frozen(model: Any, args: Any) -> Any:
     return model.to(args.device) if not getattr(model, "is_loaded_in_4bit", False) else model
 
 
-def load_reference(spec: FineTuneJobSpec, runtime: Runtime, precision: Precision) -> Any | None:
-    """The reference model a dpo spec names (loaded as its base would be, 4-bit with a 4-bit
-    method), or None when the reference is the base itself."""
+def _sharded(model: Any, args: Any) -> Any:
+    """A frozen reference under ZeRO-3, in an engine of its own: no optimizer, the run's
+    precision, and each forward pass gathering the shards its layers need (as the policy's does)."""
+    import deepspeed
+
+    hidden = getattr(model.config, "hidden_size", None) or max(getattr(model.config, "hidden_sizes", [0]) or [0])
+    zero: dict[str, Any] = {"stage": 3}
+    if hidden:
+        zero |= {"stage3_param_persistence_threshold": 10 * hidden, "stage3_prefetch_bucket_size": hidden * hidden}
+    config = {
+        "train_micro_batch_size_per_gpu": args.per_device_train_batch_size,
+        "bf16": {"enabled": bool(args.bf16)},
+        "fp16": {"enabled": bool(args.fp16)},
+        "zero_optimization": zero,
+        "steps_per_print": 1_000_000,
+    }
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
+
+
+def load_reference(spec: FineTuneJobSpec, runtime: Runtime, precision: Precision, sharded: bool) -> Any | None:
+    """The reference model of a dpo run, loaded as its base would be (4-bit with a 4-bit
+    method): the one the spec names, or, for full fine-tuning whose weights are `sharded` by
+    ZeRO-3, the base again. None when the trainer finds the reference in the model itself."""
     from kubetune_trainer.model import fetch_once, load_model, resolve_source
 
-    named = spec.preferences.reference
-    if named is None or not spec.objective.uses_reference:
+    if not spec.objective.uses_reference:
         return None
-    as_base = spec.model_copy(update={"model": named})
-    return load_model(as_base, fetch_once(resolve_source(as_base, runtime), runtime), precision, runtime).model
+    named = spec.preferences.reference
+    if named is None and not (sharded and not spec.method.type.uses_adapter):
+        return None
+    as_base = spec if named is None else spec.model_copy(update={"model": named})
+    source = fetch_once(resolve_source(as_base, runtime), runtime)
+    return load_model(as_base, source, precision, runtime, frozen=True).model
 
 
 @contextmanager

@@ -43,6 +43,9 @@ def prometheus_text(progress: Progress, job: str) -> str:
         "kubetune_learning_rate": progress.learning_rate,
         "kubetune_tokens_per_second": progress.tokens_per_second,
         "kubetune_epoch": progress.epoch,
+        "kubetune_reward_accuracy": progress.reward_accuracy,
+        "kubetune_reward_margin": progress.reward_margin,
+        "kubetune_eval_reward_accuracy": progress.eval_reward_accuracy,
     }
     lines = []
     for name, value in gauges.items():
@@ -91,6 +94,9 @@ class ProgressTracker(TrainerCallback):
             "loss": logs.get("loss", progress.loss),
             "eval_loss": logs.get("eval_loss", progress.eval_loss),
             "learning_rate": logs.get("learning_rate", progress.learning_rate),
+            "reward_accuracy": logs.get("reward_accuracy", progress.reward_accuracy),
+            "reward_margin": logs.get("reward_margin", progress.reward_margin),
+            "eval_reward_accuracy": logs.get("eval_reward_accuracy", progress.eval_reward_accuracy),
             "updated_at": now,
         }
         elapsed = time.monotonic() - self._started

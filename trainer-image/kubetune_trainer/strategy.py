@@ -87,6 +87,13 @@ def strategy_arguments(spec: FineTuneJobSpec, on_cpu: bool) -> dict[str, Any]:
     raise AssertionError(f"unhandled strategy {distributed.strategy}")
 
 
+def shards_weights(args: Any) -> bool:
+    """Whether the training arguments run ZeRO-3, where each rank holds only its shard of
+    every weight (from loading on: transformers places each rank's shard in from_pretrained)."""
+    config = getattr(args, "hf_deepspeed_config", None) if args.deepspeed else None
+    return config is not None and config.config.get("zero_optimization", {}).get("stage") == 3
+
+
 PROCESS_GROUP_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
 """What torchrun tells each process about its group. accelerate and transformers start a
 process group, and wrap the model in DistributedDataParallel, whenever LOCAL_RANK is set."""

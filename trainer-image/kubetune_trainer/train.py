@@ -59,7 +59,7 @@ from kubetune_trainer.ranks import any_rank, barrier
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.samples import SAMPLES, Sample, fill
-from kubetune_trainer.strategy import leave_the_process_group, trains_alone
+from kubetune_trainer.strategy import leave_the_process_group, shards_weights, trains_alone
 from kubetune_trainer.tasks import task_for
 from kubetune_trainer.tasks.base import Task
 from kubetune_trainer.tasks.labels import LabelMap
@@ -218,7 +218,7 @@ def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
     settings = task.model_kwargs(run_data.labels, run_data.tokenizer)
     warm_start = warm_start_folder(spec, runtime)  # a bad source fails before the model loads
     model = apply_method(load_model(spec, source, precision, runtime, settings), spec, source, warm_start)
-    reference = load_reference(spec, runtime, precision)
+    reference = load_reference(spec, runtime, precision, sharded=shards_weights(args))
     trainable, total = trainable_parameters(model)
     log.info("model %s: %d of %d parameters trainable", source.display, trainable, total)
     return Prepared(

@@ -50,6 +50,14 @@ class Progress(ApiModel):
     """Latest evaluation loss."""
     learning_rate: float | None = None
     """Current learning rate."""
+    reward_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Preference objectives (dpo, orpo): the share of pairs since the last report whose
+    chosen answer got the higher reward (a tie counts half)."""
+    reward_margin: float | None = None
+    """Preference objectives: the chosen answer's reward minus the rejected one's, averaged
+    over the pairs since the last report."""
+    eval_reward_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Preference objectives: the reward accuracy on the evaluation pairs at the latest evaluation."""
     tokens_per_second: Annotated[float, Field(ge=0)] | None = None
     """Trained (non-padding) tokens per second, all ranks together."""
     eta: Timestamp | None = None

@@ -64,13 +64,6 @@ def size_job(job: FineTuneJob, settings: Settings, reported: ModelFacts | None =
                     return job.model_copy(update={"spec": candidate}), why
         tried.append(profile.name)
     largest = max(settings.accelerator_profiles, key=lambda p: p.memory_gib * p.per_node)
-    if spec.objective.prefers:
-        alone = estimate(_with_size(spec, largest, 1, 1, DistributedSpec()), model, 1).total
-        raise NotBuildable(
-            f"{spec.model.display} with objective {spec.objective} and method {spec.method.type} runs on one "
-            f"device for now, and fits none of the accelerator profiles ({', '.join(tried)}): it needs "
-            f"{alone / GIB:.1f} GiB of {largest.name}'s {largest.memory_gib:g} GiB; try qlora or a shorter maxSeqLength"
-        )
     world = MAX_NODES * largest.per_node
     best = min(
         estimate(_with_size(spec, largest, MAX_NODES, largest.per_node, d), model, world).total
@@ -86,7 +79,7 @@ def size_job(job: FineTuneJob, settings: Settings, reported: ModelFacts | None =
 
 def _runs(candidate: FineTuneJobSpec) -> bool:
     """Whether the support matrix runs the candidate's objective with its method and strategy
-    (a preference objective runs on one process only, for now)."""
+    (a preference objective runs on DDP and DeepSpeed, not yet under FSDP)."""
     strategy = candidate.matrix_strategy
     if not candidate.objective.prefers or strategy is None:
         return True

@@ -7,6 +7,10 @@ the adapter switched off (qlora), dpo against a frozen copy (full), and orpo (do
 
 from __future__ import annotations
 
+import ast
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,8 @@ import pytest
 from kubetune.api import DataFormat, FineTuneJobSpec, Truncation
 from kubetune.api.tasks import objective_rows
 from kubetune.catalog import Strategy
-from kubetune.contract import ExitCode
+from kubetune.contract import ExitCode, RunSummary
+from kubetune_trainer.checkpoints import MARKER, checkpoints
 from kubetune_trainer.data.formats import to_example
 from kubetune_trainer.data.preference import PairCollator, encode_pair
 from kubetune_trainer.data.readers import Row
@@ -23,7 +28,7 @@ from kubetune_trainer.data.tokenize import DataStats
 from kubetune_trainer.main import run
 from kubetune_trainer.preference import score
 
-from .conftest import reload_output, runtime_in, write_jsonl
+from .conftest import launch, reload_output, runtime_in, summary_in, write_jsonl
 from .preference_data import preference_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,7 +45,17 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 
 
-def _spec(method: str, objective: str, data: str, preference: dict[str, Any] | None) -> FineTuneJobSpec:
+def preference_spec(
+    method: str,
+    objective: str,
+    data: str,
+    preference: dict[str, Any] | None,
+    distributed: dict[str, Any] | None = None,
+    batch: int = 8,
+    steps: int = 8,
+) -> FineTuneJobSpec:
+    """A run of `objective` with `method` on the pairs written as `data`, `steps` steps of
+    `batch` pairs per process, logged every 4 steps and checkpointed every 8."""
     body: dict[str, Any] = {
         "objective": objective,
         "model": {"pvc": {"claimName": "models", "path": "tiny-phi3"}},
@@ -51,14 +66,15 @@ def _spec(method: str, objective: str, data: str, preference: dict[str, Any] | N
         },
         "method": {"type": method, "lora": {"dropout": 0.0}} if method != "full" else {"type": method},
         "training": {
-            "maxSteps": 8,
+            "maxSteps": steps,
             "learningRate": 3e-3 if method != "full" else 1e-3,
             "warmupSteps": 0,
-            "perDeviceBatchSize": 8,
+            "perDeviceBatchSize": batch,
             "loggingInterval": 4,
             "optimizer": "adamw",
         },
         "resources": {"accelerators": 0},
+        "checkpoint": {"intervalSteps": 8},
         "output": {
             "pvc": {"claimName": "results", "path": f"preference-{method}"},
             "formats": ["adapter" if method != "full" else "merged"],
@@ -68,18 +84,27 @@ def _spec(method: str, objective: str, data: str, preference: dict[str, Any] | N
         body["method"]["quantization"] = {"allowCpu": True}
     if preference:
         body["preference"] = preference
+    if distributed:
+        body["distributed"] = distributed
     return FineTuneJobSpec.model_validate(body)
+
+
+def write_pairs(volumes: Path) -> None:
+    """The training and held-out pairs, as text (`pairs`) and as chat messages (`chat-pairs`)."""
+    for name, chat in (("pairs", False), ("chat-pairs", True)):
+        write_jsonl(volumes / "data" / f"{name}-train.jsonl", preference_rows(48, seed=1, chat=chat))
+        write_jsonl(volumes / "data" / f"{name}-eval.jsonl", preference_rows(16, seed=2, chat=chat))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, volumes: Path) -> dict[str, tuple[Path, Any]]:
-    for name, chat in (("pairs", False), ("chat-pairs", True)):
-        write_jsonl(volumes / "data" / f"{name}-train.jsonl", preference_rows(48, seed=1, chat=chat))
-        write_jsonl(volumes / "data" / f"{name}-eval.jsonl", preference_rows(16, seed=2, chat=chat))
+    write_pairs(volumes)
     done = {}
     for method, how in RUNS.items():
         folder = tmp_path_factory.mktemp(f"preference-{method}")
-        spec = _spec(method, how["objective"], "chat-pairs" if how["chat"] else "pairs", how.get("preference"))
+        spec = preference_spec(
+            method, how["objective"], "chat-pairs" if how["chat"] else "pairs", how.get("preference")
+        )
         code, summary = run(spec, runtime_in(volumes, folder))
         assert code is ExitCode.OK, summary
         done[method] = (folder / "out", summary)
@@ -89,6 +114,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory, volumes: Path) -> dict[str, t
 @pytest.mark.parametrize("method", list(RUNS))
 def test_held_out_reward_accuracy_rises_from_chance_above_0_9(method: str, runs: dict[str, tuple[Path, Any]]) -> None:
     _, summary = runs[method]
+    assert_preference_learned(summary)
+
+
+def assert_preference_learned(summary: RunSummary, samples: int = 3) -> None:
+    """Held-out reward accuracy from chance to above 0.9, the margin and the log-probability gap
+    growing, the figures in every training log record, and every sample preferring the chosen
+    (none where rank 0 holds only a shard and answers no sample)."""
     assert summary.baseline is not None and summary.metrics is not None and summary.data is not None
     before, after = summary.baseline.task_figures, summary.metrics.task_figures
 
@@ -99,10 +131,10 @@ def test_held_out_reward_accuracy_rises_from_chance_above_0_9(method: str, runs:
     assert summary.data.format == "preference"
     logged = [record.logged() for record in summary.history or [] if record.loss is not None]
     assert logged and all("reward_accuracy" in record for record in logged)
-    assert [s.after.startswith("prefers the chosen answer") for s in summary.samples or []] == [True] * 3
+    assert [s.after.startswith("prefers the chosen answer") for s in summary.samples or []] == [True] * samples
 
 
-def _scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
+def held_out_scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
     import torch
 
     pairs = [to_example(DataFormat.PREFERENCE, Row(row, f"held-out pair {i}")) for i, row in enumerate(rows)]
@@ -118,16 +150,22 @@ def _scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
 def test_the_saved_output_prefers_the_chosen_answer_more_than_the_base_does(
     method: str, runs: dict[str, tuple[Path, Any]], volumes: Path
 ) -> None:
-    from transformers import AutoModelForCausalLM
-
     out, _ = runs[method]
     tuned, tokenizer = reload_output("adapter" if method != "full" else "merged", out, volumes)
+
+    assert_output_prefers_the_chosen(tuned, tokenizer, volumes, chat=RUNS[method]["chat"])
+
+
+def assert_output_prefers_the_chosen(tuned: Any, tokenizer: Any, volumes: Path, chat: bool) -> None:
+    """DPO's implicit reward of the saved model against the base: chosen gains on rejected in
+    every held-out pair."""
+    from transformers import AutoModelForCausalLM
+
     base = AutoModelForCausalLM.from_pretrained(volumes / "models" / "tiny-phi3")
-    held_out = preference_rows(8, seed=3, chat=RUNS[method]["chat"])
+    held_out = preference_rows(8, seed=3, chat=chat)
 
-    after, before = _scores(tuned, tokenizer, held_out), _scores(base, tokenizer, held_out)
+    after, before = held_out_scores(tuned, tokenizer, held_out), held_out_scores(base, tokenizer, held_out)
 
-    # DPO's implicit reward of the saved model against the base: chosen gains on rejected in every pair.
     margins = (after.chosen - before.chosen) - (after.rejected - before.rejected)
     assert (margins > 0).all(), margins
 
@@ -139,3 +177,53 @@ def test_every_supported_single_process_row_is_run_or_covered() -> None:
     for row in rows:
         key = row.covered_by or row
         assert (key.objective.value, key.method.value) in ran, row
+
+
+def test_a_killed_full_fine_tuning_run_resumes_against_the_base_as_its_reference(volumes: Path, tmp_path: Path) -> None:
+    """The reference of full fine-tuning is a copy of the model taken before training; a resumed
+    run loads the checkpoint after that copy, so its reference is still the base. Were it the
+    checkpoint, the policy would tie with it after the resume, and every margin start from 0."""
+    write_pairs(volumes)
+    spec = preference_spec("full", "dpo", "pairs", None, steps=48)
+    killed = launch(spec, volumes, tmp_path)
+    reached = wait_for_checkpoint(tmp_path / "out" / "checkpoints", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    start = len((tmp_path / "log.txt").read_text())
+
+    resumed = launch(spec, volumes, tmp_path)
+    assert resumed.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
+
+    text = (tmp_path / "log.txt").read_text()
+    before, after = _logged(text[:start]), _logged(text[start:])
+    resumed_at = int(text[start:].split("resuming from ")[1].split("checkpoint-")[1].split()[0])
+    assert resumed_at >= reached  # (the killed run may have completed another before the signal landed)
+    # Against the base, the margin the killed run had reached grows on; against the checkpoint
+    # it would start again from 0 (4 steps from 0 reach about half of it here).
+    at_checkpoint = next(r for r in before if r["step"] == resumed_at and "reward_margin" in r)
+    first = next(r for r in after if "reward_margin" in r)
+    assert first["step"] > resumed_at and first["reward_margin"] > at_checkpoint["reward_margin"], (
+        at_checkpoint,
+        first,
+    )
+    # A resumed run has no untrained model left to measure a baseline on: the end alone.
+    metrics = summary_in(tmp_path / "out").metrics
+    assert metrics is not None and metrics.task_figures["evalRewardAccuracy"] > 0.9, metrics
+
+
+def _logged(log: str) -> list[dict[str, Any]]:
+    """The training log records a trainer's log shows (the tracker writes each as a dict)."""
+    marker = "kubetune_trainer.progress: step "
+    return [ast.literal_eval(line.split(": ", 2)[2]) for line in log.splitlines() if marker in line]
+
+
+def wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes]) -> int:
+    """The step of the first complete checkpoint in `folder`, once there is one."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = [step for step, path in checkpoints(folder) if (path / MARKER).exists()]
+        if done:
+            return max(done)
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")

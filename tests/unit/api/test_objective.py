@@ -124,18 +124,10 @@ CASES: list[tuple[str, Callable[[Manifest], Manifest], str, str]] = [
     ),
     ("beta of zero", lambda j: _preference(j, preference={"beta": 0}), "spec.preference.beta", "greater than 0"),
     (
-        "dpo on two ranks",
-        lambda j: _preference(j, resources={"accelerators": 2}),
+        "dpo under fsdp",
+        lambda j: _preference(j, resources={"accelerators": 2}, distributed={"strategy": "fsdp"}),
         "spec.distributed.strategy",
-        "dpo x lora x ddp is not supported",
-    ),
-    (
-        "orpo under zero3",
-        lambda j: _preference(
-            j, "orpo", resources={"accelerators": 2}, distributed={"strategy": "deepspeed", "deepspeed": {"stage": 3}}
-        ),
-        "spec.distributed.strategy",
-        "orpo x lora x zero3 is not supported",
+        "dpo x lora x fsdp is not supported",
     ),
 ]
 
@@ -156,6 +148,22 @@ def test_every_method_runs_each_objective_in_one_process(job: Manifest, objectiv
     job["spec"]["output"]["formats"] = ["merged"]
 
     assert _problems(_preference(job, objective)) == set()
+
+
+@pytest.mark.parametrize(
+    "distributed",
+    [{"strategy": "ddp"}, *({"strategy": "deepspeed", "deepspeed": {"stage": stage}} for stage in (1, 2, 3))],
+    ids=["ddp", "zero1", "zero2", "zero3"],
+)
+@pytest.mark.parametrize("method", ["lora", "qlora", "dora", "full"])
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_every_method_runs_each_objective_on_two_ranks_with_ddp_and_deepspeed(
+    job: Manifest, objective: str, method: str, distributed: dict[str, Any]
+) -> None:
+    job["spec"]["method"] = {"type": method}
+    job["spec"]["output"]["formats"] = ["merged"]
+
+    assert _problems(_preference(job, objective, resources={"accelerators": 2}, distributed=distributed)) == set()
 
 
 def test_objective_rows_cover_every_preference_objective_method_and_strategy() -> None:

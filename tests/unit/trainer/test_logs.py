@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytest
 
@@ -32,3 +33,14 @@ def test_the_hub_kernel_warning_of_bitsandbytes_is_dropped_and_its_other_warning
         KERNELS_WARNING % "same words, another logger",
     ]
     assert len(logger.filters) == 1
+
+
+def test_torch_s_deprecation_of_deepspeed_s_collectives_is_dropped_and_other_future_warnings_are_kept() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+            warnings.warn(f"`torch.distributed.{name}` is deprecated. Please use ...", FutureWarning, stacklevel=1)
+        warnings.warn("`torch.distributed.broadcast` is deprecated", FutureWarning, stacklevel=1)
+
+    assert [str(w.message) for w in caught] == ["`torch.distributed.broadcast` is deprecated"]

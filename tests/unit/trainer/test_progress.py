@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from kubetune.api.enums import TrainerPhase
 from kubetune.contract import Progress
 from kubetune.controller.observe import progress_from_report
-from kubetune_trainer.progress import ProgressServer, ProgressTracker, TokenMeter
+from kubetune.remote import progress_line
+from kubetune_trainer.progress import ProgressServer, ProgressTracker, TokenMeter, prometheus_text
 
 
 def test_rank_zero_serves_progress_and_prometheus_metrics() -> None:
@@ -60,3 +61,21 @@ def test_the_history_keeps_each_log_record_under_the_trainers_names_and_in_metri
     assert record.logged() == {k: v for k, v in logs.items() if k != "note"} | {"step": 5}
     assert (tmp_path / "metrics.jsonl").read_text() == json.dumps(record.as_json()) + "\n"
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["total_flos"] == 7
+
+
+def test_a_preference_run_reports_its_reward_figures_live_and_keeps_the_last_evaluation_s() -> None:
+    shown: list[Progress] = []
+    tracker = ProgressTracker(TokenMeter(), world_size=1, listeners=[shown.append])
+    state = SimpleNamespace(global_step=0, max_steps=8, epoch=0.0)
+
+    tracker.on_train_begin(None, state, None)
+    state.global_step = 4
+    tracker.on_log(None, state, None, logs={"eval_loss": 0.3, "eval_reward_accuracy": 0.75})
+    tracker.on_log(None, state, None, logs={"loss": 0.4, "reward_accuracy": 0.875, "reward_margin": 1.5})
+
+    report = json.loads(shown[-1].model_dump_json(by_alias=True, exclude_none=True))
+    assert (report["rewardAccuracy"], report["rewardMargin"], report["evalRewardAccuracy"]) == (0.875, 1.5, 0.75)
+    assert progress_from_report(report).reward_accuracy == 0.875
+    assert 'kubetune_reward_accuracy{job="demo"} 0.875' in prometheus_text(shown[-1], "demo")
+    assert "reward accuracy 0.88" in progress_line(shown[-1])
+    assert shown[1].reward_accuracy is None  # the evaluation reported no training figure
