@@ -87,6 +87,21 @@ def strategy_arguments(spec: FineTuneJobSpec, on_cpu: bool) -> dict[str, Any]:
     raise AssertionError(f"unhandled strategy {distributed.strategy}")
 
 
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_inference_comm_op() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce op when its process group
+    starts on a CPU: about 35 s of g++ on 2 idle cores and minutes under load, in every new pod
+    (the build lands in the home folder) and again whenever the install path changes. Only
+    DeepSpeed-Inference's tensor-parallel all-reduce calls the op; training reduces through the
+    process group (gloo), so DeepSpeed is told the op cannot be built. Call before the
+    training arguments start DeepSpeed."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+
+
 def shards_weights(args: Any) -> bool:
     """Whether the training arguments run ZeRO-3, where each rank holds only its shard of
     every weight (from loading on: transformers places each rank's shard in from_pretrained)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import PrinterCallback, TrainerCallback
 
-from kubetune.api.enums import Precision
+from kubetune.api.enums import Precision, StrategyType
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.catalog import Strategy
 from kubetune.contract import EngineFacts, Figures, HistoryRecord, RunSummary, SummaryOutput
@@ -59,7 +59,7 @@ from kubetune_trainer.ranks import any_rank, barrier
 from kubetune_trainer.report import write_report
 from kubetune_trainer.runtime import Runtime
 from kubetune_trainer.samples import SAMPLES, Sample, fill
-from kubetune_trainer.strategy import leave_the_process_group, shards_weights, trains_alone
+from kubetune_trainer.strategy import leave_the_process_group, shards_weights, skip_inference_comm_op, trains_alone
 from kubetune_trainer.tasks import task_for
 from kubetune_trainer.tasks.base import Task
 from kubetune_trainer.tasks.labels import LabelMap
@@ -201,6 +201,8 @@ def prepare(spec: FineTuneJobSpec, runtime: Runtime) -> Prepared:
     os.environ.update(tracking_environment(spec, runtime, out))
     if trains_alone(spec, runtime.world_size):
         leave_the_process_group(os.environ)
+    if spec.distributed.strategy is StrategyType.DEEPSPEED:
+        skip_inference_comm_op()
     args = training_arguments(
         spec,
         precision,

@@ -89,10 +89,6 @@ class CountingTrainer(Trainer):
             or "labels" not in inputs
             or self.label_smoother is not None
             or self.compute_loss_func is not None
-            # Under DeepSpeed the chunked loss ran a 2-process ZeRO-1 LoRA row of the tests
-            # 3.6x slower end to end (91 s against 25 s; DDP: 8.3 s against 7.0 s of training),
-            # not yet understood: DeepSpeed keeps the plain path until it is measured there.
-            or self.is_deepspeed_enabled
         )
         if plain:
             return nullcontext()

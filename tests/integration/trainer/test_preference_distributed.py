@@ -100,5 +100,6 @@ def test_row_learns_the_preference_on_two_processes(row: Any, pairs: Path, tmp_p
     assert [r.engine for r in ranks] == [ENGINES[row.strategy]] * 2 and all(r.world_size == 2 for r in ranks)
     if row.strategy is Strategy.ZERO3:
         assert all(r.zero_stage == 3 for r in ranks)
+        assert "built successfully" not in (tmp_path / "log.txt").read_text()  # no DeepSpeed op compiled
     tuned, tokenizer = reload_output("adapter" if row.method.uses_adapter else "merged", tmp_path / "out", pairs)
     assert_output_prefers_the_chosen(tuned, tokenizer, pairs, chat=False)
