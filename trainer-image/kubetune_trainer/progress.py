@@ -65,12 +65,15 @@ def history_record(
 
 @dataclass
 class ProgressTracker(TrainerCallback):
-    """Turns the Trainer's log records into Progress, metrics.jsonl lines and listener calls."""
+    """Turns the Trainer's log records into Progress, metrics.jsonl lines and listener calls,
+    and writes each record to the log where `speaks` (rank 0: every rank logs the same figures,
+    and a pod's ranks share one log)."""
 
     meter: TokenMeter
     world_size: int
     metrics_file: Path | None = None
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+    speaks: bool = True
     progress: Progress = field(default_factory=lambda: Progress(phase=TrainerPhase.STARTING))
     """The latest figures; replaced (never changed in place) at each report, so a reader on
     another thread always sees one whole report."""
@@ -111,7 +114,8 @@ class ProgressTracker(TrainerCallback):
             state.global_step, state.epoch, update.get("tokens_per_second", progress.tokens_per_second), logs
         )
         self.history.append(record)
-        log.info("step %s: %s", state.global_step, record.logged())
+        if self.speaks:
+            log.info("step %s: %s", state.global_step, record.logged())
         if self.metrics_file is not None:
             with self.metrics_file.open("a") as handle:
                 handle.write(json.dumps(record.as_json()) + "\n")

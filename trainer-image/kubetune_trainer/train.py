@@ -253,7 +253,11 @@ def fit(prepared: Prepared, listeners: Sequence[Callable[[Progress], None]] = ()
     p.out.mkdir(parents=True, exist_ok=True)
     meter = TokenMeter()
     tracker = ProgressTracker(
-        meter, runtime.world_size, p.out / "metrics.jsonl" if runtime.is_main else None, list(listeners)
+        meter,
+        runtime.world_size,
+        metrics_file=p.out / "metrics.jsonl" if runtime.is_main else None,
+        listeners=list(listeners),
+        speaks=runtime.is_main,
     )
     stopper = StopOnSignal()
     scorer = p.task.metrics(tokenizer, labels)

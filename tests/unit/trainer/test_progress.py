@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from kubetune.api.enums import TrainerPhase
 from kubetune.contract import Progress
@@ -79,3 +82,17 @@ def test_a_preference_run_reports_its_reward_figures_live_and_keeps_the_last_eva
     assert 'kubetune_reward_accuracy{job="demo"} 0.875' in prometheus_text(shown[-1], "demo")
     assert "reward accuracy 0.88" in progress_line(shown[-1])
     assert shown[1].reward_accuracy is None  # the evaluation reported no training figure
+
+
+def test_only_the_tracker_that_speaks_writes_the_log_records(caplog: pytest.LogCaptureFixture) -> None:
+    state = SimpleNamespace(global_step=0, max_steps=8, epoch=0.0)
+    trackers = [ProgressTracker(TokenMeter(), world_size=2, speaks=rank == 0) for rank in (0, 1)]
+
+    with caplog.at_level(logging.INFO, logger="kubetune_trainer.progress"):
+        for tracker in trackers:
+            tracker.on_train_begin(None, state, None)
+            state.global_step = 4
+            tracker.on_log(None, state, None, logs={"loss": 0.5})
+
+    assert [r.getMessage() for r in caplog.records] == ["step 4: {'step': 4, 'epoch': 0.0, 'loss': 0.5}"]
+    assert all(len(tracker.history) == 1 for tracker in trackers)  # both keep the figures
