@@ -342,11 +342,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return document
     workloads = sizes(args)
     names, contenders = chosen(workloads, args)
+    emulated = not native_bf16()
+    document = {}
     for workload in workloads:
         settings = [s for s in workload.settings if names is None or s.name in names]
+        if names is None and emulated:
+            skipped = [s for s in settings if s.precision == "bf16"]
+            settings = [s for s in settings if s not in skipped]
+            for setting in skipped:
+                print(f"{workload.size} {setting.name}: skipped, {EMULATED_BF16} (--settings {setting.name} runs it)")
         if settings:
             document = bench_size(workload, settings, contenders, args)
     return document
+
+
+EMULATED_BF16 = "this CPU has no native bf16 matrix products (AVX512-BF16 or AMX), so bf16 would measure an emulation"
+
+
+def native_bf16() -> bool:
+    """Whether bf16 matrix products are native here (on a GPU: Ampere and later)."""
+    from kubetune_trainer.hardware import Hardware
+
+    return Hardware.detect().bf16
 
 
 def bench_size(

@@ -206,7 +206,7 @@ SIZES: dict[str, Workload] = {
     "smollm2-135m": Workload(
         size="smollm2-135m",
         shape=SMOLLM2_135M,
-        settings=(Setting("lora", "bf16", rounds=1),),
+        settings=(Setting("lora", "bf16", rounds=1), Setting("lora", "fp32", rounds=1)),
         max_length=256,
         train_examples=160,
         eval_examples=32,
@@ -218,7 +218,7 @@ SIZES: dict[str, Workload] = {
     "qwen2.5-0.5b": Workload(
         size="qwen2.5-0.5b",
         shape=QWEN25_05B,
-        settings=(Setting("lora", "bf16", rounds=1),),
+        settings=(Setting("lora", "bf16", rounds=1), Setting("lora", "fp32", rounds=1)),
         max_length=256,
         train_examples=80,
         eval_examples=16,

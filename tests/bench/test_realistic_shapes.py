@@ -9,6 +9,8 @@ from bench.trainer import CPU_CONFIGURATION, parse_arguments, sizes
 from bench.workload import QWEN25_05B, SIZES, SMOLLM2_135M, ModelShape
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from bench import trainer
+
 
 def _parameters(shape: ModelShape) -> int:
     settings = shape.config(shape.vocab)
@@ -40,6 +42,20 @@ def test_the_cpu_configuration_runs_the_30m_model_then_the_realistic_shapes() ->
     assert CPU_CONFIGURATION == ("cpu", "smollm2-135m", "qwen2.5-0.5b")
     assert [w.size for w in sizes(parse_arguments(["--size", "smoke"]))] == ["smoke"]
     for name in CPU_CONFIGURATION[1:]:
-        assert [s.name for s in SIZES[name].settings] == ["lora-bf16"]
+        assert [s.name for s in SIZES[name].settings] == ["lora-bf16", "lora-fp32"]
     with pytest.raises(SystemExit, match="unknown size"):
         sizes(parse_arguments(["--size", "cpu,huge"]))
+
+
+def test_where_bf16_is_emulated_the_default_run_skips_it_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    benched: list[list[str]] = []
+    monkeypatch.setattr(trainer, "native_bf16", lambda: False)
+    monkeypatch.setattr(trainer, "bench_size", lambda w, settings, c, a: benched.append([s.name for s in settings]))
+
+    trainer.main(["--size", "smollm2-135m"])
+    trainer.main(["--size", "smollm2-135m", "--settings", "lora-bf16"])  # asked by name: run
+
+    assert benched == [["lora-fp32"], ["lora-bf16"]]
+    assert "smollm2-135m lora-bf16: skipped, this CPU has no native bf16" in capsys.readouterr().out
