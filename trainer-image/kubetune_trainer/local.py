@@ -77,7 +77,8 @@ def write_config_maps(config_maps: dict[str, dict[str, str]], folder: Path) -> N
 
 
 class ProgressLine:
-    """One line that rewrites itself: step/total, a bar, loss, tokens per second, ETA."""
+    """One line that rewrites itself: step/total, a bar, loss, a preference objective's reward
+    accuracy, tokens per second, ETA."""
 
     def __init__(self, write: Callable[[str], object] = sys.stderr.write) -> None:
         self.write = write
@@ -92,6 +93,8 @@ class ProgressLine:
         parts = [f"step {progress.step}/{total or '?'}", f"[{bar}]"]
         if progress.loss is not None:
             parts.append(f"loss {progress.loss:.4f}")
+        if progress.reward_accuracy is not None:
+            parts.append(f"reward accuracy {progress.reward_accuracy:.2f}")
         if progress.tokens_per_second:
             parts.append(f"{progress.tokens_per_second:,.0f} tok/s")
         if progress.step and total:

@@ -12,6 +12,7 @@ from kubetune.api.enums import TrainerPhase
 from kubetune.contract import Progress
 from kubetune.controller.observe import progress_from_report
 from kubetune.remote import progress_line
+from kubetune_trainer.local import ProgressLine
 from kubetune_trainer.progress import ProgressServer, ProgressTracker, TokenMeter, prometheus_text
 
 
@@ -96,3 +97,14 @@ def test_only_the_tracker_that_speaks_writes_the_log_records(caplog: pytest.LogC
 
     assert [r.getMessage() for r in caplog.records] == ["step 4: {'step': 4, 'epoch': 0.0, 'loss': 0.5}"]
     assert all(len(tracker.history) == 1 for tracker in trackers)  # both keep the figures
+
+
+def test_kubetune_run_s_progress_line_shows_a_preference_run_s_reward_accuracy() -> None:
+    written: list[str] = []
+    line = ProgressLine(written.append)
+
+    line(Progress(step=5, total_steps=20, loss=0.31, reward_accuracy=0.875))
+    line(Progress(step=6, total_steps=20, loss=0.29))
+
+    assert "loss 0.3100  reward accuracy 0.88" in written[0]
+    assert "reward" not in written[1]
