@@ -74,11 +74,11 @@ class Keeper:
     is stale all the same costs no wrong decision: status writes carry its resourceVersion,
     and a conflict makes the next pass read."""
     listed_at: float | None = None
+    """When the job's children were last read from the API (monotonic), or found to be none;
+    None when the index may be stale for the job (a new keeper, a failed pass)."""
     confirmed_ended: frozenset[str] = frozenset()
     """The ended Jobs a read from the API has shown: a Job the index shows ended that is not
     here is read afresh, with its pods, before the keeper plans from its end."""
-    """When the job's children were last read from the API (monotonic), or found to be none;
-    None when the index may be stale for the job (a new keeper, a failed pass)."""
     waker: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 

@@ -17,17 +17,11 @@ from kubetune.catalog import Strategy
 from kubetune.contract import ExitCode
 
 from .conftest import _free_port, launch, rank_engines, reload_output, summary_in
+from .test_distributed import ENGINES, STRATEGIES
 from .test_preference import assert_output_prefers_the_chosen, assert_preference_learned, preference_spec, write_pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STRATEGIES: dict[Strategy, dict[str, Any]] = {
-    Strategy.DDP: {"strategy": "ddp"},
-    Strategy.ZERO1: {"strategy": "deepspeed", "deepspeed": {"stage": 1}},
-    Strategy.ZERO2: {"strategy": "deepspeed", "deepspeed": {"stage": 2}},
-    Strategy.ZERO3: {"strategy": "deepspeed", "deepspeed": {"stage": 3}},
-}
-ENGINES = {Strategy.DDP: "DistributedDataParallel", Strategy.ZERO3: "DeepSpeedEngine"}
 MULTI_RANK = [r for r in objective_rows() if r.supported and r.strategy is not Strategy.SINGLE]
 ROWS = [r for r in MULTI_RANK if r.covered_by is None]
 
