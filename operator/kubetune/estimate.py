@@ -12,8 +12,9 @@ byte per linear-layer parameter plus its quantisation constants.
 A preference objective (dpo, orpo) runs two sequences per pair, the chosen and the rejected
 answer, so a batch keeps twice the activations; dpo also scores every batch with a frozen
 reference model: none more with an adapter method (the base with its adapter switched off),
-a 16-bit copy of the base with full fine-tuning, or the named reference model (counted at
-the base's size and quantisation).
+a 16-bit copy of the base with full fine-tuning (under ZeRO-3 the base loaded again), or the
+named reference model (counted at the base's size and quantisation); ZeRO-3 shards it over
+the ranks like the model.
 
 The task decides the head: a language model's head writes a score per vocabulary entry for
 every token; a classifier replaces it with a new, small head (hidden x labels) that trains
@@ -452,25 +453,29 @@ def estimate(spec: FineTuneJobSpec, model: ModelFacts, world_size: int) -> Estim
         parts["activations"] *= 2
         assumptions.append(f"{spec.objective}: two sequences per pair (chosen and rejected answer)")
     if spec.objective.uses_reference:
-        reference, said = _reference(spec, model, total)
+        reference, said = _reference(spec, model, total, sharded=stage >= 3)
         parts["reference"] = shard(reference, 3)
-        assumptions.append(said + (", sharded like the model" if stage >= 3 and reference else ""))
+        assumptions.append(said)
     return Estimate(parts, trainable, total, world_size, assumptions)
 
 
-def _reference(spec: FineTuneJobSpec, model: ModelFacts, total: int) -> tuple[float, str]:
-    """Bytes per device of dpo's frozen reference model, and how they were counted."""
+def _reference(spec: FineTuneJobSpec, model: ModelFacts, total: int, sharded: bool) -> tuple[float, str]:
+    """Bytes of dpo's frozen reference model (whole; ZeRO-3 `sharded` divides them over the
+    ranks), and how they were counted."""
     named = spec.preferences.reference is not None
     if spec.method.type.uses_adapter and not named:
         return 0.0, "reference: the base with its adapter switched off (no second copy)"
     quant = spec.method.quantized
     what = f"reference {spec.preferences.reference.display}" if spec.preferences.reference else "reference"
+    spread = ", sharded like the model" if sharded else ""
     if quant is not None:
         linear = model.linear_parameters(spec.task)
         nbytes = linear * (0.5 + _quant_constant_bytes(quant.double_quant)) + (total - linear) * WEIGHT_BYTES
-        return float(nbytes), f"{what}: frozen, of the base's size, 4-bit like it"
+        return float(nbytes), f"{what}: frozen, of the base's size, 4-bit like it{spread}"
     if named:
-        return float(total * WEIGHT_BYTES), f"{what}: frozen, of the base's size, in 16 bits"
+        return float(total * WEIGHT_BYTES), f"{what}: frozen, of the base's size, in 16 bits{spread}"
+    if sharded:
+        return float(total * WEIGHT_BYTES), f"reference: the base loaded again in 16 bits{spread}"
     return float(total * WEIGHT_BYTES), "reference: a frozen 16-bit copy of the base, taken before training"
 
 
