@@ -226,17 +226,24 @@ def _one_job(
     return jobs[0][1], config_maps
 
 
+def _done_line(summary: RunSummary) -> str:
+    """What a finished run did, and the figures it has (a run whose checkpoint held every
+    step trained nothing, and has no speed of its own)."""
+    metrics = summary.metrics or Figures()
+    parts = [f"final loss {metrics.train_loss:.4f}"] if metrics.train_loss is not None else []
+    if metrics.tokens_per_second:
+        parts.append(f"{metrics.tokens_per_second:,.0f} tokens/s")
+    parts.append(f"{metrics.wall_seconds} s")
+    return f"{summary.message}; {', '.join(parts)}"
+
+
 def _report(summary: RunSummary) -> None:
     if summary.status != "Succeeded":
         reason = summary.reason
         hint = "; run the same command again to resume" if reason == "Interrupted" else ""
         click.echo(f"{reason}: {summary.message}{hint}", err=True)
         return
-    metrics = summary.metrics or Figures()
-    click.echo(
-        f"done: {metrics.steps} steps, final loss {metrics.train_loss or 0:.4f}, "
-        f"{metrics.tokens_per_second or 0:,.0f} tokens/s, {metrics.wall_seconds} s"
-    )
+    click.echo(f"done: {_done_line(summary)}")
     for sample in summary.samples or []:
         click.echo(
             f"\n  Q: {sample.prompt}\n  expected: {sample.expected}\n"

@@ -63,6 +63,10 @@ def history_record(
     return HistoryRecord.model_validate({"step": step, "epoch": epoch, "tokensPerSecond": tokens_per_second} | numbers)
 
 
+SPEED = "tokens_per_second"
+"""The key of the trained tokens per second in the Trainer's log history."""
+
+
 @dataclass
 class ProgressTracker(TrainerCallback):
     """Turns the Trainer's log records into Progress, metrics.jsonl lines and listener calls,
@@ -84,6 +88,12 @@ class ProgressTracker(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._started = time.monotonic()
         self._tokens_at_start = self.meter.tokens
+        # A run resumed from a checkpoint keeps what was logged before it (the untrained
+        # model's evaluation, the first losses): the report and the summary show the whole run.
+        self.history = [
+            history_record(r["step"], r.get("epoch"), r.get(SPEED), {k: v for k, v in r.items() if k != SPEED})
+            for r in state.log_history
+        ]
         self._publish(phase=TrainerPhase.TRAINING, total_steps=state.max_steps, step=state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
@@ -114,6 +124,9 @@ class ProgressTracker(TrainerCallback):
             state.global_step, state.epoch, update.get("tokens_per_second", progress.tokens_per_second), logs
         )
         self.history.append(record)
+        if state.log_history and record.tokens_per_second is not None:
+            # Beside the record the Trainer keeps (and checkpoints): a resumed run has it back.
+            state.log_history[-1][SPEED] = record.tokens_per_second
         if self.speaks:
             log.info("step %s: %s", state.global_step, record.logged())
         if self.metrics_file is not None:

@@ -70,6 +70,21 @@ from kubetune_trainer.warm import warm_start_folder
 log = logging.getLogger(__name__)
 
 
+class AlreadyTrained(Exception):
+    """Raised as train() starts when the checkpoint it resumed from holds every step."""
+
+
+class StopWhenTrained(TrainerCallback):
+    """Ends train() before its first step when the checkpoint it resumed from holds every step:
+    a pod killed while it wrote the outputs, or the same run started again. The Trainer itself
+    would train one step past maxSteps wherever maxSteps is not a whole number of epochs (it
+    resumes the last epoch after the batches already trained, and checks the limit after a step)."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps > 0:
+            raise AlreadyTrained
+
+
 @dataclass
 class StopOnSignal(TrainerCallback):
     """On SIGTERM (preemption, eviction, suspend) or Ctrl-C, finish the step, checkpoint and stop.
@@ -156,7 +171,8 @@ class Fitted:
     chosen: list[Sample]
     compiled: int
     facts: EngineFacts
-    runtime_seconds: float
+    runtime_seconds: float | None
+    """None when the checkpoint resumed from held every step and nothing was trained."""
 
 
 def train(spec: FineTuneJobSpec, runtime: Runtime, listeners: Sequence[Callable[[Progress], None]] = ()) -> RunSummary:
@@ -282,18 +298,27 @@ def fit(prepared: Prepared, listeners: Sequence[Callable[[Progress], None]] = ()
     if not spec.method.type.uses_adapter:
         fill(chosen, respond, "before")
     trainer.add_callback(EngineCheck(trainer, spec.distributed.strategy))
+    trainer.add_callback(StopWhenTrained())
     trainer.remove_callback(PrinterCallback)  # the tracker logs each record, and listeners show progress
     if p.resume is not None:
         log.info("resuming from %s", p.resume)
     mean_length = data.stats.tokens / max(1, data.stats.kept)
     planned = planned_tokens(spec, len(data.train), mean_length, runtime.world_size)
+    runtime_seconds: float | None = None
     with compiled_layers(p.model, wants_compile(spec, planned, p.device)) as compiled:
-        result = trainer.train(resume_from_checkpoint=str(p.resume) if p.resume else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(p.resume) if p.resume else None)
+            runtime_seconds = round(result.metrics.get("train_runtime", 0.0), 2)
+        except AlreadyTrained:
+            # The checkpoint's weights (and under DeepSpeed its engine) are loaded by now.
+            if runtime.is_main:
+                log.info("%s holds all %d steps: nothing is left to train", p.resume, trainer.state.global_step)
+            trainer.is_in_train = False
+            trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
     facts = engine_facts(trainer, p.total)
     record(facts, runtime.work / "ranks", runtime.rank)
     if stopper.stopping:
         raise Interrupted(f"stopped by a signal at step {trainer.state.global_step}; the checkpoint is kept")
-    runtime_seconds = round(result.metrics.get("train_runtime", 0.0), 2)
     return Fitted(trainer, tracker, scorer, respond, chosen, compiled, facts, runtime_seconds)
 
 
@@ -363,7 +388,7 @@ def summarise(p: Prepared, fitted: Fitted, metrics: Figures, baseline: Figures, 
     return RunSummary(
         status="Succeeded",
         reason="Completed",
-        message=f"trained {fitted.trainer.state.global_step} steps on {run_data.data.stats.kept} examples",
+        message=_trained(fitted.trainer.state.global_step, run_data.data.stats.kept, fitted.runtime_seconds is None),
         output=output,
         metrics=metrics,
         engine=fitted.facts,
@@ -378,6 +403,11 @@ def summarise(p: Prepared, fitted: Fitted, metrics: Figures, baseline: Figures, 
         # The final evaluation's confusion matrix, for classification.
         confusion=fitted.scorer.confusion if fitted.scorer is not None else None,
     )
+
+
+def _trained(steps: int, examples: int, in_checkpoint: bool) -> str:
+    trained = f"trained {steps} steps on {examples} examples"
+    return f"{trained} (every step was in the checkpoint resumed from)" if in_checkpoint else trained
 
 
 def write_run_files(summary: RunSummary, spec: FineTuneJobSpec, out: Path) -> None:

@@ -22,7 +22,7 @@ def test_quickstart_trains_and_answers_what_it_was_taught(repo: Path, tmp_path: 
 
     assert made.exit_code == 0, made.output
     assert result.exit_code == 0, result.output
-    assert "done: 80 steps" in result.output
+    assert "done: trained 80 steps on" in result.output
     assert "  after:    QLoRA trains LoRA adapters over a 4-bit base." in result.output
     assert "  expected: QLoRA trains LoRA adapters over a 4-bit base." in result.output
     out = volumes / "results" / "quickstart"

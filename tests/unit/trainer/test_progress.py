@@ -35,7 +35,7 @@ def test_what_the_tracker_reports_the_keeper_reads_back_whole() -> None:
     shown: list[Progress] = []
     meter = TokenMeter()
     tracker = ProgressTracker(meter, world_size=2, listeners=[shown.append])
-    state = SimpleNamespace(global_step=0, max_steps=40, epoch=0.0)
+    state = SimpleNamespace(global_step=0, max_steps=40, epoch=0.0, log_history=[])
 
     tracker.on_train_begin(None, state, None)
     meter.tokens, state.global_step, state.epoch = 4096, 10, 0.25
@@ -53,7 +53,7 @@ def test_what_the_tracker_reports_the_keeper_reads_back_whole() -> None:
 
 def test_the_history_keeps_each_log_record_under_the_trainers_names_and_in_metrics_jsonl(tmp_path: Path) -> None:
     tracker = ProgressTracker(TokenMeter(), world_size=1, metrics_file=tmp_path / "metrics.jsonl")
-    state = SimpleNamespace(global_step=0, max_steps=40, epoch=0)
+    state = SimpleNamespace(global_step=0, max_steps=40, epoch=0, log_history=[])
 
     tracker.on_train_begin(None, state, None)
     state.global_step, state.epoch = 5, 0.5
@@ -67,10 +67,30 @@ def test_the_history_keeps_each_log_record_under_the_trainers_names_and_in_metri
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["total_flos"] == 7
 
 
+def test_a_resumed_run_keeps_the_history_the_checkpoint_logged_before_it() -> None:
+    tracker = ProgressTracker(TokenMeter(), world_size=1)
+    logged = [
+        {"eval_loss": 4.2, "epoch": 0.0, "step": 0},
+        {"loss": 3.1, "learning_rate": 2e-4, "epoch": 0.5, "step": 20},
+    ]
+    state = SimpleNamespace(global_step=20, max_steps=40, epoch=0.5, log_history=logged)
+
+    tracker.on_train_begin(None, state, None)
+    state.global_step = 40
+    tracker.on_log(None, state, None, logs={"loss": 1.2})
+
+    assert [(r.step, r.loss, r.eval_loss) for r in tracker.history] == [
+        (0, None, 4.2),
+        (20, 3.1, None),
+        (40, 1.2, None),
+    ]
+    assert [r.tokens_per_second for r in tracker.history[:2]] == [None, None]
+
+
 def test_a_preference_run_reports_its_reward_figures_live_and_keeps_the_last_evaluation_s() -> None:
     shown: list[Progress] = []
     tracker = ProgressTracker(TokenMeter(), world_size=1, listeners=[shown.append])
-    state = SimpleNamespace(global_step=0, max_steps=8, epoch=0.0)
+    state = SimpleNamespace(global_step=0, max_steps=8, epoch=0.0, log_history=[])
 
     tracker.on_train_begin(None, state, None)
     state.global_step = 4
@@ -86,7 +106,7 @@ def test_a_preference_run_reports_its_reward_figures_live_and_keeps_the_last_eva
 
 
 def test_only_the_tracker_that_speaks_writes_the_log_records(caplog: pytest.LogCaptureFixture) -> None:
-    state = SimpleNamespace(global_step=0, max_steps=8, epoch=0.0)
+    state = SimpleNamespace(global_step=0, max_steps=8, epoch=0.0, log_history=[])
     trackers = [ProgressTracker(TokenMeter(), world_size=2, speaks=rank == 0) for rank in (0, 1)]
 
     with caplog.at_level(logging.INFO, logger="kubetune_trainer.progress"):
