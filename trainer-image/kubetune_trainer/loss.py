@@ -64,11 +64,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         wants_hidden, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         product_weight = weight.to(dtype)
-        # The hidden states' gradient multiplies by the weight untransposed. On a CPU, a bf16
-        # product whose right side is a [vocabulary, hidden] matrix read row-major takes a path
-        # over ten times slower than the same product as a linear layer's forward, over the
-        # transposed copy (bench/NOTES.md, change 4); the copy costs one pass over the weight.
-        transposed = product_weight.T.contiguous() if wants_hidden else None
+        # The hidden states' gradient multiplies by the weight untransposed. On a CPU without
+        # native bf16 products, a 16-bit product whose right side is a [vocabulary, hidden]
+        # matrix read row-major takes a path over ten times slower than the same product as a
+        # linear layer's forward, over a transposed copy (bench/NOTES.md, changes 4 and 6). In
+        # fp32, and on accelerators, the product reads the weight as it lies: the copy would
+        # cost the whole head's size again (545 MB on a Qwen2.5-0.5B shape) for nothing.
+        copied = wants_hidden and hidden.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+        transposed = product_weight.T.contiguous() if copied else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         hidden_grad = torch.empty_like(hidden) if wants_hidden else None
         weight_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if wants_weight else None
@@ -86,8 +89,12 @@ class LinearCrossEntropy(torch.autograd.Function):
                 scores = logits.sub_(normaliser[:, None]).exp_()
                 scores[torch.arange(len(wanted), device=scores.device), wanted] -= 1.0
                 scores_grad = scores.to(dtype)
-                if hidden_grad is not None and transposed is not None:
-                    hidden_grad[start : start + chunk] = nn.functional.linear(scores_grad, transposed)
+                if hidden_grad is not None:
+                    hidden_grad[start : start + chunk] = (
+                        nn.functional.linear(scores_grad, transposed)
+                        if transposed is not None
+                        else scores_grad @ product_weight
+                    )
                 if weight_grad is not None:
                     weight_grad += scores_grad.T @ rows
         ctx.save_for_backward(

@@ -1,5 +1,5 @@
 """Padding-free batches: each batch's examples end to end, each optimizer step laid out
-again in as few micro-batches as fit, and the same gradients as padded batches."""
+again with less padding and no larger micro-batch, and the same gradients as padded batches."""
 
 from __future__ import annotations
 
@@ -35,18 +35,32 @@ def test_rows_are_no_wider_than_the_longest_example() -> None:
 
 
 def test_a_step_is_laid_out_in_fewer_micro_batches_with_the_last_one_real() -> None:
-    collator = PaddingFreeCollator(pad_token_id=0)
+    collator = PaddingFreeCollator(pad_token_id=0, multiple_of=1)
     micro = [collator([_example(20), _example(4)]), collator([_example(6), _example(5)]), collator([_example(8)])]
+    # Given: 2 rows of 20 (20 | 4), 2 of 6 (6 | 5), 1 of 8: 60 positions, the largest 40.
 
     laid_out = lay_out_step(micro, collator, rows_per_batch=2)
 
     assert len(laid_out) == 3
-    assert laid_out[0] == {}
-    assert [len(b) > 0 for b in laid_out] == [False, False, True]
-    real = laid_out[-1]
-    assert real["input_ids"].shape[0] <= 2
-    assert real["num_tokens"].item() == 43
-    assert EXAMPLES not in real
+    assert [len(b) > 0 for b in laid_out] == [False, True, True]
+    # Rows of the step's width: 20 | 8 + 6 + 5 | 4, longest first, two to a micro-batch.
+    assert [b["input_ids"].shape for b in laid_out[1:]] == [(2, 20), (1, 4)]
+    assert sum(b["num_tokens"].item() for b in laid_out[1:]) == 43
+    assert all(EXAMPLES not in b for b in laid_out)
+
+
+def test_no_micro_batch_laid_out_again_is_larger_than_the_largest_given() -> None:
+    """Merging the step into one micro-batch of 3 rows would save more padding, but the
+    forward pass over it would hold more activations than any the step was given."""
+    collator = PaddingFreeCollator(pad_token_id=0, multiple_of=1)
+    micro = [collator([_example(16), _example(2)]), collator([_example(14), _example(3)])]
+    given = [b["input_ids"].numel() for b in micro]
+
+    laid_out = lay_out_step(micro, collator, rows_per_batch=4)
+
+    assert given == [32, 28]
+    assert [b["input_ids"].shape for b in laid_out] == [(2, 16), (1, 3)]  # 16 | 14 + 2, then 3
+    assert max(b["input_ids"].numel() for b in laid_out) <= max(given)
 
 
 def test_a_step_that_saves_nothing_comes_back_as_it_was() -> None:
