@@ -21,6 +21,7 @@ from tests.containers.conftest import REPO, Deployment, Images
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.asyncio, pytest.mark.timeout(1800)]
 
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
+PREFERENCE = REPO / "examples" / "preference-dpo.yaml"
 TRAINING_TIMEOUT = 900.0
 """Preflight and 80 CPU steps of the tiny model, on a loaded two-core machine."""
 
@@ -74,6 +75,33 @@ async def test_the_quickstart_trains_to_succeeded_in_containers(
     rank0 = [p for p in deployment.node.pods.values() if p.name.startswith("quickstart-a1-0-")]
     message = RunSummary.model_validate_json(rank0[0].termination_file.read_text())  # strictly: no part dropped
     assert message.status == "Succeeded"
+
+
+async def test_the_dpo_example_learns_its_preference_in_containers(
+    deployment: Deployment, tiny_model: Path, operator_container: str
+) -> None:
+    """The example as written, but for its preflight (on, as on a cluster by default): the
+    preflight checks the pairs in the trainer image, and the status carries the reward
+    figures the preference run measured."""
+    await make_tiny_model(deployment, tiny_model)
+    results = deployment.claim("results")
+    config_map, job = yaml.safe_load_all(PREFERENCE.read_text())
+    job["spec"]["dataset"]["preflight"] = True
+
+    await deployment.create(config_map)
+    await deployment.create(job)
+    finished = await deployment.until(
+        lambda: phase(deployment, "preference-dpo"), "the job to finish", TRAINING_TIMEOUT
+    )
+
+    status = deployment.status("preference-dpo")
+    assert finished == "Succeeded", (status, deployment.reasons("preference-dpo"))
+    assert set(deployment.jobs()) == {"preference-dpo-preflight", "preference-dpo-a1"}
+    assert status["output"]["location"] == "pvc://results/preference-dpo"
+    assert status["progress"]["step"] == 20
+    assert status["progress"]["evalRewardAccuracy"] > 0.9, status["progress"]
+    assert status["metrics"]["evalRewardAccuracy"] > 0.9, status["metrics"]
+    assert (results / "preference-dpo" / "adapter" / "adapter_config.json").is_file()
 
 
 async def test_a_dataset_defect_on_line_7_fails_the_preflight_and_nothing_trains(

@@ -312,6 +312,8 @@ def final_progress(progress: Progress | None, figures: FinalFigures) -> Progress
             "percent": round(min(100.0, 100 * step / total), 1) if total else progress.percent,
             "loss": figures.train_loss if figures.train_loss is not None else progress.loss,
             "eval_loss": figures.eval_loss if figures.eval_loss is not None else progress.eval_loss,
+            # A preference run's final evaluation, not the last one polled (often the untrained model's).
+            "eval_reward_accuracy": figures.numbers.get("evalRewardAccuracy", progress.eval_reward_accuracy),
             "tokens_per_second": figures.tokens_per_second or progress.tokens_per_second,
             "eta": None,
             "phase": None,  # the trainer is done: neither training nor saving

@@ -323,6 +323,21 @@ def test_a_run_that_ends_between_two_polls_keeps_its_final_figures(job: dict[str
     assert never.metrics == {"steps": 40.0, "trainLoss": 0.41, "evalLoss": 0.52, "evalAccuracy": 0.9}
 
 
+def test_a_preference_run_s_progress_ends_with_its_final_evaluation(job: dict[str, Any]) -> None:
+    metrics = Figures.model_validate({"steps": 20, "trainLoss": 0.3, "evalLoss": 0.4, "evalRewardAccuracy": 1.0})
+    summary = RunSummary(status="Succeeded", message="trained 20 steps", metrics=metrics)
+    pod = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=summary)
+    done = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, succeeded=1, complete=True), (pod,))
+    progress = {"step": 20, "totalSteps": 20, "rewardAccuracy": 0.875, "evalRewardAccuracy": 0.5}
+    polled = FineTuneJobStatus.model_validate({**_started().model_dump(by_alias=True), "progress": progress})
+
+    status = _status(plan(_body(job, polled), Snapshot(attempts={1: done}), SETTINGS, NOW))
+
+    assert status.progress is not None and status.progress.eval_reward_accuracy == 1.0  # polled: before training
+    assert status.progress.reward_accuracy == 0.875
+    assert status.metrics is not None and status.metrics["evalRewardAccuracy"] == 1.0
+
+
 def test_pods_that_end_before_their_job_s_condition_keep_the_job_running(job: dict[str, Any]) -> None:
     ended = PodState(name="demo-a1-0", index=0, phase="Succeeded", exit_code=0, summary=RunSummary(status="Succeeded"))
     ending = Attempt(JobState(name="demo-a1", attempt=1, suspended=False, active=0), (ended,))
