@@ -137,12 +137,13 @@ def lay_out_step(
     if not examples:
         return stripped
     sizes = [batch["input_ids"].numel() for batch in stripped]
+    largest = max(sizes)
     rows = sorted(collator.rows(examples), key=lambda row: len(row.input_ids), reverse=True)
     groups: list[list[Packed]] = []
     for row in rows:
         # Sorted longest first, a micro-batch is as wide as its first row.
         group = groups[-1] if groups else None
-        if group is not None and len(group) < rows_per_batch and (len(group) + 1) * collator.width(group) <= max(sizes):
+        if group is not None and len(group) < rows_per_batch and (len(group) + 1) * collator.width(group) <= largest:
             group.append(row)
         else:
             groups.append([row])
