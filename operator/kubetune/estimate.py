@@ -12,9 +12,9 @@ byte per linear-layer parameter plus its quantisation constants.
 A preference objective (dpo, orpo) runs two sequences per pair, the chosen and the rejected
 answer, so a batch keeps twice the activations; dpo also scores every batch with a frozen
 reference model: none more with an adapter method (the base with its adapter switched off),
-a 16-bit copy of the base with full fine-tuning (under ZeRO-3 the base loaded again), or the
-named reference model (counted at the base's size and quantisation); ZeRO-3 shards it over
-the ranks like the model.
+a copy of the base with full fine-tuning (its linear layers in 16 bits; under ZeRO-3 the base
+loaded again), or the named reference model (counted at the base's size and quantisation);
+ZeRO-3 shards it over the ranks like the model.
 
 The task decides the head: a language model's head writes a score per vocabulary entry for
 every token; a classifier replaces it with a new, small head (hidden x labels) that trains
@@ -36,6 +36,8 @@ from kubetune.catalog import Shape
 GIB = 1024**3
 OPTIMIZER_BYTES = 12
 WEIGHT_BYTES = 2
+# Full fine-tuning's fp32 master weights, where a copy of them keeps that dtype (dpo's reference).
+MASTER_WEIGHT_BYTES = 4
 GRADIENT_BYTES = 2
 FRAMEWORK_OVERHEAD = 1.5 * GIB
 """CUDA context, allocator fragmentation and kernels' workspaces."""
@@ -472,11 +474,15 @@ def _reference(spec: FineTuneJobSpec, model: ModelFacts, total: int, sharded: bo
         linear = model.linear_parameters(spec.task)
         nbytes = linear * (0.5 + _quant_constant_bytes(quant.double_quant)) + (total - linear) * WEIGHT_BYTES
         return float(nbytes), f"{what}: frozen, of the base's size, 4-bit like it{spread}"
-    if named:
+    if named:  # loaded in the compute dtype
         return float(total * WEIGHT_BYTES), f"{what}: frozen, of the base's size, in 16 bits{spread}"
     if sharded:
         return float(total * WEIGHT_BYTES), f"reference: the base loaded again in 16 bits{spread}"
-    return float(total * WEIGHT_BYTES), "reference: a frozen 16-bit copy of the base, taken before training"
+    # A copy of fp32 master weights whose linear layers alone the trainer casts, so that it
+    # computes as the policy does under autocast.
+    linear = model.linear_parameters(spec.task)
+    nbytes = linear * WEIGHT_BYTES + (total - linear) * MASTER_WEIGHT_BYTES
+    return float(nbytes), "reference: a frozen copy of the base taken before training, its linear layers in 16 bits"
 
 
 def _targets(spec: FineTuneJobSpec, model: ModelFacts) -> list[str] | str:

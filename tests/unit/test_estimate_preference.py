@@ -38,10 +38,13 @@ def test_dpo_with_an_adapter_costs_no_reference_but_twice_the_activations(job: d
     assert any("adapter switched off" in a for a in dpo.assumptions)
 
 
-def test_dpo_with_full_fine_tuning_holds_a_16_bit_copy_of_the_base(job: dict[str, Any]) -> None:
-    result = estimate(_job(job, "dpo", "full").spec, PHI3, 1)
+def test_dpo_with_full_fine_tuning_holds_a_copy_of_the_base_with_16_bit_linear_layers(job: dict[str, Any]) -> None:
+    spec = _job(job, "dpo", "full").spec
+    result = estimate(spec, PHI3, 1)
 
-    assert result.parts["reference"] == 2 * PHI3_MINI
+    linear = PHI3.linear_parameters(spec.task)
+    assert 0.9 * PHI3_MINI < linear < PHI3_MINI
+    assert result.parts["reference"] == 2 * linear + 4 * (PHI3_MINI - linear)
 
 
 def test_orpo_has_no_reference_part(job: dict[str, Any]) -> None:
@@ -77,7 +80,8 @@ def test_auto_sizing_shards_a_full_dpo_job_and_its_reference_with_zero3(job: dic
     assert sized.spec.distributed.deepspeed is not None and sized.spec.distributed.deepspeed.stage == 3
     alone, sharded = estimate(dpo.spec, PHI3, 1), estimate(sized.spec, PHI3, 2)
     assert alone.total > 80 * GIB > sharded.total
-    assert sharded.parts["reference"] == alone.parts["reference"] / 2 == PHI3_MINI
+    # DeepSpeed holds the sharded reference in 16 bits alone.
+    assert sharded.parts["reference"] == PHI3_MINI < alone.parts["reference"] / 2
     assert any("sharded like the model" in a for a in sharded.assumptions)
 
 

@@ -73,3 +73,32 @@ def test_orpo_adds_the_chosen_likelihood_to_the_odds_ratio_and_rewards_mean_log_
     assert prefers_chosen.losses.item() > 0.5  # the chosen answer's per-token NLL, 2 / 4
     assert prefers_chosen.chosen_rewards.item() == pytest.approx(0.1 * -0.5)
     assert torch.isfinite(orpo_outcome(_scores([0.0], [-1.0]), beta=0.1).losses).all()
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["own-head", "tied-head"])
+def test_a_reference_copy_under_autocast_scores_exactly_as_its_policy(tied: bool) -> None:
+    """The untrained policy ties every pair with its reference (reward accuracy 0.5, margin 0)
+    although the reference keeps its linear layers in bf16 and the policy in fp32."""
+    import copy
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kubetune_trainer.preference import linear_layers_to
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied, pad_token_id=0,
+    )  # fmt: skip
+    policy = AutoModelForCausalLM.from_config(config).eval()
+    reference = copy.deepcopy(policy)
+    linear_layers_to(reference, torch.bfloat16)
+    ids = torch.randint(1, 300, (2, 24))
+
+    dtypes = {name: p.dtype for name, p in reference.named_parameters()}
+    assert dtypes["model.layers.0.self_attn.q_proj.weight"] == torch.bfloat16
+    assert dtypes["model.norm.weight"] == dtypes["model.embed_tokens.weight"] == torch.float32
+    assert reference.lm_head.weight.dtype == (torch.float32 if tied else torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = policy(input_ids=ids).logits, reference(input_ids=ids).logits
+    assert torch.equal(expected, got)
