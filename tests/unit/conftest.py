@@ -8,6 +8,11 @@ multiprocessing start methods that fork no Python process of their own are caugh
 calls) and an ONNX export (`torch.onnx.export`). The last two are wrapped when their modules
 are first imported, so a test that needs neither torch nor transformers does not load them.
 A test that does one of these fails, even when the code under test catches the error.
+
+The guard also keeps every test's traffic on loopback, as the project's rule is: a name looked
+up or a connection opened to any other host fails the test (a client that retries an
+unreachable Hub spends seconds before it gives up, and a reachable one makes the test depend
+on it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import ipaddress
 import multiprocessing.process
 import os
 import sys
@@ -43,10 +49,10 @@ class _Guard:
         self.test: str | None = None
         self.found: list[str] = []
 
-    def refuse(self, what: str) -> None:
+    def refuse(self, what: str, why: str = f"{WHY}; {WHERE}") -> None:
         if self.test is not None:
             self.found.append(what)
-            raise SlowWork(f"{what}: {WHY}; {WHERE}")
+            raise SlowWork(f"{what}: {why}")
 
     @contextlib.contextmanager
     def watching(self, test: str) -> Iterator[None]:
@@ -56,7 +62,7 @@ class _Guard:
         finally:
             found, self.test = self.found, None
             if found:
-                pytest.fail(f"{test}: {'; '.join(found)}. {WHY}; {WHERE}.", pytrace=False)
+                pytest.fail(f"{test}: {'; '.join(found)}", pytrace=False)
 
 
 GUARD = _Guard()
@@ -84,6 +90,29 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
             GUARD.refuse(f"started a process: {program}")
     elif event in ("os.fork", "os.forkpty", "os.spawn", "os.system"):
         GUARD.refuse(f"started a process ({event})")
+    elif event in ("socket.getaddrinfo", "socket.gethostbyname") and not _loopback(args[0]):
+        GUARD.refuse(f"looked up {_host(args[0])}", OFF_LOOPBACK)
+    elif event == "socket.connect" and isinstance(args[1], tuple) and not _loopback(args[1][0]):
+        GUARD.refuse(f"connected to {_host(args[1][0])}:{args[1][1]}", OFF_LOOPBACK)
+
+
+OFF_LOOPBACK = "a test sends traffic to loopback (127.0.0.x, ::1, localhost) only"
+
+
+def _host(host: Any) -> str:
+    return os.fsdecode(host) if isinstance(host, str | bytes) else str(host)
+
+
+def _loopback(host: Any) -> bool:
+    """Whether a name or address a socket is given stays on this machine (None and "" are the
+    wildcard a server binds to)."""
+    if host is None:
+        return True
+    name = _host(host)
+    try:
+        return ipaddress.ip_address(name).is_loopback or ipaddress.ip_address(name).is_unspecified
+    except ValueError:
+        return name in ("", "localhost") or name.endswith(".localhost")
 
 
 def _refusing(what: str, original: Callable[..., Any]) -> Callable[..., Any]:

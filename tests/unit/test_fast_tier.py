@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,8 +18,8 @@ from tests.unit.conftest import GUARD, SlowWork
 from tests.unit.deploy.helm import tool
 
 
-def _refused(action: Callable[[], Any], what: str) -> None:
-    with pytest.raises(SlowWork, match="tests/unit trains nothing"):
+def _refused(action: Callable[[], Any], what: str, why: str = "tests/unit trains nothing") -> None:
+    with pytest.raises(SlowWork, match=why):
         action()
     assert GUARD.found and what in GUARD.found[-1], GUARD.found
     GUARD.found.clear()
@@ -63,4 +64,22 @@ def test_the_native_tools_run() -> None:
     result = subprocess.run([str(tool("helm")), "version", "--short"], capture_output=True, text=True, check=False)
 
     assert result.returncode == 0, result.stderr
+    assert not GUARD.found
+
+
+def test_a_name_off_loopback_is_refused_when_looked_up() -> None:
+    _refused(lambda: socket.getaddrinfo("huggingface.co", 443), "looked up huggingface.co", "loopback")
+
+
+@pytest.mark.parametrize("address", ["203.0.113.7", "2001:db8::1"])
+def test_an_address_off_loopback_is_refused_when_connected_to(address: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as connection:
+        _refused(lambda: connection.connect((address, 443)), f"connected to {address}:443", "loopback")
+
+
+def test_loopback_is_let_through() -> None:
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.connect(socket.getaddrinfo("localhost", server.getsockname()[1], socket.AF_INET)[0][4])
     assert not GUARD.found

@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import pytest
 
 from kubetune.api import FineTuneJobSpec
 from kubetune.contract import EngineFacts, RunSummary
@@ -33,6 +35,8 @@ from tests.unit.trainer.conftest import (
     volumes,
     write_jsonl,
 )
+
+from . import forked
 
 __all__ = [
     "CORPUS",
@@ -82,10 +86,11 @@ def launch(
     processes: int = 1,
     env: Mapping[str, str] | None = None,
     torchrun: bool = False,
-) -> subprocess.Popen[bytes]:
-    """Start the trainer as its image does (torchrun for several processes, or when `torchrun`
-    says so, as in a pod); output goes to log.txt. `env` adds or replaces variables
-    (KUBETUNE_OUTPUT="" sends the output where the spec says)."""
+) -> Launched:
+    """Start the trainer, forked from a server that imported it once (forked.py): one process as
+    `python -m kubetune_trainer`, several as torchrun's ranks. With `torchrun`, the image's
+    launcher starts it instead, as a test of the launcher itself needs. Output goes to log.txt;
+    `env` adds or replaces variables (KUBETUNE_OUTPUT="" sends the output where the spec says)."""
     from kubetune.api.resource import dump_spec
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,21 +105,31 @@ def launch(
         "OMP_NUM_THREADS": "1",
     }
     variables |= env or {}
-    command = [sys.executable, "-m", "kubetune_trainer"]
-    if processes > 1 or torchrun:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            str(processes),
-            "--master-port",
-            str(_free_port()),
-            "-m",
-            "kubetune_trainer",
-        ]
+    if not torchrun:
+        return forked.start(variables, folder / "log.txt", processes)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
+    command += ["--master-port", str(_free_port()), "-m", "kubetune_trainer"]
     log = (folder / "log.txt").open("ab")
     return subprocess.Popen(command, env=variables, stdout=log, stderr=log)
+
+
+class Launched(Protocol):
+    """A started run, read as a process: a `subprocess.Popen` or the ranks of a `ForkedRun`."""
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, number: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@pytest.fixture(autouse=True)
+def _no_forked_run_left() -> Iterator[None]:
+    """A test that fails while its run trains leaves no process training on."""
+    yield
+    forked.kill_all()
 
 
 def kill_everything(folder: Path) -> None:

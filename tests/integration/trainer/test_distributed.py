@@ -1,14 +1,16 @@
-"""The multi-process rows of the support matrix, run as the trainer image runs them:
-torchrun with two CPU processes over gloo. Each asserts that the loss falls, that the
-engine asked for is the engine that ran (ZeRO-3: each rank holds half the weights), and
-that every output reloads and answers from memory. A row the matrix says another row covers
-(ZeRO-1 and ZeRO-2 run through one method each, the adapter methods under DDP through qlora
-and lora under ZeRO-3 through dora; onnx is exported where the export takes a path of its
-own) is not run again. FSDP rows need accelerators and run in the GPU check script.
+"""The multi-process rows of the support matrix: two CPU processes over gloo, each given what
+torchrun gives a rank. Each asserts that the loss falls, that the engine asked for is the
+engine that ran (ZeRO-3: each rank holds half the weights), and that every output reloads and
+answers from memory. A row the matrix says another row covers (ZeRO-1 and ZeRO-2 run through
+one method each, the adapter methods under DDP through qlora and lora under ZeRO-3 through
+dora; onnx is exported where the export takes a path of its own) is not run again. FSDP rows
+need accelerators and run in the GPU check script.
 
-A launch of two processes costs about 20 s here before the first step (importing torch,
-transformers and DeepSpeed twice on two cores) and a tiny run's steps under a second, so
-the tests share launches: one per row run, one for a run stopped and resumed."""
+The ranks are forked from a process that imported the trainer once (forked.py): a torchrun
+launch of two processes costs about 20 s here before the first step, importing torch,
+transformers and DeepSpeed twice on two cores, where a tiny run's steps take under a second.
+The tests share runs, one per row run. The run evicted on one rank is torchrun's, whose
+passing of that rank's SIGTERM is part of what it tests."""
 
 from __future__ import annotations
 
@@ -215,7 +217,8 @@ def evicted(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Evicted:
         training={"maxSteps": EVICTED_STEPS, "loggingInterval": 20},
         checkpoint={"intervalSteps": 20, "keep": 2},
     )
-    process = launch(spec, volumes, folder, processes=2)
+    # torchrun itself: how it passes one rank's SIGTERM on is part of what is tested.
+    process = launch(spec, volumes, folder, processes=2, torchrun=True)
     deadline = time.monotonic() + 300
     while not any((p / MARKER).exists() for _, p in checkpoints(folder / "out" / "checkpoints")):
         assert process.poll() is None and time.monotonic() < deadline, (folder / "log.txt").read_text()[-4000:]
@@ -233,7 +236,7 @@ def evicted(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Evicted:
         for step, path in checkpoints(folder / "out" / "checkpoints")
     ]
     logged = len((folder / "log.txt").read_text())
-    again = launch(spec, volumes, folder, processes=2)
+    again = launch(spec, volumes, folder, processes=2)  # the resume is the trainer's, not torchrun's
     code = again.wait(timeout=600)
     return Evicted(folder, termination, found, code, (folder / "log.txt").read_text()[logged:])
 

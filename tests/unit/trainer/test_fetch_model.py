@@ -38,9 +38,16 @@ def test_other_ranks_wait_for_local_rank_zero(runtime: Runtime, tmp_path: Path) 
     assert fetched.display == "microsoft/Phi-3-mini-4k-instruct"
 
 
-def test_a_failed_download_stops_every_rank_with_its_reason(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub client offline, as HF_HUB_OFFLINE=1 makes it in a new process: it reads the
+    variable when first imported, so its constant is set too (else the test asks the Hub)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
 
+
+@pytest.mark.usefixtures("offline")
+def test_a_failed_download_stops_every_rank_with_its_reason(runtime: Runtime) -> None:
     with pytest.raises(InvalidSpec, match="cannot download model microsoft/Phi-3-mini-4k-instruct"):
         fetch_once(HUB, runtime)
     with pytest.raises(InvalidSpec, match="cannot download model"):
@@ -74,12 +81,10 @@ def test_the_installations_model_cache_holds_the_files_and_the_pod_keeps_the_mar
     assert (runtime.work / "hf-cache" / f".ready-{_key()}").is_file()
 
 
-def test_the_config_alone_comes_from_the_hub_cache_the_weights_will_join(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("offline")  # the file must come from the cache, as the Hub left it
+def test_the_config_alone_comes_from_the_hub_cache_the_weights_will_join(runtime: Runtime) -> None:
     from kubetune_trainer.model import fetch_config
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the file must come from the cache, as the Hub left it
     commit = "0" * 40
     repo = runtime.work / "hf-cache" / "models--microsoft--Phi-3-mini-4k-instruct"
     (repo / "refs").mkdir(parents=True)
