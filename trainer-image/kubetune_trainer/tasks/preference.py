@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -62,11 +63,42 @@ class Preference(CausalLm):
         return [Sample(_text(pair.prompt), _text(pair.chosen), example=pair) for pair in pairs]
 
     def answerer(self, model: Any, tokenizer: Any, labels: LabelMap | None, fmt: DataFormat) -> Answer:
-        return lambda sample: preferred(model, tokenizer, sample.example)
+        return Preferred(model, tokenizer)
 
 
-def preferred(model: Any, tokenizer: Any, pair: TextPreference | ChatPreference) -> str:
-    """Which answer of a pair the model gives the higher log-probability, and both figures."""
+@dataclass
+class Preferred:
+    """Which answer of a sample's pair the model gives the higher log-probability, both
+    figures, and from a sample's second answer on how far the gap between them moved since its
+    first (samples are answered before training, then after). A pair can be preferred the
+    wrong way by log-probability and still have moved the right way, which is what dpo's
+    reward measures against a reference: with the base as reference the reward margin is beta
+    times the move (and its sign decides the reward accuracy)."""
+
+    model: Any
+    tokenizer: Any
+    first_gaps: dict[int, float] = field(default_factory=dict)
+
+    def __call__(self, sample: Sample) -> str:
+        chosen, rejected = log_probabilities(self.model, self.tokenizer, sample.example)
+        said = describe(chosen, rejected, self.first_gaps.get(id(sample)))
+        self.first_gaps.setdefault(id(sample), chosen - rejected)
+        return said
+
+
+def describe(chosen: float, rejected: float, first_gap: float | None) -> str:
+    """A sample's answer: the answer preferred, its figures and the gap's move since `first_gap`."""
+    which = "chosen" if chosen > rejected else "rejected"
+    said = f"prefers the {which} answer (log-probability {chosen:.2f} chosen, {rejected:.2f} rejected"
+    if first_gap is None:
+        return said + ")"
+    moved = chosen - rejected - first_gap
+    direction = "towards" if moved >= 0 else "away from"
+    return said + f"; the gap moved {abs(moved):.2f} {direction} the chosen since before)"
+
+
+def log_probabilities(model: Any, tokenizer: Any, pair: TextPreference | ChatPreference) -> tuple[float, float]:
+    """The summed log-probabilities the model gives the pair's chosen and rejected answer."""
     from kubetune_trainer.preference import score
 
     device = next(model.parameters()).device
@@ -78,9 +110,7 @@ def preferred(model: Any, tokenizer: Any, pair: TextPreference | ChatPreference)
             scores = score(model, {key: value.to(device) for key, value in batch.items()})
     finally:
         model.train(was_training)
-    chosen, rejected = float(scores.chosen[0]), float(scores.rejected[0])
-    which = "chosen" if chosen > rejected else "rejected"
-    return f"prefers the {which} answer (log-probability {chosen:.2f} chosen, {rejected:.2f} rejected)"
+    return float(scores.chosen[0]), float(scores.rejected[0])
 
 
 def _encoded(pair: TextPreference | ChatPreference, tokenizer: Any) -> Any:
