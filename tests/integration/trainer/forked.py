@@ -177,8 +177,10 @@ def server(base: Mapping[str, str]) -> ForkServerContext:
 
 @contextmanager
 def _server_environment(base: Mapping[str, str]) -> Iterator[None]:
-    """Start the server (once) with a rank's environment less the run's own variables: what is
-    read at import (OMP_NUM_THREADS by the OpenMP runtime) is then what a rank would read."""
+    """Start the server (once) with OMP_NUM_THREADS as a rank has it: the OpenMP runtime reads
+    it when torch loads, which is in the server. (The server runs one thread of its own after
+    the imports, pyarrow's jemalloc background thread, which jemalloc's fork handlers make safe
+    to fork, as a DataLoader's forked workers are.)"""
     saved = dict(os.environ)
     os.environ.update({"OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1")})
     try:
