@@ -478,6 +478,8 @@ def _reference(spec: FineTuneJobSpec, model: ModelFacts, total: int, sharded: bo
         return float(total * WEIGHT_BYTES), f"{what}: frozen, of the base's size, in 16 bits{spread}"
     if sharded:
         return float(total * WEIGHT_BYTES), f"reference: the base loaded again in 16 bits{spread}"
+    if spec.distributed.strategy is StrategyType.DEEPSPEED:  # ZeRO-1 or 2 hold the policy in 16 bits
+        return float(total * WEIGHT_BYTES), "reference: a frozen 16-bit copy of the base, taken before training"
     # A copy of fp32 master weights whose linear layers alone the trainer casts, so that it
     # computes as the policy does under autocast.
     linear = model.linear_parameters(spec.task)

@@ -45,6 +45,9 @@ def test_dpo_with_full_fine_tuning_holds_a_copy_of_the_base_with_16_bit_linear_l
     linear = PHI3.linear_parameters(spec.task)
     assert 0.9 * PHI3_MINI < linear < PHI3_MINI
     assert result.parts["reference"] == 2 * linear + 4 * (PHI3_MINI - linear)
+    # DeepSpeed ZeRO-1 and 2 hold the policy in 16 bits, and its copy likewise.
+    job["spec"]["distributed"] = {"strategy": "deepspeed", "deepspeed": {"stage": 2}}
+    assert estimate(_job(job, "dpo", "full").spec, PHI3, 1).parts["reference"] == 2 * PHI3_MINI
 
 
 def test_orpo_has_no_reference_part(job: dict[str, Any]) -> None:

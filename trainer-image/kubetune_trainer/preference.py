@@ -159,7 +159,7 @@ class PreferenceTrainer(CountingTrainer):
         elif shards_weights(self.args):
             self.reference = _sharded(reference, self.args)
         else:
-            self.reference = _frozen(reference, self.args)
+            self.reference = _frozen(reference, self.args, autocast=self.accelerator.native_amp)
         self._kept: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(
@@ -184,7 +184,7 @@ class PreferenceTrainer(CountingTrainer):
     def _reference_scores(self, model: Any, inputs: dict[str, Any]) -> Scores:
         with torch.no_grad():
             if self.reference is not None:
-                # The mixed precision accelerate wraps the policy's forward in (it is not the Trainer's).
+                # The mixed precision accelerate wraps the policy's forward in (none under DeepSpeed).
                 with self.accelerator.autocast():
                     return score(self.reference, inputs)
             unwrapped = self.accelerator.unwrap_model(model)
@@ -219,15 +219,19 @@ def pooled_means(kept: dict[str, list[float]], world_size: int, device: Any) -> 
     return {name: total / count for name, (total, count) in zip(FIGURES, totals.tolist(), strict=True) if count}
 
 
-def _frozen(model: Any, args: Any) -> Any:
-    """A reference model on the training device, in evaluation mode and without gradients.
-    Under mixed precision its linear layers hold the 16-bit compute dtype, which autocast casts
-    them to anyway (most of a full-precision copy's memory, halved)."""
+def _frozen(model: Any, args: Any, autocast: bool) -> Any:
+    """A reference model on the training device, in evaluation mode and without gradients, in
+    the 16-bit compute dtype as the policy computes in it: under `autocast` (the policy's fp32
+    weights cast for each product) its linear layers alone, most of a full-precision copy's
+    memory halved; under DeepSpeed ZeRO-1 or 2, which holds the policy in 16 bits, all of it."""
     model.eval()
     model.requires_grad_(False)
     half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
     if half is not None and not getattr(model, "is_loaded_in_4bit", False):
-        linear_layers_to(model, half)
+        if autocast:
+            linear_layers_to(model, half)
+        else:
+            model.to(half)
     return model.to(args.device) if not getattr(model, "is_loaded_in_4bit", False) else model
 
 

@@ -133,8 +133,9 @@ def _no_forked_run_left() -> Iterator[None]:
 
 
 def kill_everything(folder: Path) -> None:
-    """SIGKILL torchrun and every rank of a run started by `launch`, as when a pod dies.
-    The ranks run in sessions of their own, so they are found by the spec they read."""
+    """SIGKILL torchrun and every rank of a run `launch` started with torchrun, as when a pod
+    dies. The ranks run in sessions of their own, so they are found by the spec they read (a
+    forked run's processes show the server's environment there instead: `.kill()` ends them)."""
     marker = f"KUBETUNE_SPEC={folder / 'spec.json'}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

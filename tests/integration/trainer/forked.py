@@ -44,6 +44,8 @@ PRELOADED = (
 # torchrun gives a rank that fails this long after SIGTERM before SIGKILL (its agent's default).
 GRACE_SECONDS = 30.0
 RUN_ID = "none"  # torchrun's when it is given no --rdzv-id
+# Forked runs are CPU runs, on a machine with GPUs too: a CUDA context cannot cross a fork.
+NO_ACCELERATOR = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def rank_environment(base: Mapping[str, str], rank: int, world_size: int, master_port: int) -> dict[str, str]:
@@ -81,10 +83,13 @@ def failure_code(exitcode: int) -> int:
 class ForkedRun:
     """A forked run read like the `subprocess.Popen` of its launch: one process's own exit code
     (a signal's death negative, as Popen says), or for several ranks torchrun's (the first
-    failure's code, a signal's death 1) once every rank has ended, the others stopped."""
+    failure's code, a signal's death 1) once every rank has ended. At the first failure the
+    other ranks get SIGTERM, and SIGKILL once the grace period has passed; `poll` never blocks."""
 
     ranks: list[BaseProcess]
     failed: int | None = field(default=None, init=False)
+    kill_at: float | None = field(default=None, init=False)
+    """When the ranks still running after a failure get SIGKILL."""
 
     @property
     def pids(self) -> list[int]:
@@ -93,11 +98,15 @@ class ForkedRun:
     def poll(self) -> int | None:
         if len(self.ranks) == 1:
             return self.ranks[0].exitcode
-        if self.failed is None:
-            first = next((r for r in self.ranks if r.exitcode not in (None, 0)), None)
-            if first is not None and first.exitcode is not None:
-                self.failed = failure_code(first.exitcode)
-                self._stop_the_others()
+        running = [rank for rank in self.ranks if rank.exitcode is None]
+        first = next((rank.exitcode for rank in self.ranks if rank.exitcode not in (None, 0)), None)
+        if self.failed is None and first is not None:
+            self.failed, self.kill_at = failure_code(first), time.monotonic() + GRACE_SECONDS
+            for rank in running:
+                rank.terminate()
+        elif self.kill_at is not None and time.monotonic() >= self.kill_at:
+            for rank in running:
+                rank.kill()
         if any(rank.exitcode is None for rank in self.ranks):
             return None
         return self.failed if self.failed is not None else 0
@@ -105,11 +114,13 @@ class ForkedRun:
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while (code := self.poll()) is None:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise subprocess.TimeoutExpired("forked ranks", timeout or 0.0)
             running = [rank.sentinel for rank in self.ranks if rank.exitcode is None]
-            wait(running, timeout=remaining)
+            pauses = [moment - now for moment in (deadline, self.kill_at) if moment is not None]
+            if running:  # (else the last one ended since the poll, which says so next)
+                wait(running, timeout=max(0.0, min(pauses)) if pauses else None)
         return code
 
     def send_signal(self, number: int) -> None:
@@ -125,15 +136,6 @@ class ForkedRun:
         for rank in self.ranks:
             rank.join()
 
-    def _stop_the_others(self) -> None:
-        for rank in self.ranks:
-            if rank.exitcode is None:
-                rank.terminate()
-        deadline = time.monotonic() + GRACE_SECONDS
-        for rank in self.ranks:
-            rank.join(max(0.0, deadline - time.monotonic()))
-        self.kill()
-
 
 # Every run forked in this session, so that a test that fails midway leaves none running.
 STARTED: list[ForkedRun] = []
@@ -147,7 +149,8 @@ def start(base: Mapping[str, str], log: Path, processes: int) -> ForkedRun:
     context = server(base)
     port = _free_port()
     environments = [
-        rank_environment(base, rank, processes, port) if processes > 1 else dict(base) for rank in range(processes)
+        (rank_environment(base, rank, processes, port) if processes > 1 else dict(base)) | NO_ACCELERATOR
+        for rank in range(processes)
     ]
     ranks = [
         context.Process(target=_rank, args=(environment, str(log)), name=f"rank-{rank}")
@@ -178,11 +181,13 @@ def server(base: Mapping[str, str]) -> ForkServerContext:
 @contextmanager
 def _server_environment(base: Mapping[str, str]) -> Iterator[None]:
     """Start the server (once) with OMP_NUM_THREADS as a rank has it: the OpenMP runtime reads
-    it when torch loads, which is in the server. (The server runs one thread of its own after
+    it when torch loads, which is in the server. Whatever else a library reads at import (the
+    Hub client's HF_HUB_OFFLINE, HF_HOME) is the server's too, whatever a run's environment
+    says: a test that needs those different starts its run with torchrun. (The server runs one thread of its own after
     the imports, pyarrow's jemalloc background thread, which jemalloc's fork handlers make safe
     to fork, as a DataLoader's forked workers are.)"""
     saved = dict(os.environ)
-    os.environ.update({"OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1")})
+    os.environ.update({"OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1")} | NO_ACCELERATOR)
     try:
         yield
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from kubetune_trainer.data.tokenize import DataStats
 from kubetune_trainer.main import run
 from kubetune_trainer.preference import score
 
-from .conftest import launch, reload_output, runtime_in, summary_in, write_jsonl
+from .conftest import Launched, launch, reload_output, runtime_in, summary_in, write_jsonl
 from .preference_data import preference_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -217,7 +216,7 @@ def _logged(log: str) -> list[dict[str, Any]]:
     return [ast.literal_eval(line.split(": ", 2)[2]) for line in log.splitlines() if marker in line]
 
 
-def wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes]) -> int:
+def wait_for_checkpoint(folder: Path, process: Launched) -> int:
     """The step of the first complete checkpoint in `folder`, once there is one."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

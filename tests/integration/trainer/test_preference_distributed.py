@@ -1,8 +1,9 @@
 """Preference tuning on two processes, launched as the image launches them (torchrun, gloo):
 the rows of the support matrix's `objectives` that name no covering run. DDP runs qlora (the
 base with its adapter switched off as the reference, the adapter methods' path) and full (a
-frozen copy); ZeRO-3 runs dora (the adapter switched off on a sharded base) and full (the base
-loaded again as a sharded reference in an engine of its own). Each asserts what the one-process
+frozen copy, its linear layers in 16 bits under autocast); ZeRO-2 runs full (a copy wholly in
+16 bits, as DeepSpeed holds the model); ZeRO-3 runs dora (the adapter switched off on a sharded
+base) and full (the base loaded again as a sharded reference in an engine of its own). Each asserts what the one-process
 runs do, the engine asked for on both ranks, and that the logged figures pool both ranks' pairs."""
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def test_every_multi_rank_row_runs_or_names_a_run_that_covers_it() -> None:
     the engine are dpo's) with the same kind of reference: the adapter switched off for an
     adapter method, the base itself for full fine-tuning. Under DDP and ZeRO-3 it is the same
     strategy; ZeRO-1 and ZeRO-2 shard no weights, so an adapter row is covered by the stricter
-    ZeRO-3 and a full row by DDP's run, whose reference is the same copy."""
+    ZeRO-3 and a full row by ZeRO-2's run, whose engine holds the model and its copy in 16 bits."""
     ran = {(r.objective, r.method, r.strategy) for r in ROWS}
-    assert {strategy for _, _, strategy in ran} == {Strategy.DDP, Strategy.ZERO3}
+    assert {strategy for _, _, strategy in ran} == {Strategy.DDP, Strategy.ZERO2, Strategy.ZERO3}
     for row in MULTI_RANK:
         cover: ObjectiveKey | None = row.covered_by
         if cover is None:
@@ -41,7 +42,7 @@ def test_every_multi_rank_row_runs_or_names_a_run_that_covers_it() -> None:
         assert (cover.objective, cover.method, cover.strategy) in ran, row
         assert cover.objective.uses_reference and cover.method.uses_adapter == row.method.uses_adapter, row
         if row.strategy in (Strategy.ZERO1, Strategy.ZERO2):
-            assert cover.strategy is (Strategy.ZERO3 if row.method.uses_adapter else Strategy.DDP), row
+            assert cover.strategy is (Strategy.ZERO3 if row.method.uses_adapter else Strategy.ZERO2), row
         else:
             assert cover.strategy is row.strategy, row
 

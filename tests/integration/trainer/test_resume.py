@@ -10,7 +10,6 @@ about."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from kubetune.contract import ExitCode, RunSummary
 from kubetune_trainer.checkpoints import MARKER, checkpoints
 
-from .conftest import launch, memorise_spec, summary_in
+from .conftest import Launched, launch, memorise_spec, summary_in
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +39,7 @@ class Attempt:
     checkpoints: list[tuple[int, Path, bool]]
 
 
-def _launch(volumes: Path, folder: Path) -> subprocess.Popen[bytes]:
+def _launch(volumes: Path, folder: Path) -> Launched:
     spec = memorise_spec(
         "lora",
         ["adapter"],
@@ -55,7 +54,7 @@ def _complete(folder: Path) -> list[int]:
     return [step for step, path in checkpoints(folder / "out" / "checkpoints") if (path / MARKER).exists()]
 
 
-def _wait_for_checkpoint(folder: Path, process: subprocess.Popen[bytes], after: int) -> int:
+def _wait_for_checkpoint(folder: Path, process: Launched, after: int) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         done = _complete(folder)

@@ -4,7 +4,6 @@ run stopped by SIGTERM resumes in a new pod from the bucket, and two pods share 
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from kubetune.contract import ExitCode, RunSummary
 from kubetune_trainer.checkpoints import MARKER
 from tests.unit.trainer.test_s3_checkpoints import CREDENTIALS, _files, _remote, bucket, client
 
-from .conftest import KEY_ID, SECRET, _free_port, launch, memorise_spec, summary_in
+from .conftest import KEY_ID, SECRET, Launched, _free_port, launch, memorise_spec, summary_in
 
 __all__ = ["bucket", "client"]
 
@@ -23,7 +22,7 @@ __all__ = ["bucket", "client"]
 STEPS = 30
 
 
-def _wait_for_copy(client: Any, bucket: str, prefix: str, process: subprocess.Popen[bytes], log: Path) -> int:
+def _wait_for_copy(client: Any, bucket: str, prefix: str, process: Launched, log: Path) -> int:
     """The step of the first checkpoint marked complete in the bucket."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

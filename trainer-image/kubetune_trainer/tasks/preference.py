@@ -92,8 +92,10 @@ def describe(chosen: float, rejected: float, first_gap: float | None) -> str:
     said = f"prefers the {which} answer (log-probability {chosen:.2f} chosen, {rejected:.2f} rejected"
     if first_gap is None:
         return said + ")"
-    moved = chosen - rejected - first_gap
-    direction = "towards" if moved >= 0 else "away from"
+    moved = round(chosen - rejected - first_gap, 2)
+    if moved == 0:
+        return said + "; the gap is where it was before)"
+    direction = "towards" if moved > 0 else "away from"
     return said + f"; the gap moved {abs(moved):.2f} {direction} the chosen since before)"
 
 

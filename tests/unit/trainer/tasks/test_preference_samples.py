@@ -28,6 +28,10 @@ def test_a_later_answer_says_how_far_the_gap_moved_since_the_first(first_gap: fl
     assert answer.endswith(f"{said} since before)")
 
 
+def test_a_gap_that_did_not_move_says_so() -> None:
+    assert describe(-10.0, -12.5, 2.501).endswith("-12.50 rejected; the gap is where it was before)")
+
+
 def test_each_sample_s_move_is_measured_from_its_own_answer_before(monkeypatch: pytest.MonkeyPatch) -> None:
     figures = iter([(-5.0, -6.0), (-8.0, -7.0), (-4.0, -6.0), (-8.0, -9.0)])
     monkeypatch.setattr(preference, "log_probabilities", lambda model, tokenizer, pair: next(figures))
