@@ -230,8 +230,9 @@ def _frozen(model: Any, args: Any, autocast: bool) -> Any:
     if half is not None and not getattr(model, "is_loaded_in_4bit", False):
         if autocast:
             linear_layers_to(model, half)
-        else:
-            model.to(half)
+        else:  # as DeepSpeed casts the policy: the parameters, not the buffers (rotary inv_freq stays fp32)
+            for parameter in model.parameters():
+                parameter.data = parameter.data.to(half)
     return model.to(args.device) if not getattr(model, "is_loaded_in_4bit", False) else model
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.api import MethodType
 from kubetune.api.tasks import ObjectiveKey, objective_rows
 from kubetune.catalog import Strategy
 from kubetune.contract import ExitCode
@@ -28,6 +29,7 @@ ROWS = [r for r in MULTI_RANK if r.covered_by is None]
 
 
 def test_every_multi_rank_row_runs_or_names_a_run_that_covers_it() -> None:
+    assert all(row.objective.uses_reference for row in ROWS)  # dpo, each against the base
     """A covering run is a dpo run (orpo takes no reference; the batches, the pooled figures and
     the engine are dpo's) with the same kind of reference: the adapter switched off for an
     adapter method, the base itself for full fine-tuning. Under DDP and ZeRO-3 it is the same
@@ -90,7 +92,11 @@ def test_row_learns_the_preference_on_two_processes(row: Any, pairs: Path, tmp_p
     assert process.wait(timeout=600) == ExitCode.OK, (tmp_path / "log.txt").read_text()[-4000:]
 
     summary = summary_in(tmp_path / "out")
-    assert_preference_learned(summary, samples=0 if row.strategy is Strategy.ZERO3 else 3)
+    # Every row run is dpo against the base (the adapter switched off, a copy, or the base loaded
+    # again), which the untrained model ties with exactly; but for dora, whose recomposition of
+    # magnitude and direction rounds (a margin of -0.002 here).
+    ties = row.method is not MethodType.DORA
+    assert_preference_learned(summary, samples=0 if row.strategy is Strategy.ZERO3 else 3, ties=ties)
     ranks = rank_engines(tmp_path / "work")
     assert [r.engine for r in ranks] == [ENGINES[row.strategy]] * 2 and all(r.world_size == 2 for r in ranks)
     if row.strategy is Strategy.ZERO3:
