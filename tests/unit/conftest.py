@@ -51,8 +51,8 @@ class _Guard:
 
     def refuse(self, what: str, why: str = f"{WHY}; {WHERE}") -> None:
         if self.test is not None:
-            self.found.append(what)
-            raise SlowWork(f"{what}: {why}")
+            self.found.append(f"{what}: {why}")
+            raise SlowWork(self.found[-1])
 
     @contextlib.contextmanager
     def watching(self, test: str) -> Iterator[None]:
@@ -110,9 +110,10 @@ def _loopback(host: Any) -> bool:
         return True
     name = _host(host)
     try:
-        return ipaddress.ip_address(name).is_loopback or ipaddress.ip_address(name).is_unspecified
+        address = ipaddress.ip_address(name)
     except ValueError:
         return name in ("", "localhost") or name.endswith(".localhost")
+    return address.is_loopback or address.is_unspecified
 
 
 def _refusing(what: str, original: Callable[..., Any]) -> Callable[..., Any]:

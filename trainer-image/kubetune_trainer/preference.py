@@ -223,7 +223,8 @@ def _frozen(model: Any, args: Any, autocast: bool) -> Any:
     """A reference model on the training device, in evaluation mode and without gradients, in
     the 16-bit compute dtype as the policy computes in it: under `autocast` (the policy's fp32
     weights cast for each product) its linear layers alone, most of a full-precision copy's
-    memory halved; under DeepSpeed ZeRO-1 or 2, which holds the policy in 16 bits, all of it."""
+    memory halved; under DeepSpeed ZeRO-1 or 2, which holds the policy's parameters in 16 bits,
+    its parameters."""
     model.eval()
     model.requires_grad_(False)
     half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None

@@ -91,10 +91,6 @@ class ForkedRun:
     kill_at: float | None = field(default=None, init=False)
     """When the ranks still running after a failure get SIGKILL."""
 
-    @property
-    def pids(self) -> list[int]:
-        return [rank.pid for rank in self.ranks if rank.pid is not None]
-
     def poll(self) -> int | None:
         if len(self.ranks) == 1:
             return self.ranks[0].exitcode
@@ -125,9 +121,9 @@ class ForkedRun:
 
     def send_signal(self, number: int) -> None:
         """`number` to every rank still running, as a pod's signal reaches each through torchrun."""
-        for pid in [rank.pid for rank in self.ranks if rank.exitcode is None]:
-            if pid is not None:
-                os.kill(pid, number)
+        for rank in self.ranks:
+            if rank.exitcode is None and rank.pid is not None:
+                os.kill(rank.pid, number)
 
     def kill(self) -> None:
         for rank in self.ranks:
@@ -144,6 +140,7 @@ STARTED: list[ForkedRun] = []
 def start(base: Mapping[str, str], log: Path, processes: int) -> ForkedRun:
     """Fork the trainer, writing to `log`: one process as `python -m kubetune_trainer`, or
     `processes` ranks as torchrun starts them (over loopback, on a free port)."""
+    # Here, not at the top: every rank imports this module to find `_rank`, and needs no more.
     from tests.unit.trainer.conftest import _free_port
 
     context = server(base)
